@@ -1,0 +1,100 @@
+"""Exact denoisers: the test oracles. Same interface as any learned Denoiser."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .denoisers import expand_sigma, score_from_denoised
+
+
+class GaussianMixture:
+    """p(x0) = sum_k w_k N(mu_k, diag(std_k^2)); exact posterior mean under x = x0 + sigma * noise.
+
+    Convolving with N(0, sigma^2 I) gives components N(mu_k, std_k^2 + sigma^2) (Bishop 2006, eq. 2.115).
+    The denoiser is the responsibility-weighted per-component posterior mean (eq. 2.116):
+      E[x0 | x, k] = mu_k + std_k^2 / (std_k^2 + sigma^2) * (x - mu_k).
+    Works for any number of components and dimensions; computed in float64.
+    """
+
+    def __init__(self, weights, means, stds):
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        mu = torch.as_tensor(means, dtype=torch.float64)
+        std = torch.as_tensor(stds, dtype=torch.float64)
+        if mu.ndim != 2:
+            raise ValueError(f"means must have shape (K, D), got {tuple(mu.shape)}")
+        k, d = mu.shape
+        if w.shape != (k,):
+            raise ValueError(f"weights must have shape ({k},), got {tuple(w.shape)}")
+        if (w < 0).any() or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-9):
+            raise ValueError("weights must be non-negative and sum to 1")
+        std = std.expand(k, d) if std.ndim < 2 else std
+        if std.ndim == 1:  # one std per component -> isotropic
+            std = std[:, None].expand(k, d)
+        if (std <= 0).any():
+            raise ValueError("stds must be positive")
+        self.weights, self.means, self.stds = w, mu, std.clone()
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def _responsibilities(self, x: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        # log N(x; mu_k, var_k) + log w_k, normalised over k; x (B, D), var (B, K, D)
+        diff = x[:, None, :] - self.means[None]
+        logp = -0.5 * ((diff**2) / var + torch.log(2 * math.pi * var)).sum(-1) + torch.log(self.weights)
+        return torch.softmax(logp, dim=1)
+
+    def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        xf = x.reshape(shape[0], -1).to(torch.float64)
+        s2 = expand_sigma(sigma, xf).to(torch.float64) ** 2  # (B, 1)
+        var0 = self.stds.to(xf.device)[None] ** 2  # (1, K, D)
+        var = var0 + s2[:, :, None]
+        self.means, self.weights = self.means.to(xf.device), self.weights.to(xf.device)
+        r = self._responsibilities(xf, var)
+        post = self.means[None] + var0 / var * (xf[:, None, :] - self.means[None])
+        return (r[:, :, None] * post).sum(1).to(dtype).reshape(shape)
+
+    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Exact grad log p_sigma(x), through Tweedie's formula."""
+        return score_from_denoised(x, self(x, sigma), sigma)
+
+    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        xf = x.reshape(x.shape[0], -1).to(torch.float64)
+        s2 = torch.as_tensor(sigma, dtype=torch.float64) ** 2
+        var = self.stds[None] ** 2 + s2
+        diff = xf[:, None, :] - self.means[None]
+        logp = -0.5 * ((diff**2) / var + torch.log(2 * math.pi * var)).sum(-1) + torch.log(self.weights)
+        return torch.logsumexp(logp, dim=1).to(x.dtype)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float32)
+        return (self.means[k] + self.stds[k] * z.double()).float()
+
+
+class FiniteDataset:
+    """Empirical data distribution: D(x, sigma) = softmax_i(-|x - x_i|^2 / 2 sigma^2) weighted mean of x_i.
+
+    The exact posterior mean when p(x0) is uniform over the data set (Karras et al. 2022, eq. 57).
+    """
+
+    def __init__(self, data: torch.Tensor, chunk: int = 4096):
+        self.data = data.reshape(data.shape[0], -1).to(torch.float64)
+        self.item_shape = data.shape[1:]
+        self.chunk = chunk
+
+    def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        xf = x.reshape(shape[0], -1).to(torch.float64)
+        s2 = expand_sigma(sigma, xf).to(torch.float64) ** 2
+        data = self.data.to(xf.device)
+        out = []
+        for i in range(0, xf.shape[0], self.chunk):
+            xi = xf[i : i + self.chunk]
+            d2 = torch.cdist(xi, data) ** 2
+            w = torch.softmax(-d2 / (2 * s2[i : i + self.chunk]), dim=1)
+            out.append(w @ data)
+        return torch.cat(out).to(dtype).reshape(shape)
