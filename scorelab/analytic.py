@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .denoisers import expand_sigma, score_from_denoised
+from .denoisers import expand_sigma
 
 
 class GaussianMixture:
@@ -29,9 +29,12 @@ class GaussianMixture:
             raise ValueError(f"weights must have shape ({k},), got {tuple(w.shape)}")
         if (w < 0).any() or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-9):
             raise ValueError("weights must be non-negative and sum to 1")
-        std = std.expand(k, d) if std.ndim < 2 else std
-        if std.ndim == 1:  # one std per component -> isotropic
+        if std.ndim == 0:  # one std for every component and dimension
+            std = std.expand(k, d)
+        elif std.ndim == 1:  # one std per component: isotropic components
             std = std[:, None].expand(k, d)
+        if std.shape != (k, d):
+            raise ValueError(f"stds must be a scalar or have shape ({k},) or ({k}, {d}), got {tuple(std.shape)}")
         if (std <= 0).any():
             raise ValueError("stds must be positive")
         self.weights, self.means, self.stds = w, mu, std.clone()
@@ -57,9 +60,15 @@ class GaussianMixture:
         post = self.means[None] + var0 / var * (xf[:, None, :] - self.means[None])
         return (r[:, :, None] * post).sum(1).to(dtype).reshape(shape)
 
-    def score(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Exact grad log p_sigma(x), through Tweedie's formula."""
-        return score_from_denoised(x, self(x, sigma), sigma)
+    def score(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """Exact grad log p_sigma(x) = sum_k r_k(x) * (mu_k - x) / (std_k^2 + sigma^2); valid at sigma = 0."""
+        shape, dtype = x.shape, x.dtype
+        xf = x.reshape(shape[0], -1).to(torch.float64)
+        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).reshape(-1, 1, 1) ** 2
+        var = self.stds.to(xf.device)[None] ** 2 + s2
+        r = self._responsibilities(xf, var)
+        per = (self.means[None].to(xf.device) - xf[:, None, :]) / var
+        return (r[:, :, None] * per).sum(1).to(dtype).reshape(shape)
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         xf = x.reshape(x.shape[0], -1).to(torch.float64)

@@ -1,0 +1,113 @@
+"""The `scorelab` command: train, sample, reproduce, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import ScorelabError
+
+
+def _echo_table(rows: list[list[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for j, row in enumerate(rows):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+        if j == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """scorelab: learn, follow, compose and distill scores, in pure PyTorch."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/CONFIG_NAME).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
+              help="Continue the run in this directory from its newest good checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> None:
+    """Train the score model CONFIG describes; checkpoints go to RUN_DIR/checkpoints."""
+    from .config import load_config
+    from .train.trainer import Trainer
+
+    cfg = load_config(config)
+    if resume is not None and out is not None and resume != out:
+        raise ScorelabError("give either --out or --resume, not both with different directories")
+    run_dir = resume or out or Path("runs") / config.stem
+    if resume is None and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("ckpt_*.json")):
+        raise ScorelabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
+    trainer = Trainer(cfg, run_dir, progress=not quiet, log=click.echo)
+    if resume is not None:
+        trainer.resume()
+    summary = trainer.run()
+    click.echo(f"trained {summary['step']} steps in {summary['seconds']} s; run directory: {run_dir}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--n", type=click.IntRange(min=1), default=None, help="Number of samples (default: the config's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default RUN_DIR/samples).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sample(run_dir: Path, n: int | None, seed: int, out: Path | None, quiet: bool) -> None:
+    """Draw samples from a trained run with annealed Langevin; writes a PNG grid and metrics.json."""
+    from .pipelines.sample import sample_run
+
+    metrics = sample_run(run_dir, n=n, seed=seed, out_dir=out, progress=not quiet, log=click.echo)
+    shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    click.echo(json.dumps(shown, indent=2))
+    click.echo(f"samples and metrics written to {out or Path(run_dir) / 'samples'}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="List the reproductions.")
+@click.option("--quick", is_flag=True, help="A reduced setting that runs in under a minute.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Figure directory (default runs/reproduce/NAME).")
+def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None, out: Path | None) -> None:
+    """Reproduce a paper's figure or table: scorelab reproduce NAME [--quick] [--json PATH]."""
+    from .reproduce import REPRODUCTIONS
+
+    if list_ or name is None:
+        for key, module in REPRODUCTIONS.items():
+            click.echo(f"{key:20s} {module.TITLE}")
+        return
+    if name not in REPRODUCTIONS:
+        raise ScorelabError(f"unknown reproduction {name!r}; allowed: {', '.join(REPRODUCTIONS)}")
+    module = REPRODUCTIONS[name]
+    result = module.run(out or Path("runs") / "reproduce" / name, quick=quick)
+    click.echo(module.TITLE)
+    _echo_table(result["table"])
+    click.echo(f"figure: {result['figure']}")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+        click.echo(f"results: {json_path}")
+    if not result["passed"]:
+        click.echo("the result does not show what the paper shows", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out: Path, quiet: bool) -> None:
+    """Train the 2D and digits models at demo size, sample, and write OUT/index.html."""
+    from .pipelines.demo import run_demo
+
+    index = run_demo(out, progress=not quiet, log=click.echo)
+    click.echo(f"report: {index.resolve()}")
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except ScorelabError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)

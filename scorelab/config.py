@@ -1,0 +1,188 @@
+"""Configs are dataclasses loaded from YAML; an unknown key, a wrong type or an out-of-range value is a
+one-line ConfigError naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "ring8"  # a 2D toy (ring8, moons, swissroll, rings, checkerboard) or 'digits'
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"  # 'mlp' (2D data) or 'unet' (images)
+    parameterisation: str = "edm"  # 'eps', 'x0' or 'edm' (see scorelab.denoisers.Preconditioned)
+    sigma_data: float = 0.5
+    width: int = 128  # mlp
+    depth: int = 3  # mlp
+    channels: int = 32  # unet
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2])  # unet
+    attention_levels: list[int] = field(default_factory=lambda: [1])  # unet
+    blocks_per_level: int = 2  # unet
+    dropout: float = 0.0  # unet
+
+
+@dataclass
+class NoiseConfig:
+    sigma_max: float = 10.0
+    sigma_min: float = 0.01
+    levels: int = 200
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 5000
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_warmup: int = 200
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    grad_clip: float = 1.0
+
+
+@dataclass
+class SampleConfig:
+    n: int = 5000
+    step_size: float = 2e-5  # epsilon of annealed Langevin: alpha_i = eps * sigma_i^2 / sigma_L^2
+    steps_per_level: int = 5
+    final_denoise: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+RANGES = {
+    "noise.sigma_max": (0.0, None),
+    "noise.sigma_min": (0.0, None),
+    "noise.levels": (2, None),
+    "train.steps": (1, None),
+    "train.batch_size": (1, None),
+    "train.lr": (0.0, None),
+    "train.ema_decay": (0.0, 1.0),
+    "train.checkpoint_every": (1, None),
+    "train.keep_checkpoints": (1, None),
+    "sample.n": (1, None),
+    "sample.step_size": (0.0, None),
+    "sample.steps_per_level": (1, None),
+    "model.sigma_data": (0.0, None),
+}
+CHOICES = {
+    "data.name": ("ring8", "moons", "swissroll", "rings", "checkerboard", "digits"),
+    "model.kind": ("mlp", "unet"),
+    "model.parameterisation": ("eps", "x0", "edm"),
+}
+
+
+def _convert(value, tp, key: str):
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: union types are not supported in configs")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls, raw, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in raw:
+        if k not in names:
+            where = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(f"unknown key {where!r}; allowed: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name not in raw:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, raw[f.name], key)
+        else:
+            kwargs[f.name] = _convert(raw[f.name], tp, key)
+    return cls(**kwargs)
+
+
+def validate(cfg: Config) -> Config:
+    flat = config_to_dict(cfg)
+    for key, (lo, hi) in RANGES.items():
+        section, name = key.split(".")
+        v = flat[section][name]
+        if v <= lo if isinstance(lo, float) else v < lo:
+            bound = f"> {lo}" if isinstance(lo, float) else f">= {lo}"
+            raise ConfigError(f"{key}: must be {bound}, got {v}")
+        if hi is not None and v >= hi:
+            raise ConfigError(f"{key}: must be < {hi}, got {v}")
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        if flat[section][name] not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {flat[section][name]!r}")
+    if cfg.noise.sigma_min >= cfg.noise.sigma_max:
+        raise ConfigError(f"noise.sigma_min ({cfg.noise.sigma_min}) must be below noise.sigma_max ({cfg.noise.sigma_max})")
+    if (cfg.data.name == "digits") != (cfg.model.kind == "unet"):
+        raise ConfigError(f"model.kind: data {cfg.data.name!r} needs {'unet' if cfg.data.name == 'digits' else 'mlp'}")
+    return cfg
+
+
+def config_from_dict(raw) -> Config:
+    return validate(_build(Config, raw, ""))
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    return config_from_dict(raw)

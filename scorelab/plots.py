@@ -1,0 +1,93 @@
+"""PNG figures: image grids (Pillow) and 2D scatter / quiver plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def image_grid(images: torch.Tensor, path: Path, *, nrow: int | None = None, scale: int = 4) -> Path:
+    """Save (N, C, H, W) images in [-1, 1] as one PNG grid, each image upscaled by `scale` (nearest)."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    n, c, h, w = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    pad = 1
+    grid = torch.full((c, ncol * (h + pad) + pad, nrow * (w + pad) + pad), 64, dtype=torch.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = x[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[:, :, 0] if c == 1 else arr)
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    img.save(path)
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def scatter(sets: dict[str, torch.Tensor], path: Path, *, lim: float | None = None, s: float = 1.0) -> Path:
+    """Side-by-side scatter plots of 2D point sets, one panel per entry."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 4), squeeze=False)
+    for ax, (title, pts) in zip(axes[0], sets.items(), strict=True):
+        p = pts.detach().cpu().numpy()
+        ax.scatter(p[:, 0], p[:, 1], s=s, alpha=0.5, linewidths=0)
+        ax.set_title(title)
+        ax.set_aspect("equal")
+        if lim is not None:
+            ax.set_xlim(-lim, lim)
+            ax.set_ylim(-lim, lim)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def quiver(fields: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, lim: float) -> Path:
+    """Quiver plots of vector fields given as (points (N, 2), vectors (N, 2)), one panel per entry."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(fields), figsize=(4.5 * len(fields), 4.5), squeeze=False)
+    for ax, (title, (pts, vec)) in zip(axes[0], fields.items(), strict=True):
+        p, v = pts.detach().cpu().numpy(), vec.detach().cpu().numpy()
+        ax.quiver(p[:, 0], p[:, 1], v[:, 0], v[:, 1], angles="xy")
+        ax.set_title(title)
+        ax.set_aspect("equal")
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def trajectories(paths: torch.Tensor, path: Path, *, lim: float, background: torch.Tensor | None = None) -> Path:
+    """Plot 2D trajectories (T, N, 2), start marked with a dot and end with a cross."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if background is not None:
+        b = background.cpu().numpy()
+        ax.scatter(b[:, 0], b[:, 1], s=1, c="lightgray", linewidths=0)
+    tr = paths.detach().cpu().numpy()
+    for i in range(tr.shape[1]):
+        ax.plot(tr[:, i, 0], tr[:, i, 1], lw=0.6, alpha=0.8)
+        ax.plot(tr[0, i, 0], tr[0, i, 1], "o", ms=2, c="k")
+        ax.plot(tr[-1, i, 0], tr[-1, i, 1], "x", ms=4, c="r")
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,6 @@
+"""Paper reproductions, run by `scorelab reproduce NAME [--quick] [--json PATH]`."""
+
+from . import ncsn_toy
+
+# name -> module with TITLE and run(out_dir, *, quick) -> dict (with a 'table' of rows and 'passed')
+REPRODUCTIONS = {"ncsn-toy": ncsn_toy}

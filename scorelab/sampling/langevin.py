@@ -1,0 +1,81 @@
+"""Langevin and annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from ..denoisers import Denoiser, score_from_denoised
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    # draw on CPU in float32 so the same seed gives the same result on every device
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+
+
+def langevin(
+    score: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    step_size: float,
+    n_steps: int,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Unadjusted Langevin dynamics x <- x + (eps/2) s(x) + sqrt(eps) z (Song & Ermon 2019, eq. 2)."""
+    if step_size <= 0 or n_steps < 0:
+        raise ValueError(f"need step_size > 0 and n_steps >= 0, got {step_size}, {n_steps}")
+    noise_scale = step_size**0.5
+    for i in tqdm(range(n_steps), desc="langevin", disable=not progress, leave=False):
+        x = x + 0.5 * step_size * score(x) + noise_scale * _randn_like(x, generator)
+        if callback is not None:
+            callback(i, x)
+    return x
+
+
+def annealed_langevin(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    step_size: float,
+    steps_per_level: int,
+    cond=None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Annealed Langevin dynamics over sigma_1 > ... > sigma_L (Song & Ermon 2019, Algorithm 1).
+
+    At level i the step is alpha_i = eps * sigma_i^2 / sigma_L^2 (Algorithm 1, line 3). If the schedule
+    ends in 0 a final denoising step x <- x + sigma_L^2 s(x, sigma_L) = D(x, sigma_L) follows
+    (Tweedie's formula; Song & Ermon 2020, Sec. 3 "denoising").
+    """
+    sigmas = torch.as_tensor(sigmas)
+    final_denoise = bool(sigmas[-1] == 0)
+    levels = sigmas[:-1] if final_denoise else sigmas
+    if levels.numel() == 0 or (levels <= 0).any() or (levels[1:] > levels[:-1]).any():
+        raise ValueError("sigmas must be positive and non-increasing, optionally followed by a single 0")
+    if step_size <= 0 or steps_per_level < 1:
+        raise ValueError(f"need step_size > 0 and steps_per_level >= 1, got {step_size}, {steps_per_level}")
+    sigma_last = float(levels[-1])
+    k = 0
+    bar = tqdm(total=len(levels) * steps_per_level, desc="annealed langevin", disable=not progress, leave=False)
+    for sigma in levels.tolist():
+        alpha = step_size * sigma**2 / sigma_last**2
+        sig = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+        for _ in range(steps_per_level):
+            s = score_from_denoised(x, denoiser(x, sig, cond), sig)
+            x = x + 0.5 * alpha * s + alpha**0.5 * _randn_like(x, generator)
+            if callback is not None:
+                callback(k, x)
+            k += 1
+            bar.update()
+    bar.close()
+    if final_denoise:
+        sig = torch.full((x.shape[0],), sigma_last, dtype=x.dtype, device=x.device)
+        x = denoiser(x, sig, cond)
+    return x

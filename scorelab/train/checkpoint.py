@@ -1,0 +1,75 @@
+"""Checkpoints: safetensors for tensors (no pickle) plus a JSON of config, step and content hash.
+
+A checkpoint is `ckpt_STEP.safetensors` and `ckpt_STEP.json`; both are written to a temporary file,
+fsynced and renamed, the JSON last, so a checkpoint whose JSON exists and whose hash matches is whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save
+
+from ..errors import ScorelabError
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(directory: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    stem = directory / f"ckpt_{step:08d}"
+    _atomic_write(stem.with_suffix(".safetensors"), blob)
+    record = {"step": step, "sha256": hashlib.sha256(blob).hexdigest(), **meta}
+    _atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=2).encode())
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return stem.with_suffix(".safetensors")
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """The JSON records of complete checkpoints, oldest first."""
+    return sorted(Path(directory).glob("ckpt_*.json"))
+
+
+def load_checkpoint(record_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load one checkpoint, checking its hash; raises ScorelabError naming the file if it is damaged."""
+    try:
+        record = json.loads(record_path.read_text())
+        blob_path = record_path.with_suffix(".safetensors")
+        blob = blob_path.read_bytes()
+    except (OSError, ValueError) as e:
+        raise ScorelabError(f"checkpoint {record_path} is unreadable ({e.__class__.__name__})") from None
+    if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
+        raise ScorelabError(f"checkpoint {blob_path} is corrupt (content hash does not match its record)")
+    return load_file(blob_path), record
+
+
+def load_latest(directory: Path, warn=print) -> tuple[dict[str, torch.Tensor], dict]:
+    """The newest good checkpoint in a directory, falling back past damaged ones and saying so."""
+    records = list_checkpoints(directory)
+    if not records:
+        raise ScorelabError(f"no checkpoint found in {directory}")
+    for record_path in reversed(records):
+        try:
+            return load_checkpoint(record_path)
+        except ScorelabError as e:
+            warn(f"warning: {e}; trying an older checkpoint")
+    raise ScorelabError(f"every checkpoint in {directory} is damaged")

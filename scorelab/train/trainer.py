@@ -1,0 +1,166 @@
+"""The training loop: NCSN objective, Adam, EMA, checkpoints that resume exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from ..config import Config, config_from_dict, config_to_dict
+from ..data.sources import BatchSource
+from ..errors import ScorelabError
+from ..models.build import build_denoiser
+from ..objectives.score_matching import ncsn_loss
+from ..schedules import geometric_sigmas
+from .checkpoint import _atomic_write, load_latest, save_checkpoint
+from .ema import EMA
+
+MAX_BAD_STEPS = 20
+
+
+def save_run_config(run_dir: Path, cfg: Config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+
+
+def load_run_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ScorelabError(f"{run_dir} is not a run directory (no config.yaml)")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True, log=print):
+        self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
+        torch.manual_seed(cfg.train.seed)  # parameter initialisation
+        self.denoiser = build_denoiser(cfg)
+        self.ema = EMA(self.denoiser, cfg.train.ema_decay)
+        self.opt = torch.optim.Adam(self.denoiser.parameters(), lr=cfg.train.lr)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.source = BatchSource(cfg.data.name, cfg.train.batch_size)
+        self.sigmas = geometric_sigmas(cfg.noise.sigma_max, cfg.noise.sigma_min, cfg.noise.levels)
+        self.step = 0
+        self.bad_steps = 0
+        self.skipped_steps = 0
+        self._stop_signal: int | None = None
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        t = {f"model.{k}": v for k, v in self.denoiser.state_dict().items()}
+        t.update({f"ema.{k}": v for k, v in self.ema.model.state_dict().items()})
+        for i, p in enumerate(self.denoiser.parameters()):
+            for k, v in self.opt.state.get(p, {}).items():
+                t[f"optim.{i}.{k}"] = torch.as_tensor(v)
+        t["rng.train"] = self.generator.get_state()
+        t.update(self.source.state())
+        return t
+
+    def load_state(self, t: dict[str, torch.Tensor], record: dict) -> None:
+        self.denoiser.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
+        self.ema.model.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
+        params = list(self.denoiser.parameters())
+        for k, v in t.items():
+            if k.startswith("optim."):
+                _, i, name = k.split(".", 2)
+                self.opt.state[params[int(i)]][name] = v
+        self.generator.set_state(t["rng.train"])
+        self.source.load_state(t)
+        self.step = record["step"]
+        self.skipped_steps = record.get("skipped_steps", 0)
+
+    def save(self) -> None:
+        meta = {"config": config_to_dict(self.cfg), "skipped_steps": self.skipped_steps}
+        save_checkpoint(self.run_dir / "checkpoints", self.step, self.state_tensors(), meta,
+                        self.cfg.train.keep_checkpoints)
+
+    def resume(self) -> None:
+        t, record = load_latest(self.run_dir / "checkpoints", warn=self.log)
+        saved = config_from_dict(record["config"])
+        for section in ("data", "model", "noise"):
+            if getattr(saved, section) != getattr(self.cfg, section):
+                raise ScorelabError(
+                    f"cannot resume {self.run_dir}: config section '{section}' differs from the run's"
+                )
+        self.load_state(t, record)
+        self.log(f"resumed {self.run_dir} at step {self.step}")
+
+    # ---- loop --------------------------------------------------------------------------------
+    def _lr(self) -> float:
+        warm = self.cfg.train.lr_warmup
+        return self.cfg.train.lr * min(1.0, (self.step + 1) / warm) if warm > 0 else self.cfg.train.lr
+
+    def train_step(self) -> float | None:
+        x = self.source.next(self.generator)
+        loss = ncsn_loss(self.denoiser, x, self.sigmas, generator=self.generator)
+        self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return None
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), self.cfg.train.grad_clip)
+        if not torch.isfinite(grad_norm):
+            return None
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr()
+        self.opt.step()
+        self.ema.update(self.denoiser)
+        return loss.item()
+
+    def _on_signal(self, signum, frame) -> None:
+        self._stop_signal = signum
+
+    def run(self) -> dict:
+        cfg = self.cfg.train
+        save_run_config(self.run_dir, self.cfg)
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                handlers[s] = signal.signal(s, self._on_signal)
+        start, losses = time.time(), []
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress)
+        try:
+            while self.step < cfg.steps:
+                loss = self.train_step()
+                if loss is None:
+                    self.bad_steps += 1
+                    self.skipped_steps += 1
+                    self.log(f"warning: non-finite loss or gradient at step {self.step}; step skipped")
+                    if self.bad_steps >= MAX_BAD_STEPS:
+                        raise ScorelabError(
+                            f"{MAX_BAD_STEPS} consecutive non-finite steps at step {self.step}; "
+                            f"stopping with the last good checkpoint in {self.run_dir / 'checkpoints'}"
+                        )
+                    continue
+                self.bad_steps = 0
+                self.step += 1
+                losses.append(loss)
+                bar.update()
+                if self.step % 50 == 0:
+                    bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                    self.save()
+                if self._stop_signal is not None:
+                    self.save()
+                    name = signal.Signals(self._stop_signal).name
+                    self.log(f"{name} received: saved checkpoint at step {self.step} in {self.run_dir}; "
+                             f"continue with --resume {self.run_dir}")
+                    raise SystemExit(128 + self._stop_signal)
+        finally:
+            bar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        summary = {
+            "step": self.step,
+            "seconds": round(time.time() - start, 1),
+            "final_loss": (sum(losses[-100:]) / len(losses[-100:])) if losses else math.nan,
+            "skipped_steps": self.skipped_steps,
+        }
+        _atomic_write(self.run_dir / "train.json", json.dumps(summary, indent=2).encode())
+        return summary
