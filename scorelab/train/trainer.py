@@ -110,7 +110,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         self.opt.step()
-        self.ema.update(self.denoiser)
+        self.ema.update(self.denoiser, self.step)
         return loss.item()
 
     def _on_signal(self, signum, frame) -> None:

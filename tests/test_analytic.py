@@ -1,0 +1,81 @@
+"""The oracles against closed forms, finite differences and Monte Carlo."""
+
+import math
+
+import pytest
+import torch
+
+from scorelab.analytic import FiniteDataset, GaussianMixture
+from scorelab.denoisers import score_from_denoised
+
+
+def _mixture():
+    return GaussianMixture([0.5, 0.3, 0.2], [[0.0, 1.0, -1.0], [2.0, -1.0, 0.5], [-2.0, 0.0, 1.0]],
+                           [[0.5, 0.7, 0.4], [1.0, 0.3, 0.6], [0.8, 0.8, 0.8]])
+
+
+def test_single_gaussian_denoiser_is_linear_shrinkage():
+    # N(mu, s0^2 I): E[x0|x] = mu + s0^2/(s0^2+sigma^2) (x - mu)
+    mu, s0, sigma = torch.tensor([1.0, -2.0]), 0.7, 1.3
+    gm = GaussianMixture([1.0], mu[None], [s0])
+    x = torch.randn(10, 2, dtype=torch.float64)
+    expect = mu + s0**2 / (s0**2 + sigma**2) * (x - mu)
+    torch.testing.assert_close(gm(x, torch.tensor(sigma)), expect)
+
+
+def test_score_is_gradient_of_log_density():
+    gm = _mixture()
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    for sigma in (0.0, 0.3, 2.0):
+        (grad,) = torch.autograd.grad(gm.log_prob(x, sigma).sum(), x)
+        torch.testing.assert_close(gm.score(x.detach(), sigma), grad)
+
+
+def test_denoiser_and_score_agree_through_tweedie():
+    gm = _mixture()
+    x = torch.randn(8, 3, dtype=torch.float64) * 2
+    for sigma in (0.1, 1.0, 5.0):
+        s = torch.tensor(sigma, dtype=torch.float64)
+        torch.testing.assert_close(score_from_denoised(x, gm(x, s), s), gm.score(x, sigma))
+
+
+def test_denoiser_equals_monte_carlo_posterior_mean():
+    # E[x0 | x] by self-normalised importance sampling with the prior as proposal
+    gm = _mixture()
+    g = torch.Generator().manual_seed(0)
+    x0 = gm.sample(400_000, g).double()
+    sigma = 0.8
+    x = torch.tensor([[0.5, 0.0, 0.0], [1.5, -0.5, 0.5]], dtype=torch.float64)
+    for xi, di in zip(x, gm(x, torch.tensor(sigma)), strict=True):
+        logw = -((xi - x0) ** 2).sum(1) / (2 * sigma**2)
+        w = torch.softmax(logw, 0)
+        mc = (w[:, None] * x0).sum(0)
+        ess = 1 / (w**2).sum()
+        post_sd = torch.sqrt((w[:, None] * (x0 - mc) ** 2).sum(0))
+        assert ((mc - di).abs() <= 4 * post_sd / ess.sqrt()).all()
+
+
+def test_log_prob_normalised_in_1d():
+    gm = GaussianMixture([0.3, 0.7], [[-1.0], [2.0]], [0.5, 1.0])
+    grid = torch.linspace(-10, 12, 20001, dtype=torch.float64)[:, None]
+    mass = torch.trapezoid(gm.log_prob(grid, 0.5).exp(), grid[:, 0])
+    assert math.isclose(mass.item(), 1.0, abs_tol=1e-8)
+
+
+def test_finite_dataset_limits():
+    data = torch.randn(20, 2, dtype=torch.float64)
+    fd = FiniteDataset(data)
+    # tiny sigma: the nearest data point; huge sigma: the data mean
+    x = data[:5] + 1e-4
+    torch.testing.assert_close(fd(x, torch.tensor(1e-3)), data[:5])
+    torch.testing.assert_close(fd(torch.zeros(1, 2, dtype=torch.float64), torch.tensor(1e4)),
+                               data.mean(0, keepdim=True), atol=1e-6, rtol=0)
+
+
+def test_bad_mixture_arguments():
+    with pytest.raises(ValueError, match="weights"):
+        GaussianMixture([0.5, 0.6], [[0.0], [1.0]], 1.0)
+    with pytest.raises(ValueError, match="stds"):
+        GaussianMixture([1.0], [[0.0]], [-1.0])
+    with pytest.raises(ValueError, match="means"):
+        GaussianMixture([1.0], [0.0], 1.0)

@@ -1,0 +1,76 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scorelab.config import config_from_dict, load_config
+from scorelab.errors import ConfigError
+
+
+@pytest.mark.parametrize("path", ["configs/ncsn-toy2d.yaml", "configs/ncsn-digits.yaml"])
+def test_shipped_configs_load(path):
+    load_config(path)
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"trian": {}}, "'trian'"),
+        ({"train": {"stepz": 1}}, "'train.stepz'"),
+        ({"train": {"steps": "many"}}, "train.steps"),
+        ({"train": {"steps": 1.5}}, "train.steps"),
+        ({"train": {"steps": True}}, "train.steps"),
+        ({"train": {"lr": "fast"}}, "train.lr"),
+        ({"train": {"steps": 0}}, "train.steps"),
+        ({"train": {"ema_decay": 1.0}}, "train.ema_decay"),
+        ({"noise": {"sigma_min": 0.0}}, "noise.sigma_min"),
+        ({"noise": {"sigma_max": float("nan")}}, "noise.sigma_max"),
+        ({"train": {"lr": float("inf")}}, "train.lr"),
+        ({"noise": {"sigma_min": 5.0, "sigma_max": 1.0}}, "noise.sigma_min"),
+        ({"data": {"name": "mnist"}}, "data.name"),
+        ({"model": {"channel_mult": 2}}, "model.channel_mult"),
+        ({"model": {"channel_mult": [1, "x"]}}, "model.channel_mult[1]"),
+        ({"sample": {"final_denoise": "yes"}}, "sample.final_denoise"),
+        ({"data": {"name": "digits"}}, "model.kind"),
+        ({"data": 3}, "data"),
+    ],
+)
+def test_bad_configs_name_the_key(raw, key):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw)
+    msg = str(e.value)
+    assert key in msg and "\n" not in msg
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(ConfigError):
+        load_config(binary)
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+sections = st.dictionaries(
+    st.sampled_from(["data", "model", "noise", "train", "sample", "other"]),
+    st.dictionaries(st.sampled_from(["name", "kind", "steps", "lr", "levels", "sigma_min", "x"]), yaml_values,
+                    max_size=3) | yaml_values,
+    max_size=4,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sections)
+def test_config_loader_never_crashes_otherwise(raw):
+    try:
+        config_from_dict(raw)
+    except ConfigError as e:
+        assert "\n" not in str(e)

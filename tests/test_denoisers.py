@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from scorelab.denoisers import (
+    Preconditioned,
+    denoised_from_eps,
+    denoised_from_score,
+    eps_from_denoised,
+    expand_sigma,
+    score_from_denoised,
+)
+from scorelab.schedules import append_zero, geometric_sigmas
+
+
+def test_conversions_round_trip():
+    x, d = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    sigma = torch.tensor([0.1, 0.5, 1.0, 3.0])
+    torch.testing.assert_close(denoised_from_score(x, score_from_denoised(x, d, sigma), sigma), d)
+    torch.testing.assert_close(denoised_from_eps(x, eps_from_denoised(x, d, sigma), sigma), d)
+    # score = -eps / sigma
+    torch.testing.assert_close(score_from_denoised(x, d, sigma), -eps_from_denoised(x, d, sigma) / sigma[:, None, None, None])
+
+
+def test_expand_sigma_rejects_wrong_shape():
+    with pytest.raises(ValueError, match="sigma"):
+        expand_sigma(torch.ones(3), torch.zeros(4, 2))
+
+
+class Constant(torch.nn.Module):
+    def forward(self, x, c_noise, cond=None):
+        return torch.full_like(x, 2.0)
+
+
+@pytest.mark.parametrize("param", ["eps", "x0", "edm"])
+def test_preconditioning_coefficients(param):
+    d = Preconditioned(Constant(), param, sigma_data=0.5)
+    x, sigma = torch.randn(3, 2), torch.tensor([0.1, 1.0, 10.0])
+    s = sigma[:, None]
+    out = d(x, sigma)
+    if param == "eps":
+        expect = x - s * 2.0
+    elif param == "x0":
+        expect = torch.full_like(x, 2.0)
+    else:  # Karras et al. 2022, Table 1
+        expect = 0.25 / (s**2 + 0.25) * x + s * 0.5 / torch.sqrt(s**2 + 0.25) * 2.0
+    torch.testing.assert_close(out, expect)
+
+
+def test_geometric_sigmas_constant_ratio():
+    s = geometric_sigmas(20.0, 1.0, 10).double()
+    ratios = s[1:] / s[:-1]
+    torch.testing.assert_close(ratios, torch.full_like(ratios, (1 / 20) ** (1 / 9)), rtol=1e-6, atol=0)
+    assert s[0].item() == pytest.approx(20.0) and s[-1].item() == pytest.approx(1.0)
+    assert append_zero(s)[-1] == 0
+    with pytest.raises(ValueError):
+        geometric_sigmas(1.0, 2.0, 10)
