@@ -26,9 +26,14 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/CONFIG_NAME).")
-@click.option("--resume", type=click.Path(file_okay=False, path_type=Path),
-              help="Continue the run in this directory from its newest good checkpoint.")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Run directory (default runs/CONFIG_NAME)."
+)
+@click.option(
+    "--resume",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Continue the run in this directory from its newest good checkpoint.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> None:
     """Train the score model CONFIG describes; checkpoints go to RUN_DIR/checkpoints."""
@@ -52,7 +57,9 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n", type=click.IntRange(min=1), default=None, help="Number of samples (default: the config's).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default RUN_DIR/samples).")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default RUN_DIR/samples)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sample(run_dir: Path, n: int | None, seed: int, out: Path | None, quiet: bool) -> None:
     """Draw samples from a trained run with annealed Langevin; writes a PNG grid and metrics.json."""
@@ -69,7 +76,9 @@ def sample(run_dir: Path, n: int | None, seed: int, out: Path | None, quiet: boo
 @click.option("--list", "list_", is_flag=True, help="List the reproductions.")
 @click.option("--quick", is_flag=True, help="A reduced setting that runs in under a minute.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Figure directory (default runs/reproduce/NAME).")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Figure directory (default runs/reproduce/NAME)."
+)
 def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None, out: Path | None) -> None:
     """Reproduce a paper's figure or table: scorelab reproduce NAME [--quick] [--json PATH]."""
     from .reproduce import REPRODUCTIONS

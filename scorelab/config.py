@@ -162,7 +162,9 @@ def validate(cfg: Config) -> Config:
         if flat[section][name] not in allowed:
             raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {flat[section][name]!r}")
     if cfg.noise.sigma_min >= cfg.noise.sigma_max:
-        raise ConfigError(f"noise.sigma_min ({cfg.noise.sigma_min}) must be below noise.sigma_max ({cfg.noise.sigma_max})")
+        raise ConfigError(
+            f"noise.sigma_min ({cfg.noise.sigma_min}) must be below noise.sigma_max ({cfg.noise.sigma_max})"
+        )
     if (cfg.data.name == "digits") != (cfg.model.kind == "unet"):
         raise ConfigError(f"model.kind: data {cfg.data.name!r} needs {'unet' if cfg.data.name == 'digits' else 'mlp'}")
     return cfg

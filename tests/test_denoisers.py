@@ -18,7 +18,9 @@ def test_conversions_round_trip():
     torch.testing.assert_close(denoised_from_score(x, score_from_denoised(x, d, sigma), sigma), d)
     torch.testing.assert_close(denoised_from_eps(x, eps_from_denoised(x, d, sigma), sigma), d)
     # score = -eps / sigma
-    torch.testing.assert_close(score_from_denoised(x, d, sigma), -eps_from_denoised(x, d, sigma) / sigma[:, None, None, None])
+    torch.testing.assert_close(
+        score_from_denoised(x, d, sigma), -eps_from_denoised(x, d, sigma) / sigma[:, None, None, None]
+    )
 
 
 def test_expand_sigma_rejects_wrong_shape():

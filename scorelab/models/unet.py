@@ -96,7 +96,9 @@ class UNet(nn.Module):
                     block.append(SelfAttention(ch))
                 self.up.append(block)
             if level > 0:
-                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)]))
+                self.up.append(
+                    nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, ch, 3, padding=1)])
+                )
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -108,9 +110,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            raise ValueError(
-                f"UNet expects (B, C, H, W) with H and W divisible by {self.factor}, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"UNet expects (B, C, H, W) with H and W divisible by {self.factor}, got {tuple(x.shape)}")
         emb = self.embed(c_noise)
         if self.label_embed is not None:
             labels = torch.full((x.shape[0],), -1, device=x.device) if cond is None else cond

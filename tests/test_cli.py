@@ -1,0 +1,108 @@
+"""End to end through the command line: train, resume, sample, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from scorelab.cli import cli
+from scorelab.train.checkpoint import list_checkpoints
+
+
+def _tiny_config(tmp_path, data="ring8", steps=40):
+    raw = {
+        "data": {"name": data},
+        "model": {"kind": "mlp" if data != "digits" else "unet", "width": 32, "depth": 1, "channels": 8,
+                  "attention_levels": []},
+        "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
+        "train": {"steps": steps, "batch_size": 16, "checkpoint_every": 10, "keep_checkpoints": 2},
+        "sample": {"n": 64, "steps_per_level": 2, "step_size": 1e-3},
+    }
+    path = tmp_path / f"{data}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
+    cfg = _tiny_config(tmp_path, steps=40)
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "straight"), "--quiet"]).exit_code == 0
+    half = tmp_path / "half.yaml"
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"]["steps"] = 20
+    half.write_text(yaml.safe_dump(raw))
+    assert r.invoke(cli, ["train", str(half), "--out", str(tmp_path / "split"), "--quiet"]).exit_code == 0
+    res = r.invoke(cli, ["train", str(cfg), "--resume", str(tmp_path / "split"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "resumed" in res.output
+    a = load_file(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1].with_suffix(".safetensors"))
+    b = load_file(list_checkpoints(tmp_path / "split" / "checkpoints")[-1].with_suffix(".safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert len(list_checkpoints(tmp_path / "straight" / "checkpoints")) == 2  # keep_checkpoints
+
+
+def test_corrupt_checkpoint_falls_back_to_older(tmp_path):
+    cfg = _tiny_config(tmp_path, steps=20)
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]).exit_code == 0
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1].with_suffix(".safetensors")
+    newest.write_bytes(newest.read_bytes()[:100])
+    res = r.invoke(cli, ["sample", str(tmp_path / "run"), "--n", "32", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "corrupt" in res.output and "older checkpoint" in res.output
+    metrics = json.loads((tmp_path / "run" / "samples" / "metrics.json").read_text())
+    assert metrics["step"] == 10 and metrics["n"] == 32 and metrics["sw2"] > 0
+
+
+@pytest.mark.parametrize("data", ["moons", "digits"])
+def test_train_and_sample_write_grid_and_metrics(tmp_path, data):
+    cfg = _tiny_config(tmp_path, data=data, steps=10)
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]).exit_code == 0
+    res = r.invoke(cli, ["sample", str(tmp_path / "run"), "--n", "20", "--seed", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run" / "samples"
+    assert (out / "samples.png").stat().st_size > 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert ("confident_share" in m) if data == "digits" else ("sw2_over_floor" in m)
+    again = r.invoke(cli, ["sample", str(tmp_path / "run"), "--n", "20", "--seed", "3", "--quiet",
+                           "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0
+    assert torch.equal(load_file(out / "samples.safetensors")["samples"],
+                       load_file(tmp_path / "again" / "samples.safetensors")["samples"])
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "scorelab", *args], capture_output=True, text=True)
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    for args in (["train", str(bad)], ["train", str(tmp_path / "nope.yaml")], ["sample", str(tmp_path / "nothing")],
+                 ["reproduce", "no-such-figure"]):
+        p = _run(*args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error:"), p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    cfg = _tiny_config(tmp_path, steps=10)
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]).exit_code == 0
+    p = _run("train", str(cfg), "--out", str(tmp_path / "run"))
+    assert p.returncode == 2 and "--resume" in p.stderr
+
+
+def test_every_command_has_help():
+    for args in ([], ["train"], ["sample"], ["reproduce"], ["demo"]):
+        res = CliRunner().invoke(cli, [*args, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output
