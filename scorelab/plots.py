@@ -37,6 +37,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def scatter(sets: dict[str, torch.Tensor], path: Path, *, lim: float | None = None, s: float = 1.0) -> Path:
     """Side-by-side scatter plots of 2D point sets, one panel per entry."""
     plt = _pyplot()
@@ -49,10 +56,7 @@ def scatter(sets: dict[str, torch.Tensor], path: Path, *, lim: float | None = No
         if lim is not None:
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def quiver(fields: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, lim: float) -> Path:
@@ -66,10 +70,7 @@ def quiver(fields: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, lim
         ax.set_aspect("equal")
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def trajectories(paths: torch.Tensor, path: Path, *, lim: float, background: torch.Tensor | None = None) -> Path:
@@ -87,7 +88,4 @@ def trajectories(paths: torch.Tensor, path: Path, *, lim: float, background: tor
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)

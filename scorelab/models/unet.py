@@ -70,7 +70,6 @@ class UNet(nn.Module):
         self.factor = 2 ** (len(channel_mult) - 1)
         self.embed = NoiseEmbedding(channels, emb_dim)
         self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
-        self.num_classes = num_classes
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down = nn.ModuleList()
         skips = [channels]

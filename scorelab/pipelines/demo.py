@@ -39,9 +39,8 @@ def _train(name: str, run_dir: Path, progress: bool, log) -> dict:
     return trainer.run()
 
 
-def _score_field_figure(run_dir: Path, out: Path) -> Path:
+def _score_field_figure(denoiser, out: Path) -> Path:
     """The learned score beside the exact one for the ring-of-Gaussians toy, at a middle noise level."""
-    cfg, denoiser, _ = load_run(run_dir)
     g = torch.linspace(-3, 3, 21)
     pts = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
     sigma = torch.full((pts.shape[0],), 0.3)
@@ -53,8 +52,7 @@ def _score_field_figure(run_dir: Path, out: Path) -> Path:
                    "exact score, sigma = 0.3": (pts, scale(exact) * 0.1)}, out, lim=3.2)
 
 
-def _trajectory_figure(run_dir: Path, out: Path) -> Path:
-    cfg, denoiser, _ = load_run(run_dir)
+def _trajectory_figure(cfg, denoiser, out: Path) -> Path:
     steps = []
     generate(cfg, denoiser, 16, seed=1, progress=False, callback=lambda i, x: steps.append(x.clone()))
     path = torch.stack(steps[:: max(1, len(steps) // 200)])
@@ -81,8 +79,9 @@ def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
     log("[2/4] training the 2D score network on the ring of 8 Gaussians")
     toy_train = _train("ncsn-toy2d", out / "toy2d", progress, log)
     toy_metrics = sample_run(out / "toy2d", progress=progress, log=log)
-    field = _score_field_figure(out / "toy2d", out / "toy2d" / "score_field.png")
-    traj = _trajectory_figure(out / "toy2d", out / "toy2d" / "trajectories.png")
+    toy_cfg, toy_denoiser, _ = load_run(out / "toy2d", log=log)
+    field = _score_field_figure(toy_denoiser, out / "toy2d" / "score_field.png")
+    traj = _trajectory_figure(toy_cfg, toy_denoiser, out / "toy2d" / "trajectories.png")
     log("[3/4] training the digits score U-Net")
     dig_train = _train("ncsn-digits", out / "digits", progress, log)
     log("[4/4] sampling digits with annealed Langevin")
