@@ -1,0 +1,197 @@
+"""Pinhole cameras in one convention (docs/cameras.md), with conversions at the edges.
+
+World: right-handed, +z up, units of the object box [-0.5, 0.5]^3.
+Spherical: polar theta in [0, pi] measured from +z (0 = top view, pi/2 = equator), azimuth phi
+measured from +x towards +y, radius r > 0; position = r (sin t cos p, sin t sin p, cos t).
+This is the Zero-1-to-3 parameterisation (Liu et al. 2023, sec. 3.1) with its z-up world.
+Camera space: OpenCV, x right, y down, z forward (depth > 0 in front). Pixel (i, j) covers
+[j, j+1] x [i, i+1]; its centre is (j + 0.5, i + 0.5) in (u, v).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from scorelab.errors import ScorelabError
+
+ZERO123_FOV_DEG = 49.1
+
+
+@dataclass
+class Cameras:
+    """A batch of N pinhole cameras sharing one image size.
+
+    world_to_cam: (N, 4, 4) rigid transforms, OpenCV camera axes.
+    focal: (N, 2) (fx, fy) in pixels; principal: (N, 2) (cx, cy) in pixels.
+    """
+
+    world_to_cam: torch.Tensor
+    focal: torch.Tensor
+    principal: torch.Tensor
+    width: int
+    height: int
+
+    def __len__(self) -> int:
+        return self.world_to_cam.shape[0]
+
+    def __getitem__(self, idx) -> Cameras:
+        if isinstance(idx, int):
+            idx = slice(idx, idx + 1)
+        return Cameras(self.world_to_cam[idx], self.focal[idx], self.principal[idx], self.width, self.height)
+
+    @property
+    def device(self) -> torch.device:
+        return self.world_to_cam.device
+
+    def to(self, device=None, dtype=None) -> Cameras:
+        return Cameras(
+            self.world_to_cam.to(device, dtype),
+            self.focal.to(device, dtype),
+            self.principal.to(device, dtype),
+            self.width,
+            self.height,
+        )
+
+    @property
+    def rotation(self) -> torch.Tensor:
+        """(N, 3, 3) world-to-camera rotation W."""
+        return self.world_to_cam[:, :3, :3]
+
+    @property
+    def centre(self) -> torch.Tensor:
+        """(N, 3) camera centres in world coordinates: -R^T t."""
+        r, t = self.world_to_cam[:, :3, :3], self.world_to_cam[:, :3, 3]
+        return -(r.transpose(1, 2) @ t.unsqueeze(-1)).squeeze(-1)
+
+
+def _check_finite(name: str, value: torch.Tensor) -> None:
+    if not torch.isfinite(value).all():
+        raise ScorelabError(f"{name} must be finite, got {value.flatten()[:4].tolist()}...")
+
+
+def spherical_to_cartesian(theta, phi, radius) -> torch.Tensor:
+    """Polar angle theta (from +z), azimuth phi (from +x towards +y), radius -> (..., 3) position."""
+    theta, phi, radius = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for v in (theta, phi, radius)))
+    _check_finite("camera angles", torch.stack([theta, phi]))
+    if (radius <= 0).any():
+        raise ScorelabError(f"camera radius must be > 0, got {radius.min().item():g}")
+    st = torch.sin(theta)
+    return torch.stack([radius * st * torch.cos(phi), radius * st * torch.sin(phi), radius * torch.cos(theta)], -1)
+
+
+def cartesian_to_spherical(position: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(..., 3) -> (theta in [0, pi], phi in [0, 2 pi), radius)."""
+    position = position.to(torch.float64)
+    radius = position.norm(dim=-1)
+    theta = torch.acos((position[..., 2] / radius.clamp_min(1e-300)).clamp(-1, 1))
+    phi = torch.atan2(position[..., 1], position[..., 0]) % (2 * math.pi)
+    return theta, phi, radius
+
+
+def look_at(eye: torch.Tensor, target: torch.Tensor | None = None, up=(0.0, 0.0, 1.0)) -> torch.Tensor:
+    """World-to-camera (N, 4, 4), OpenCV axes, camera at eye looking at target with world up `up`.
+
+    When the view direction is parallel to `up` (a pole), the camera's x axis falls back to +y x forward,
+    so poses stay continuous in phi around theta = 0 and pi is a documented special case.
+    """
+    eye = torch.as_tensor(eye, dtype=torch.float64).reshape(-1, 3)
+    target = torch.zeros_like(eye) if target is None else torch.as_tensor(target, dtype=torch.float64).expand_as(eye)
+    up_t = torch.as_tensor(up, dtype=torch.float64).expand_as(eye)
+    forward = target - eye
+    dist = forward.norm(dim=-1, keepdim=True)
+    if (dist <= 0).any():
+        raise ScorelabError("camera eye and target must differ")
+    forward = forward / dist
+    right = torch.linalg.cross(forward, up_t)  # OpenCV x = forward x up  (y = down = -up projected)
+    degenerate = right.norm(dim=-1, keepdim=True) < 1e-9
+    fallback = torch.linalg.cross(forward, torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand_as(eye))
+    right = torch.where(degenerate, fallback, right)
+    right = right / right.norm(dim=-1, keepdim=True)
+    down = torch.linalg.cross(forward, right)
+    rot = torch.stack([right, down, forward], dim=1)  # rows: camera axes in world coordinates
+    w2c = torch.eye(4, dtype=torch.float64).repeat(eye.shape[0], 1, 1)
+    w2c[:, :3, :3] = rot
+    w2c[:, :3, 3] = -(rot @ eye.unsqueeze(-1)).squeeze(-1)
+    return w2c
+
+
+def focal_from_fov(fov_deg: float, size: int) -> float:
+    """Focal length in pixels for a field of view spanning `size` pixels: f = (size / 2) / tan(fov / 2)."""
+    if not 0 < fov_deg < 180:
+        raise ScorelabError(f"field of view must be in (0, 180) degrees, got {fov_deg}")
+    return 0.5 * size / math.tan(math.radians(fov_deg) / 2)
+
+
+def orbit_cameras(
+    theta,
+    phi,
+    radius,
+    *,
+    fov_deg: float = ZERO123_FOV_DEG,
+    width: int = 64,
+    height: int | None = None,
+    dtype=torch.float32,
+    device=None,
+) -> Cameras:
+    """Cameras on spheres around the origin, looking at it, z up; fov spans the image width."""
+    height = width if height is None else height
+    if width <= 0 or height <= 0:
+        raise ScorelabError(f"image size must be positive, got {width}x{height}")
+    eye = spherical_to_cartesian(theta, phi, radius).reshape(-1, 3)
+    w2c = look_at(eye)
+    n = eye.shape[0]
+    f = focal_from_fov(fov_deg, width)
+    focal = torch.full((n, 2), f, dtype=torch.float64)
+    principal = torch.tensor([[width / 2, height / 2]], dtype=torch.float64).repeat(n, 1)
+    return Cameras(w2c, focal, principal, width, height).to(device, dtype)
+
+
+def world_to_camera(cameras: Cameras, points: torch.Tensor) -> torch.Tensor:
+    """(P, 3) world points -> (N, P, 3) camera-space points."""
+    r, t = cameras.world_to_cam[:, :3, :3], cameras.world_to_cam[:, :3, 3]
+    return torch.einsum("nij,pj->npi", r, points) + t[:, None, :]
+
+
+def project(cameras: Cameras, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, 3) world points -> pixel coordinates (N, P, 2) as (u, v), and depth (N, P)."""
+    cam = world_to_camera(cameras, points)
+    z = cam[..., 2]
+    uv = cam[..., :2] / z.unsqueeze(-1) * cameras.focal[:, None, :] + cameras.principal[:, None, :]
+    return uv, z
+
+
+def pixel_grid(cameras: Cameras) -> torch.Tensor:
+    """(H, W, 2) pixel-centre coordinates (u, v) = (j + 0.5, i + 0.5)."""
+    dev, dt = cameras.device, cameras.focal.dtype
+    v, u = torch.meshgrid(
+        torch.arange(cameras.height, device=dev, dtype=dt) + 0.5,
+        torch.arange(cameras.width, device=dev, dtype=dt) + 0.5,
+        indexing="ij",
+    )
+    return torch.stack([u, v], -1)
+
+
+def generate_rays(cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ray origins and unit directions through pixel centres, each (N, H, W, 3) in world coordinates."""
+    uv = pixel_grid(cameras)  # (H, W, 2)
+    xy = (uv[None] - cameras.principal[:, None, None, :]) / cameras.focal[:, None, None, :]
+    d_cam = torch.cat([xy, torch.ones_like(xy[..., :1])], -1)
+    d_world = torch.einsum("nji,nhwj->nhwi", cameras.rotation, d_cam)  # R^T d
+    d_world = d_world / d_world.norm(dim=-1, keepdim=True)
+    origins = cameras.centre[:, None, None, :].expand_as(d_world)
+    return origins, d_world
+
+
+def relative_pose(theta_a, phi_a, r_a, theta_b, phi_b, r_b) -> torch.Tensor:
+    """Zero-1-to-3 relative pose from view a to view b: (..., 4) = (dtheta, sin dphi, cos dphi, dr)."""
+    # Liu et al. 2023 (Zero-1-to-3), sec. 3.1: the embedding of the relative viewpoint
+    vals = [torch.as_tensor(v, dtype=torch.float64) for v in (theta_a, phi_a, r_a, theta_b, phi_b, r_b)]
+    theta_a, phi_a, r_a, theta_b, phi_b, r_b = torch.broadcast_tensors(*vals)
+    _check_finite("camera angles", torch.stack([theta_a, phi_a, theta_b, phi_b]))
+    if (r_a <= 0).any() or (r_b <= 0).any():
+        raise ScorelabError("camera radius must be > 0")
+    d_phi = phi_b - phi_a
+    return torch.stack([theta_b - theta_a, torch.sin(d_phi), torch.cos(d_phi), r_b - r_a], -1)

@@ -1,0 +1,67 @@
+import math
+
+import pytest
+import torch
+
+from scorelab.errors import ScorelabError
+from scorelab.three.cameras import (
+    cartesian_to_spherical,
+    generate_rays,
+    orbit_cameras,
+    project,
+    relative_pose,
+    spherical_to_cartesian,
+)
+
+
+def test_spherical_round_trip():
+    g = torch.Generator().manual_seed(0)
+    theta = torch.rand(100, generator=g, dtype=torch.float64) * (math.pi - 0.02) + 0.01
+    phi = torch.rand(100, generator=g, dtype=torch.float64) * 2 * math.pi
+    r = torch.rand(100, generator=g, dtype=torch.float64) * 0.7 + 1.5
+    t2, p2, r2 = cartesian_to_spherical(spherical_to_cartesian(theta, phi, r))
+    torch.testing.assert_close(t2, theta)
+    torch.testing.assert_close(torch.sin(p2 - phi), torch.zeros_like(phi), atol=1e-12, rtol=0)
+    torch.testing.assert_close(r2, r)
+
+
+def test_convention_axes():
+    # polar 0 looks straight down from +z; azimuth 0 sits on +x; azimuth pi/2 on +y
+    torch.testing.assert_close(spherical_to_cartesian(0.0, 0.3, 2.0), torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        spherical_to_cartesian(math.pi / 2, math.pi / 2, 1.0), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64),
+        atol=1e-12, rtol=0,
+    )
+
+
+def test_origin_projects_to_centre_and_up_is_up():
+    cams = orbit_cameras(torch.tensor([1.0, 1.3, 2.0]), torch.tensor([0.0, 2.0, 5.0]), 2.0, width=64, dtype=torch.float64)
+    uv, z = project(cams, torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.2]], dtype=torch.float64))
+    torch.testing.assert_close(uv[:, 0], torch.full((3, 2), 32.0, dtype=torch.float64))
+    torch.testing.assert_close(z[:, 0], torch.full((3,), 2.0, dtype=torch.float64))
+    assert (uv[:, 1, 1] < 32).all()  # a point above the origin appears higher in the image (smaller v)
+
+
+def test_rays_hit_projected_points():
+    cams = orbit_cameras(torch.tensor([1.1]), torch.tensor([0.7]), 1.8, width=8, height=6, dtype=torch.float64)
+    o, d = generate_rays(cams)
+    pts = (o + 1.3 * d).reshape(-1, 3)
+    uv, _ = project(cams, pts)
+    j, i = torch.meshgrid(torch.arange(8.0), torch.arange(6.0), indexing="xy")
+    expected = torch.stack([j + 0.5, i + 0.5], -1).reshape(-1, 2).to(torch.float64)
+    torch.testing.assert_close(uv[0], expected)
+    assert cams.focal[0, 0] == pytest.approx(4 / math.tan(math.radians(49.1) / 2))
+
+
+def test_relative_pose_continuous_across_zero_azimuth():
+    a = relative_pose(1.0, 2 * math.pi - 1e-6, 1.5, 1.0, 1e-6, 1.5)
+    b = relative_pose(1.0, 0.0, 1.5, 1.0, 0.0, 1.5)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b, torch.tensor([0.0, 0.0, 1.0, 0.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("bad", [dict(radius=0.0), dict(radius=-1.0), dict(theta=float("nan"))])
+def test_bad_cameras(bad):
+    args = dict(theta=1.0, phi=0.0, radius=2.0) | bad
+    with pytest.raises(ScorelabError):
+        orbit_cameras(args["theta"], args["phi"], args["radius"])
