@@ -27,15 +27,21 @@ def test_spherical_round_trip():
 
 def test_convention_axes():
     # polar 0 looks straight down from +z; azimuth 0 sits on +x; azimuth pi/2 on +y
-    torch.testing.assert_close(spherical_to_cartesian(0.0, 0.3, 2.0), torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64))
     torch.testing.assert_close(
-        spherical_to_cartesian(math.pi / 2, math.pi / 2, 1.0), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64),
-        atol=1e-12, rtol=0,
+        spherical_to_cartesian(0.0, 0.3, 2.0), torch.tensor([0.0, 0.0, 2.0], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        spherical_to_cartesian(math.pi / 2, math.pi / 2, 1.0),
+        torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64),
+        atol=1e-12,
+        rtol=0,
     )
 
 
 def test_origin_projects_to_centre_and_up_is_up():
-    cams = orbit_cameras(torch.tensor([1.0, 1.3, 2.0]), torch.tensor([0.0, 2.0, 5.0]), 2.0, width=64, dtype=torch.float64)
+    cams = orbit_cameras(
+        torch.tensor([1.0, 1.3, 2.0]), torch.tensor([0.0, 2.0, 5.0]), 2.0, width=64, dtype=torch.float64
+    )
     uv, z = project(cams, torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.2]], dtype=torch.float64))
     torch.testing.assert_close(uv[:, 0], torch.full((3, 2), 32.0, dtype=torch.float64))
     torch.testing.assert_close(z[:, 0], torch.full((3,), 2.0, dtype=torch.float64))

@@ -74,7 +74,9 @@ def _check_finite(name: str, value: torch.Tensor) -> None:
 
 def spherical_to_cartesian(theta, phi, radius) -> torch.Tensor:
     """Polar angle theta (from +z), azimuth phi (from +x towards +y), radius -> (..., 3) position."""
-    theta, phi, radius = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for v in (theta, phi, radius)))
+    theta, phi, radius = torch.broadcast_tensors(
+        *(torch.as_tensor(v, dtype=torch.float64) for v in (theta, phi, radius))
+    )
     _check_finite("camera angles", torch.stack([theta, phi]))
     if (radius <= 0).any():
         raise ScorelabError(f"camera radius must be > 0, got {radius.min().item():g}")
