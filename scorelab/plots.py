@@ -89,3 +89,30 @@ def trajectories(paths: torch.Tensor, path: Path, *, lim: float, background: tor
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
     return _save(plt, fig, path)
+
+
+def line_panels(
+    panels: dict[str, dict[str, tuple[list, list]]],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = True,
+    logy: bool = True,
+    hline: float | None = None,
+) -> Path:
+    """One panel per entry, each with named (x, y) lines; an optional dashed horizontal reference line."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+        for label, (xs, ys) in lines.items():
+            ax.plot(xs, ys, marker="o", ms=3, label=label)
+        if hline is not None:
+            ax.axhline(hline, ls="--", c="gray", lw=1)
+        ax.set_xscale("log" if logx else "linear")
+        ax.set_yscale("log" if logy else "linear")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+    axes[0][-1].legend(fontsize=7)
+    return _save(plt, fig, path)

@@ -23,3 +23,111 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, n: int, *, dtype=torch.
 def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     """Samplers step over consecutive pairs of a schedule that ends in 0."""
     return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+# --- VP / DDPM schedules (materialised; maths in float64) ---------------------------------------------------------
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "cosine")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def beta_schedule(
+    name: str, T: int = 1000, *, beta_start: float | None = None, beta_end: float | None = None
+) -> torch.Tensor:
+    """beta_1..beta_T (float64).
+
+    linear: Ho et al. 2020 sec. 4, 1e-4 .. 0.02.  scaled_linear: linear in sqrt(beta) (Stable Diffusion,
+    0.00085 .. 0.012).  cosine: Nichol & Dhariwal 2021 eq. 17 with s = 0.008, beta capped at 0.999.
+    """
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    if name == "linear":
+        b0, b1 = beta_start or 1e-4, beta_end or 0.02
+        return torch.linspace(b0, b1, T, dtype=torch.float64)
+    if name == "scaled_linear":
+        b0, b1 = beta_start or 0.00085, beta_end or 0.012
+        return torch.linspace(b0**0.5, b1**0.5, T, dtype=torch.float64) ** 2
+    if name == "cosine":
+        s = 0.008
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((t + s) / (1 + s) * torch.pi / 2) ** 2  # Nichol & Dhariwal 2021 eq. 17
+        return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    raise ValueError(f"beta schedule must be one of {BETA_SCHEDULES}, got {name!r}")
+
+
+def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    """alpha_bar_t = prod_{s<=t} (1 - beta_s) (Ho et al. 2020, sec. 2)."""
+    return torch.cumprod(1 - betas.to(torch.float64), 0)
+
+
+def sigma_from_alpha_bar(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """VP -> VE: x_vp = sqrt(ab) (x0 + sigma eps) with sigma = sqrt((1 - ab) / ab) (Song et al. 2021, App. B)."""
+    ab = torch.as_tensor(alpha_bar, dtype=torch.float64)
+    return ((1 - ab) / ab).sqrt()
+
+
+def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    """VE -> VP: alpha_bar = 1 / (1 + sigma^2)."""
+    return 1 / (1 + torch.as_tensor(sigma, dtype=torch.float64) ** 2)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, *, dtype=torch.float32):
+    """n sigmas from sigma_max to sigma_min, uniform in sigma^(1/rho) (Karras et al. 2022, eq. 5); no trailing 0."""
+    if not (sigma_max > sigma_min > 0) or n < 1:
+        raise ValueError(f"need sigma_max > sigma_min > 0 and n >= 1, got {sigma_max}, {sigma_min}, {n}")
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return ((hi + ramp * (lo - hi)) ** rho).to(dtype)
+
+
+def loglinear_sigmas(sigma_min: float, sigma_max: float, n: int, *, dtype=torch.float32):
+    """n sigmas uniform in log sigma, i.e. uniform in half-log-SNR lambda (Lu et al. 2022, 'time uniform' in lambda)."""
+    return geometric_sigmas(sigma_max, sigma_min, n, dtype=dtype) if n > 1 else torch.tensor([sigma_max], dtype=dtype)
+
+
+def timesteps(T: int, n: int, spacing: str = "trailing", *, offset: int = 0) -> torch.Tensor:
+    """n of the T discrete timesteps 0..T-1 (0-based as diffusers stores them), descending.
+
+    leading:  arange(n) * (T // n) + offset;  trailing: round(arange(T, 0, -T/n)) - 1;
+    linspace: round(linspace(0, T-1, n))  (Lin et al. 2024, 'Common Diffusion Noise Schedules ...', Table 2).
+    """
+    if not 1 <= n <= T:
+        raise ValueError(f"need 1 <= n <= T, got n={n}, T={T}")
+    if spacing == "leading":
+        t = torch.arange(n, dtype=torch.float64) * (T // n) + offset
+    elif spacing == "trailing":
+        t = torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)) - 1
+    elif spacing == "linspace":
+        t = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64))
+    else:
+        raise ValueError(f"timestep spacing must be one of {SPACINGS}, got {spacing!r}")
+    return t.long().sort(descending=True).values
+
+
+def discrete_sigmas(alpha_bar: torch.Tensor, steps: torch.Tensor, *, dtype=torch.float32) -> torch.Tensor:
+    """The sigma schedule a sampler steps over for the given discrete timesteps, ending in 0."""
+    return append_zero(sigma_from_alpha_bar(alpha_bar[steps])).to(dtype)
+
+
+def lognormal_sigmas(
+    sigma_min: float, sigma_max: float, n: int, *, centre: float, width: float = 2.0, dtype=torch.float32
+) -> torch.Tensor:
+    """n sigmas from sigma_max to sigma_min at equally spaced quantiles of a log-normal density
+    ln sigma ~ N(ln centre, width^2) truncated to [sigma_min, sigma_max]; no trailing 0.
+
+    Steps go where the density is high, the way EDM's training distribution concentrates on the noise levels
+    that matter (Karras et al. 2022, sec. 5). scorelab recommends centre = sigma_data / 4, width = 2 (chosen by
+    the sampler-accuracy sweep; see `scorelab reproduce sampler-accuracy`).
+    """
+    if not (sigma_max > sigma_min > 0) or n < 2 or centre <= 0 or width <= 0:
+        raise ValueError(
+            f"need sigma_max > sigma_min > 0, n >= 2, centre > 0, width > 0; got {sigma_max}, "
+            f"{sigma_min}, {n}, {centre}, {width}"
+        )
+    c = torch.tensor(centre, dtype=torch.float64).log()
+    lo = torch.special.ndtr((torch.tensor(sigma_min, dtype=torch.float64).log() - c) / width)
+    hi = torch.special.ndtr((torch.tensor(sigma_max, dtype=torch.float64).log() - c) / width)
+    u = torch.linspace(0, 1, n, dtype=torch.float64)
+    s = torch.exp(c + width * torch.special.ndtri(hi + u * (lo - hi)))
+    s[0], s[-1] = sigma_max, sigma_min
+    return s.to(dtype)

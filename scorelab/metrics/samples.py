@@ -60,6 +60,23 @@ def _w2_sq_1d(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
     return (weight.unsqueeze(1) * (px[ix] - py[iy]) ** 2).sum(dim=0)
 
 
+class SlicedW2Reference:
+    """A reference set with its projections sorted once, for many sliced W2 distances to the same set."""
+
+    def __init__(self, y, *, n_projections: int = 1000, seed: int = 0):
+        y = _as_points(y, "y")
+        self.theta = projections(y.shape[1], n_projections, seed=seed).to(y.device)
+        # Bonneel, Rabin, Peyre & Pfister 2015, "Sliced and Radon Wasserstein barycenters of measures" (SW2).
+        self.sorted = (y @ self.theta.T).sort(dim=0).values  # (M, P)
+
+    def distance(self, x) -> float:
+        x = _as_points(x, "x")
+        if x.shape[1] != self.theta.shape[1]:
+            raise ValueError(f"x must have dimension {self.theta.shape[1]} like the reference, got {x.shape[1]}")
+        px = (x.to(self.theta.device) @ self.theta.T).sort(dim=0).values  # (N, P)
+        return math.sqrt(_w2_sq_1d(px, self.sorted).mean().item())
+
+
 def sliced_wasserstein2(x, y, *, n_projections: int = 1000, seed: int = 0) -> float:
     """Sliced Wasserstein-2 distance between the empirical measures of x (N, D) and y (M, D).
 
@@ -73,11 +90,7 @@ def sliced_wasserstein2(x, y, *, n_projections: int = 1000, seed: int = 0) -> fl
     twice are at distance 0).
     """
     x, y = _check_pair(x, y)
-    theta = projections(x.shape[1], n_projections, seed=seed).to(x.device)
-    # Bonneel, Rabin, Peyre & Pfister 2015, "Sliced and Radon Wasserstein barycenters of measures" (SW2).
-    px = (x @ theta.T).sort(dim=0).values  # (N, P)
-    py = (y @ theta.T).sort(dim=0).values  # (M, P)
-    return math.sqrt(_w2_sq_1d(px, py).mean().item())
+    return SlicedW2Reference(y, n_projections=n_projections, seed=seed).distance(x)
 
 
 def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Paper reproductions, run by `scorelab reproduce NAME [--quick] [--json PATH]`."""
 
-from . import ncsn_toy
+from . import ncsn_toy, sampler_accuracy
 
 # name -> module with TITLE and run(out_dir, *, quick) -> dict (with a 'table' of rows and 'passed')
-REPRODUCTIONS = {"ncsn-toy": ncsn_toy}
+REPRODUCTIONS = {"ncsn-toy": ncsn_toy, "sampler-accuracy": sampler_accuracy}

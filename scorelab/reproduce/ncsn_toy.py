@@ -39,14 +39,21 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
         "seed": seed,
         "setting": {
             "langevin": {"step_size": 0.1, "steps": 1000},
-            "annealed": {"sigma_max": 20.0, "sigma_min": 1.0, "levels": 10, "steps_per_level": 100,
-                         "step_size": 0.1, "alpha_i": "step_size * sigma_i^2 / sigma_L^2"},
+            "annealed": {
+                "sigma_max": 20.0,
+                "sigma_min": 1.0,
+                "levels": 10,
+                "steps_per_level": 100,
+                "step_size": 0.1,
+                "alpha_i": "step_size * sigma_i^2 / sigma_L^2",
+            },
         },
     }
     result["passed"] = abs(result["annealed_weight"] - 0.8) <= 0.05 and abs(result["langevin_weight"] - 0.8) >= 0.15
     out_dir.mkdir(parents=True, exist_ok=True)
-    png = scatter({"exact samples": exact, "Langevin": plain, "annealed Langevin": annealed},
-                  out_dir / "ncsn_toy.png", lim=9, s=3)
+    png = scatter(
+        {"exact samples": exact, "Langevin": plain, "annealed Langevin": annealed}, out_dir / "ncsn_toy.png", lim=9, s=3
+    )
     result["figure"] = str(png)
     result["table"] = [
         ["method", "weight of (5,5)", "|error|"],

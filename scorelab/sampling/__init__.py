@@ -1,0 +1,15 @@
+"""Samplers: pure functions sample(denoiser, x, sigmas, *, cond, generator, callback, progress, **opts) -> x over a
+materialised sigma schedule that ends in 0 (plus Langevin dynamics, which takes a score)."""
+
+from .ancestral import ddim, ddpm
+from .dpm_solver import dpmpp_2m, dpmpp_3m
+from .ode import euler, heun
+from .unipc import unipc
+
+
+def evaluations(name: str, n_sigmas: int) -> int:
+    """Model evaluations a sampler spends on a schedule with n_sigmas positive entries (then 0)."""
+    return 2 * n_sigmas - 1 if name == "heun" else n_sigmas
+
+
+__all__ = ["ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "euler", "heun", "unipc", "evaluations"]

@@ -1,0 +1,66 @@
+"""Guidance and output constraints as wrappers: a Denoiser in, a Denoiser out, so every sampler works unchanged.
+
+Because samplers only ever consume D(x, sigma), a wrapper that changes D also changes the implied noise
+eps = (x - D) / sigma and score consistently: clipping x0_hat can never leave a stale, unclipped eps behind.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .denoisers import Denoiser
+
+
+class ClassifierFreeGuidance:
+    """D = D_u + scale * (D_c - D_u) (Ho & Salimans 2022, eq. 6, written on denoisers).
+
+    Convention: scale = 1 is the plain conditional model, scale = 0 the unconditional one, scale > 1 guides.
+    (Ho & Salimans write (1 + w) eps_c - w eps_u, so their w is scale - 1.) The conditional and unconditional
+    passes go through the network as one batch of 2B. `null_cond` is what the network was trained with when the
+    condition was dropped (for scorelab's U-Net, label -1).
+    """
+
+    def __init__(self, denoiser: Denoiser, scale: float, null_cond):
+        self.denoiser, self.scale, self.null_cond = denoiser, float(scale), null_cond
+
+    def _null_like(self, cond):
+        null = torch.as_tensor(self.null_cond, device=cond.device, dtype=cond.dtype)
+        return null.expand_as(cond)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
+        if cond is None:
+            raise ValueError("classifier-free guidance needs a condition")
+        if self.scale == 1.0:
+            return self.denoiser(x, sigma, cond)
+        null = self._null_like(cond)
+        if self.scale == 0.0:
+            return self.denoiser(x, sigma, null)
+        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, null]))
+        d_c, d_u = both.chunk(2)
+        return d_u + self.scale * (d_c - d_u)
+
+
+class Clamped:
+    """x0_hat clamped to [low, high] (the data range), e.g. [-1, 1] for images."""
+
+    def __init__(self, denoiser: Denoiser, low: float = -1.0, high: float = 1.0):
+        self.denoiser, self.low, self.high = denoiser, low, high
+
+    def __call__(self, x, sigma, cond=None):
+        return self.denoiser(x, sigma, cond).clamp(self.low, self.high)
+
+
+class DynamicThreshold:
+    """Dynamic thresholding (Saharia et al. 2022, 'Imagen', sec. 2.3): per sample, s = max(1, the `percentile`
+    quantile of |x0_hat|); x0_hat <- clamp(x0_hat, -s, s) / s."""
+
+    def __init__(self, denoiser: Denoiser, percentile: float = 0.995):
+        if not 0 < percentile <= 1:
+            raise ValueError(f"percentile must be in (0, 1], got {percentile}")
+        self.denoiser, self.percentile = denoiser, percentile
+
+    def __call__(self, x, sigma, cond=None):
+        d = self.denoiser(x, sigma, cond)
+        s = torch.quantile(d.flatten(1).abs().float(), self.percentile, dim=1).clamp(min=1.0).to(d.dtype)
+        s = s.reshape(-1, *([1] * (d.ndim - 1)))
+        return d.clamp(-s, s) / s

@@ -1,0 +1,35 @@
+"""Moment z-scores of samples against a Gaussian mixture: is a sampler distinguishable from exact sampling?"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..analytic import GaussianMixture
+
+
+def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
+    """Assign each sample to its nearest component mean; per component compare weight, per-coordinate mean and
+    per-coordinate std with the exact values as z-scores under sampling error at this n:
+    weight sqrt(w (1 - w) / n), mean s / sqrt(n_k), std ratio - 1 sqrt(1 / (2 (n_k - 1))) (normal-theory SE of a
+    sample std). Returns {'max_z', 'weight_z', 'mean_z', 'std_z', 'weights'}; an empty component gives max_z = inf.
+    """
+    x = samples.detach().to(torch.float64).cpu()
+    n = x.shape[0]
+    means, stds, w = mixture.means.cpu(), mixture.stds.cpu(), mixture.weights.cpu()
+    if not torch.isfinite(x).all():
+        return {"max_z": math.inf, "weights": [math.nan] * len(w)}
+    nearest = torch.cdist(x, means).argmin(1)
+    weight_z, mean_z, std_z, weights = [], [], [], []
+    for k in range(means.shape[0]):
+        xk = x[nearest == k]
+        nk = xk.shape[0]
+        weights.append(nk / n)
+        weight_z.append((nk / n - w[k].item()) / math.sqrt(w[k].item() * (1 - w[k].item()) / n) if w[k] < 1 else 0.0)
+        if nk < 2:
+            return {"max_z": math.inf, "weights": weights}
+        mean_z += ((xk.mean(0) - means[k]) / (stds[k] / math.sqrt(nk))).tolist()
+        std_z += ((xk.std(0) / stds[k] - 1) / math.sqrt(1 / (2 * (nk - 1)))).tolist()
+    every = [abs(v) for v in weight_z + mean_z + std_z]
+    return {"max_z": max(every), "weight_z": weight_z, "mean_z": mean_z, "std_z": std_z, "weights": weights}

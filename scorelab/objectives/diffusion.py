@@ -1,0 +1,55 @@
+"""Diffusion training losses over a discrete DDPM schedule, for any Denoiser in sigma-space."""
+
+from __future__ import annotations
+
+import torch
+
+from ..denoisers import Denoiser, expand_sigma
+from ..schedules import sigma_from_alpha_bar
+
+WEIGHTINGS = ("eps", "x0", "v", "min_snr")
+
+
+def snr_weight(sigma: torch.Tensor, weighting: str, gamma: float = 5.0) -> torch.Tensor:
+    """Weight on the eps-MSE that gives each loss; SNR = alpha_bar / (1 - alpha_bar) = 1 / sigma^2.
+
+    eps: 1 (Ho et al. 2020, L_simple eq. 14);  x0: 1/SNR since x0 - x0_hat = -sigma (eps - eps_hat);
+    v: 1 + 1/SNR since v - v_hat = sqrt(1 + sigma^2) (eps - eps_hat) (Salimans & Ho 2022, eq. 10);
+    min_snr: min(SNR, gamma) / SNR (Hang et al. 2023, 'Min-SNR weighting', eq. 8 for eps-prediction).
+    """
+    snr = sigma.to(torch.float64) ** -2
+    if weighting == "eps":
+        w = torch.ones_like(snr)
+    elif weighting == "x0":
+        w = 1 / snr
+    elif weighting == "v":
+        w = 1 + 1 / snr
+    elif weighting == "min_snr":
+        w = snr.clamp(max=gamma) / snr
+    else:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    return w.to(sigma.dtype)
+
+
+def ddpm_loss(
+    denoiser: Denoiser,
+    x0: torch.Tensor,
+    alpha_bar: torch.Tensor,
+    *,
+    weighting: str = "eps",
+    cond=None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """E_{t ~ U{1..T}, eps} w(t) ||eps - eps_hat(x_t, t)||^2 / dim (Ho et al. 2020, Algorithm 1).
+
+    The Denoiser sees the sigma-space state x0 + sigma_t eps; its eps-prediction is (x - D) / sigma_t.
+    """
+    b = x0.shape[0]
+    t = torch.randint(0, alpha_bar.shape[0], (b,), generator=generator)
+    sigma = sigma_from_alpha_bar(alpha_bar[t]).to(x0.device, x0.dtype)
+    eps = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
+    s = expand_sigma(sigma, x0)
+    x = x0 + s * eps
+    eps_hat = (x - denoiser(x, sigma, cond)) / s
+    per_sample = ((eps_hat - eps) ** 2).flatten(1).mean(1)
+    return (snr_weight(sigma, weighting) * per_sample).mean()

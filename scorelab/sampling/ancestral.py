@@ -1,0 +1,82 @@
+"""DDPM ancestral sampling and DDIM, written in sigma-space over any schedule that ends in 0.
+
+With alpha_bar = 1 / (1 + sigma^2) a VP state is x_vp = x / sqrt(1 + sigma^2), so each VP update below is
+converted exactly; consecutive schedule entries play the role of (t, t-1), skipped steps included.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..vp import posterior
+from .common import Callback, denoise, randn_like, steps
+
+
+def _ab(sigma: float) -> float:
+    return 1.0 / (1.0 + sigma * sigma)
+
+
+@torch.no_grad()
+def ddim(
+    denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    eta: float = 0.0,
+    cond=None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12): x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - c^2) eps + c z with
+    c^2 = eta^2 (1 - ab_s)/(1 - ab_t) (1 - ab_t/ab_s) (eq. 16). In sigma-space:
+    x_s = x0 + sqrt(sigma_s^2 - c^2/ab_s) eps + (c / sqrt(ab_s)) z. eta = 0 is deterministic (and equals Euler on
+    the probability-flow ODE in sigma); eta = 1 is DDPM ancestral with the fixed-small variance."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    for i, (s, s_next) in steps(sigmas, "ddim", progress):
+        d = denoise(denoiser, x, s, cond)
+        eps = (x - d) / s
+        a, a_next = _ab(s), _ab(s_next)
+        c2 = eta**2 * (1 - a_next) / (1 - a) * (1 - a / a_next)
+        up = math.sqrt(c2 / a_next)
+        down = math.sqrt(max(s_next**2 - up**2, 0.0))
+        x = d + down * eps
+        if up > 0:
+            x = x + up * randn_like(x, generator)
+        if callback is not None:
+            callback(i, x, d)
+    return x
+
+
+@torch.no_grad()
+def ddpm(
+    denoiser,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    *,
+    variance: str = "small",
+    cond=None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): x_s ~ N(mu~(x_t, x0_hat), var) with the fixed-small
+    (beta~) or fixed-large (beta) variance; the last step, to sigma = 0, adds no noise (Algorithm 2, z = 0 at t = 1)."""
+    if variance not in ("small", "large"):
+        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+    for i, (s, s_next) in steps(sigmas, "ddpm", progress):
+        d = denoise(denoiser, x, s, cond)
+        a, a_next = _ab(s), _ab(s_next)
+        c_x0, c_xt, var_small, var_large = (float(v) for v in posterior(torch.tensor(a), torch.tensor(a_next)))
+        x_vp = x * math.sqrt(a)
+        x_vp = c_x0 * d + c_xt * x_vp
+        if s_next > 0:
+            var = var_small if variance == "small" else var_large
+            x_vp = x_vp + math.sqrt(var) * randn_like(x, generator)
+        x = x_vp / math.sqrt(a_next)
+        if callback is not None:
+            callback(i, x, d)
+    return x

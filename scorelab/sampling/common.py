@@ -1,0 +1,44 @@
+"""What every diffusion sampler shares: schedule checks, noise draws, the initial state, the step loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+Callback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step, x after the step, denoised at the step)
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw on CPU in float32 so the same seed gives the same result on every device."""
+    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+
+
+def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """A schedule is a 1-D tensor, strictly decreasing, ending in 0."""
+    sigmas = torch.as_tensor(sigmas)
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D schedule of at least 2 entries, got shape {tuple(sigmas.shape)}")
+    if sigmas[-1] != 0 or (sigmas[:-1] <= 0).any() or (sigmas[1:] >= sigmas[:-1]).any():
+        raise ValueError("sigmas must be strictly decreasing, positive, and end in 0")
+    return sigmas
+
+
+def initial_noise(shape, sigma_max: float, *, vp_prior: bool = False, generator=None, device=None, dtype=None):
+    """x at the first sigma: sigma_max * z, or sqrt(1 + sigma_max^2) * z for the VP prior x_T ~ N(0, I)
+    (a DDPM sample x_T in sigma-space is x_T / sqrt(alpha_bar_T))."""
+    scale = (1 + sigma_max**2) ** 0.5 if vp_prior else sigma_max
+    z = torch.randn(shape, generator=generator, dtype=torch.float32)
+    return (scale * z).to(device=device, dtype=dtype or torch.float32)
+
+
+def steps(sigmas: torch.Tensor, desc: str, progress: bool):
+    """Consecutive (i, sigma, sigma_next) pairs of the schedule, as Python floats, with an optional progress bar."""
+    sig = check_sigmas(sigmas).tolist()
+    pairs = list(zip(sig[:-1], sig[1:], strict=True))
+    return tqdm(list(enumerate(pairs)), desc=desc, disable=not progress, leave=False)
+
+
+def denoise(denoiser, x: torch.Tensor, sigma: float, cond) -> torch.Tensor:
+    return denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device), cond)
