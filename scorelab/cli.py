@@ -60,12 +60,42 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default RUN_DIR/samples)."
 )
+@click.option(
+    "--sampler",
+    type=click.Choice(["annealed_langevin", "ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]),
+    default=None,
+    help="Sampler (default: the config's sample.sampler).",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Diffusion sampler steps (positive sigmas).")
+@click.option("--guidance", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
+@click.option("--label", type=int, default=None, help="Class to sample (conditional runs; default: all in turn).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def sample(run_dir: Path, n: int | None, seed: int, out: Path | None, quiet: bool) -> None:
-    """Draw samples from a trained run with annealed Langevin; writes a PNG grid and metrics.json."""
+def sample(
+    run_dir: Path,
+    n: int | None,
+    seed: int,
+    out: Path | None,
+    sampler: str | None,
+    steps: int | None,
+    guidance: float | None,
+    label: int | None,
+    quiet: bool,
+) -> None:
+    """Draw samples from a trained run; writes a PNG grid, the samples and metrics.json."""
     from .pipelines.sample import sample_run
 
-    metrics = sample_run(run_dir, n=n, seed=seed, out_dir=out, progress=not quiet, log=click.echo)
+    metrics = sample_run(
+        run_dir,
+        n=n,
+        seed=seed,
+        out_dir=out,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        label=label,
+        progress=not quiet,
+        log=click.echo,
+    )
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     click.echo(json.dumps(shown, indent=2))
     click.echo(f"samples and metrics written to {out or Path(run_dir) / 'samples'}")

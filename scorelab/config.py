@@ -23,7 +23,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     kind: str = "mlp"  # 'mlp' (2D data) or 'unet' (images)
-    parameterisation: str = "edm"  # 'eps', 'x0' or 'edm' (see scorelab.denoisers.Preconditioned)
+    parameterisation: str = "edm"  # 'eps', 'x0', 'v' or 'edm' (see scorelab.denoisers.Preconditioned)
     sigma_data: float = 0.5
     width: int = 128  # mlp
     depth: int = 3  # mlp
@@ -32,17 +32,23 @@ class ModelConfig:
     attention_levels: list[int] = field(default_factory=lambda: [1])  # unet
     blocks_per_level: int = 2  # unet
     dropout: float = 0.0  # unet
+    num_classes: int = 0  # unet: class-conditional on this many labels (0 = unconditional); label -1 = no label
 
 
 @dataclass
 class NoiseConfig:
-    sigma_max: float = 10.0
-    sigma_min: float = 0.01
-    levels: int = 200
+    schedule: str = "geometric"  # NCSN's geometric levels, or a DDPM beta schedule: linear, scaled_linear, cosine
+    sigma_max: float = 10.0  # geometric
+    sigma_min: float = 0.01  # geometric
+    levels: int = 200  # geometric
+    timesteps: int = 1000  # DDPM: T
 
 
 @dataclass
 class TrainConfig:
+    objective: str = "ncsn"  # 'ncsn' (geometric levels) or 'ddpm' (eps-MSE over the beta schedule's timesteps)
+    weighting: str = "eps"  # ddpm: eps, x0, v or min_snr (scorelab.objectives.diffusion.snr_weight)
+    cond_dropout: float = 0.0  # probability of dropping the label to -1 (classifier-free guidance training)
     steps: int = 5000
     batch_size: int = 256
     lr: float = 1e-3
@@ -57,6 +63,11 @@ class TrainConfig:
 @dataclass
 class SampleConfig:
     n: int = 5000
+    sampler: str = "annealed_langevin"  # or a diffusion sampler: ddpm, ddim, euler, heun, dpmpp_2m, dpmpp_3m, unipc
+    steps: int = 20  # diffusion samplers: positive sigmas in the schedule
+    schedule: str = "lognormal"  # diffusion samplers: lognormal (recommended), karras or trailing (DDPM timesteps)
+    guidance: float = 1.0  # classifier-free guidance scale: 1 = conditional model, 0 = unconditional
+    clamp: bool = True  # clamp the denoised estimate to the data range (images: [-1, 1])
     step_size: float = 2e-5  # epsilon of annealed Langevin: alpha_i = eps * sigma_i^2 / sigma_L^2
     steps_per_level: int = 5
     final_denoise: bool = True
@@ -85,11 +96,19 @@ RANGES = {
     "sample.step_size": (0.0, None),
     "sample.steps_per_level": (1, None),
     "model.sigma_data": (0.0, None),
+    "model.num_classes": (0, None),
+    "noise.timesteps": (2, None),
+    "sample.steps": (1, None),
 }
 CHOICES = {
     "data.name": ("ring8", "moons", "swissroll", "rings", "checkerboard", "digits"),
     "model.kind": ("mlp", "unet"),
-    "model.parameterisation": ("eps", "x0", "edm"),
+    "model.parameterisation": ("eps", "x0", "v", "edm"),
+    "noise.schedule": ("geometric", "linear", "scaled_linear", "cosine"),
+    "train.objective": ("ncsn", "ddpm"),
+    "train.weighting": ("eps", "x0", "v", "min_snr"),
+    "sample.sampler": ("annealed_langevin", "ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"),
+    "sample.schedule": ("lognormal", "karras", "trailing"),
 }
 
 
@@ -165,6 +184,19 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"noise.sigma_min ({cfg.noise.sigma_min}) must be below noise.sigma_max ({cfg.noise.sigma_max})"
         )
+    if not 0.0 <= cfg.train.cond_dropout < 1.0:
+        raise ConfigError(f"train.cond_dropout: must be in [0, 1), got {cfg.train.cond_dropout}")
+    if cfg.sample.guidance < 0:
+        raise ConfigError(f"sample.guidance: must be >= 0, got {cfg.sample.guidance}")
+    if (cfg.train.objective == "ncsn") != (cfg.noise.schedule == "geometric"):
+        need = "geometric" if cfg.train.objective == "ncsn" else "linear, scaled_linear or cosine"
+        raise ConfigError(f"noise.schedule: objective {cfg.train.objective!r} needs {need}, got {cfg.noise.schedule!r}")
+    if cfg.model.num_classes and cfg.data.name != "digits":
+        raise ConfigError(f"model.num_classes: only the digits data has labels, got data {cfg.data.name!r}")
+    if cfg.sample.guidance != 1.0 and not cfg.model.num_classes:
+        raise ConfigError("sample.guidance: guidance needs a class-conditional model (model.num_classes > 0)")
+    if cfg.sample.schedule == "trailing" and cfg.train.objective != "ddpm":
+        raise ConfigError("sample.schedule: 'trailing' needs DDPM timesteps (train.objective: ddpm)")
     if (cfg.data.name == "digits") != (cfg.model.kind == "unet"):
         raise ConfigError(f"model.kind: data {cfg.data.name!r} needs {'unet' if cfg.data.name == 'digits' else 'mlp'}")
     return cfg

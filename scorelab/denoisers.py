@@ -56,7 +56,7 @@ def score_fn(denoiser: Denoiser, cond=None):
     return s
 
 
-PARAMETERISATIONS = ("eps", "x0", "edm")
+PARAMETERISATIONS = ("eps", "x0", "v", "edm")
 
 
 class Preconditioned(nn.Module):
@@ -66,8 +66,12 @@ class Preconditioned(nn.Module):
       - 'eps': F predicts the noise (NCSN's s = -F/sigma, Song & Ermon 2020 technique 3):
                c_skip = 1, c_out = -sigma.
       - 'x0':  F predicts x0: c_skip = 0, c_out = 1.
+      - 'v':   F predicts v = alpha eps - sigma_vp x0 (Salimans & Ho 2022, sec. 4) generalised to sigma_data:
+               c_skip = sd^2/(s^2+sd^2), c_out = -s*sd/sqrt(s^2+sd^2) (with sd = 1 exactly the VP v-network).
       - 'edm': EDM Table 1: c_skip = sd^2/(s^2+sd^2), c_out = s*sd/sqrt(s^2+sd^2).
-    All use c_in = 1/sqrt(sigma^2 + sigma_data^2) and c_noise = ln(sigma)/4 (EDM Table 1).
+    All use c_in = 1/sqrt(sigma^2 + sigma_data^2) and c_noise = ln(sigma)/4 (EDM Table 1). With sigma_data = 1,
+    c_in * x is exactly the DDPM state x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps, so 'eps' with
+    sigma_data = 1 is Ho et al.'s eps-network and 'v' the v-network.
     The network is called as F(x_in, c_noise, cond).
     """
 
@@ -86,6 +90,9 @@ class Preconditioned(nn.Module):
             c_skip, c_out = torch.ones_like(sigma), -sigma
         elif self.parameterisation == "x0":
             c_skip, c_out = torch.zeros_like(sigma), torch.ones_like(sigma)
+        elif self.parameterisation == "v":
+            c_skip = sd**2 / (sigma**2 + sd**2)
+            c_out = -sigma * sd / torch.sqrt(sigma**2 + sd**2)
         else:
             c_skip = sd**2 / (sigma**2 + sd**2)
             c_out = sigma * sd / torch.sqrt(sigma**2 + sd**2)

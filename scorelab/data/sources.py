@@ -13,13 +13,14 @@ class BatchSource:
 
     def __init__(self, name: str, batch_size: int):
         self.name, self.batch_size = name, batch_size
-        self.data = load_digits_split("train")[0] if name == "digits" else None
+        self.data, self.labels = load_digits_split("train") if name == "digits" else (None, None)
         self._order: torch.Tensor | None = None
         self._pos = 0
 
-    def next(self, generator: torch.Generator) -> torch.Tensor:
+    def next(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, labels or None)."""
         if self.data is None:
-            return sample_toy(self.name, self.batch_size, generator)
+            return sample_toy(self.name, self.batch_size, generator), None
         idx = []
         while len(idx) < self.batch_size:
             if self._order is None or self._pos >= len(self._order):
@@ -27,7 +28,8 @@ class BatchSource:
             take = self._order[self._pos : self._pos + self.batch_size - len(idx)]
             self._pos += len(take)
             idx.extend(take.tolist())
-        return self.data[torch.tensor(idx)]
+        idx = torch.tensor(idx)
+        return self.data[idx], self.labels[idx]
 
     def state(self) -> dict[str, torch.Tensor]:
         if self._order is None:

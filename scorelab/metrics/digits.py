@@ -109,9 +109,21 @@ def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     }
 
 
-def train_classifier(out_dir, *, seed: int = 0, epochs: int = 40, batch_size: int = 64, lr: float = 2e-3,
-                     weight_decay: float = 1e-4, width: int = 32, features: int = 64, dropout: float = 0.2,
-                     max_shift: int = 1, command: str | None = None, log=print) -> dict:
+def train_classifier(
+    out_dir,
+    *,
+    seed: int = 0,
+    epochs: int = 40,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    weight_decay: float = 1e-4,
+    width: int = 32,
+    features: int = 64,
+    dropout: float = 0.2,
+    max_shift: int = 1,
+    command: str | None = None,
+    log=print,
+) -> dict:
     """Train the digits classifier on load_digits_split("train") and write the weights and their record.
 
     Adam with a cosine learning-rate decay to 0, cross-entropy, random +-`max_shift` pixel translations.
@@ -162,16 +174,25 @@ def train_classifier(out_dir, *, seed: int = 0, epochs: int = 40, batch_size: in
         "config": config,
         "training": {
             "data": 'scorelab.data.digits.load_digits_split("train")',
-            "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-            "optimizer": "Adam, cosine decay to 0 over all steps", "loss": "cross-entropy",
+            "seed": seed,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "optimizer": "Adam, cosine decay to 0 over all steps",
+            "loss": "cross-entropy",
             "augmentation": f"random integer shifts in [-{max_shift}, {max_shift}]^2 pixels, filled with -1",
-            "seconds": round(seconds, 1), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "seconds": round(seconds, 1),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "machine": platform.machine(),
         },
-        "command": command or (
+        "command": command
+        or (
             f"train_classifier({str(out_dir)!r}, seed={seed}, epochs={epochs}, batch_size={batch_size}, "
             f"lr={lr}, weight_decay={weight_decay}, width={width}, features={features}, dropout={dropout}, "
-            f"max_shift={max_shift})"),
+            f"max_shift={max_shift})"
+        ),
         "held_out": {"split": 'load_digits_split("test")', **held_out},
         "train": {"split": 'load_digits_split("train"), no augmentation', **train},
         "confident_threshold": CONFIDENT,
@@ -190,7 +211,8 @@ def _load(device: str) -> DigitsClassifier:
     if not weights.is_file() or not record_path.is_file():
         raise MissingClassifierError(
             f"digits classifier not found at {weights} (+ {RECORD_NAME}); "
-            "build it with `python -m scorelab.metrics.digits --out scorelab/assets`")
+            "build it with `python -m scorelab.metrics.digits --out scorelab/assets`"
+        )
     from safetensors.torch import load_file
 
     record = json.loads(record_path.read_text())
@@ -263,8 +285,10 @@ def frechet_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
     cov_a, cov_b = (torch.as_tensor(c).to(torch.float64) for c in (cov_a, cov_b))
     d = mu_a.shape[0]
     if mu_b.shape[0] != d or cov_a.shape != (d, d) or cov_b.shape != (d, d):
-        raise ValueError(f"Frechet distance needs means (F,) and covariances (F, F) of one F, got {d}, "
-                         f"{mu_b.shape[0]}, {tuple(cov_a.shape)}, {tuple(cov_b.shape)}")
+        raise ValueError(
+            f"Frechet distance needs means (F,) and covariances (F, F) of one F, got {d}, "
+            f"{mu_b.shape[0]}, {tuple(cov_a.shape)}, {tuple(cov_b.shape)}"
+        )
     s = _psd_sqrt(cov_a)
     m = s @ cov_b @ s
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
@@ -280,8 +304,7 @@ def frechet_distance(feats_a, feats_b) -> float:
     """
     fa, fb = torch.as_tensor(feats_a), torch.as_tensor(feats_b)
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
-        raise ValueError(f"features must be (N, F) and (M, F) with one F, got {tuple(fa.shape)}, "
-                         f"{tuple(fb.shape)}")
+        raise ValueError(f"features must be (N, F) and (M, F) with one F, got {tuple(fa.shape)}, {tuple(fb.shape)}")
     return frechet_from_stats(*gaussian_stats(fa.cpu()), *gaussian_stats(fb.cpu()))
 
 
@@ -354,8 +377,10 @@ def digits_report(samples, *, reference=None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(prog="python -m scorelab.metrics.digits",
-                                description="Train the shipped 8x8-digits classifier and write its weights.")
+    p = argparse.ArgumentParser(
+        prog="python -m scorelab.metrics.digits",
+        description="Train the shipped 8x8-digits classifier and write its weights.",
+    )
     p.add_argument("--out", default=str(ASSETS), help="output folder (default: the package's assets)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=40)
@@ -363,10 +388,36 @@ def main(argv: list[str] | None = None) -> dict:
     command = shlex.join(["python", "-m", "scorelab.metrics.digits", *argv])
     record = train_classifier(args.out, seed=args.seed, epochs=args.epochs, command=command)
     h = record["held_out"]
-    print(f"held-out accuracy {h['accuracy']:.4f}, confident share {h['confident_share']:.4f} "
-          f"(n = {h['n']}); wrote {Path(args.out) / WEIGHTS_NAME}")
+    print(
+        f"held-out accuracy {h['accuracy']:.4f}, confident share {h['confident_share']:.4f} "
+        f"(n = {h['n']}); wrote {Path(args.out) / WEIGHTS_NAME}"
+    )
     return record
 
 
 if __name__ == "__main__":
     main()
+
+
+def conditional_report(samples, labels) -> dict:
+    """For class-conditional samples: the share the classifier assigns to the requested class, and the diversity
+    within each class (mean pairwise pixel distance between samples of one class, averaged over classes) beside
+    the same figure for the held-out digits (guidance trades diversity for accuracy)."""
+    x, y = _check_digits(samples), torch.as_tensor(labels).long()
+    pred = classifier_probs(x).argmax(1)
+
+    def diversity(images, classes) -> float:
+        per_class = []
+        for c in classes.unique():
+            f = images[classes == c].flatten(1).double()
+            if f.shape[0] >= 2:
+                d = torch.cdist(f, f)
+                per_class.append((d.sum() / (f.shape[0] * (f.shape[0] - 1))).item())
+        return sum(per_class) / len(per_class) if per_class else float("nan")
+
+    real_x, real_y = load_digits_split("test")
+    return {
+        "conditional_accuracy": (pred == y).double().mean().item(),
+        "within_class_diversity": diversity(x, y),
+        "held_out_within_class_diversity": diversity(real_x, real_y),
+    }

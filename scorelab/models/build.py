@@ -20,5 +20,6 @@ def build_denoiser(cfg: Config) -> Preconditioned:
             blocks_per_level=m.blocks_per_level,
             attention_levels=tuple(m.attention_levels),
             dropout=m.dropout,
+            num_classes=m.num_classes,
         )
     return Preconditioned(net, m.parameterisation, m.sigma_data)

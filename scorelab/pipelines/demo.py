@@ -48,8 +48,14 @@ def _score_field_figure(denoiser, out: Path) -> Path:
         learned = score_from_denoised(pts, denoiser(pts, sigma), sigma)
     exact = ring8_mixture().score(pts, 0.3).float()
     scale = lambda v: v / (v.norm(dim=1, keepdim=True) + 1e-8) * v.norm(dim=1, keepdim=True).sqrt()  # noqa: E731
-    return quiver({"learned score, sigma = 0.3": (pts, scale(learned) * 0.1),
-                   "exact score, sigma = 0.3": (pts, scale(exact) * 0.1)}, out, lim=3.2)
+    return quiver(
+        {
+            "learned score, sigma = 0.3": (pts, scale(learned) * 0.1),
+            "exact score, sigma = 0.3": (pts, scale(exact) * 0.1),
+        },
+        out,
+        lim=3.2,
+    )
 
 
 def _trajectory_figure(cfg, denoiser, out: Path) -> Path:
@@ -99,15 +105,15 @@ td{{padding:2px 10px;border-bottom:1px solid #ddd}}</style></head><body>
 <h1>scorelab demo</h1>
 <p>Demo-size runs (short training); the README lists the full-size results and the commands for them.</p>
 <h2>1. Annealed vs plain Langevin with exact scores (Song &amp; Ermon 2019, Fig. 3)</h2>
-<img src="{rel(toy['figure'])}">{_table(metrics['ncsn_toy'])}
+<img src="{rel(toy["figure"])}">{_table(metrics["ncsn_toy"])}
 <h2>2. Learned score on the ring of 8 Gaussians</h2>
 <img src="{rel(field)}"><p>Annealed Langevin trajectories (dot: start, cross: end):</p><img src="{rel(traj)}">
 <p>Samples beside fresh data:</p><img src="toy2d/samples/samples.png">
-{_table({k: v for k, v in toy_metrics.items() if k != 'run'})}
+{_table({k: v for k, v in toy_metrics.items() if k != "run"})}
 <h2>3. Digits (scikit-learn 8x8), noise-conditional U-Net + annealed Langevin</h2>
 <p>Samples (left) and real held-out digits (right):</p>
 <img src="digits/samples/samples.png" width="45%"> <img src="digits/samples/held_out.png" width="45%">
-{_table({k: v for k, v in dig_metrics.items() if k != 'run'})}
+{_table({k: v for k, v in dig_metrics.items() if k != "run"})}
 </body></html>"""
     index = out / "index.html"
     index.write_text(page)

@@ -1,4 +1,4 @@
-"""Load a trained run, draw samples with annealed Langevin, and measure them."""
+"""Load a trained run, draw samples (annealed Langevin or a diffusion sampler, with guidance), and measure them."""
 
 from __future__ import annotations
 
@@ -12,14 +12,36 @@ from ..config import Config
 from ..data.digits import load_digits_split
 from ..data.toys import ring8_mixture, sample_toy
 from ..errors import ScorelabError
+from ..guidance import Clamped, ClassifierFreeGuidance
 from ..metrics.samples import component_stats, mmd_rbf, sliced_wasserstein2
 from ..models.build import build_denoiser
 from ..plots import image_grid, scatter
+from ..sampling import ddim, ddpm, dpmpp_2m, dpmpp_3m, euler, heun, unipc
+from ..sampling.common import initial_noise
 from ..sampling.langevin import annealed_langevin
-from ..schedules import append_zero, geometric_sigmas
+from ..schedules import (
+    alphas_cumprod,
+    append_zero,
+    beta_schedule,
+    discrete_sigmas,
+    geometric_sigmas,
+    karras_sigmas,
+    lognormal_sigmas,
+    sigma_from_alpha_bar,
+    timesteps,
+)
 from ..train.checkpoint import load_latest
 from ..train.trainer import load_run_config
 
+DIFFUSION_SAMPLERS = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "unipc": unipc,
+}
 EVAL_SEED = 10_000  # fresh reference sets are drawn from seeds the training never uses
 
 
@@ -40,14 +62,84 @@ def sample_sigmas(cfg: Config) -> torch.Tensor:
     return append_zero(levels) if cfg.sample.final_denoise else levels
 
 
+def diffusion_sigmas(cfg: Config, steps: int, schedule: str) -> tuple[torch.Tensor, bool]:
+    """(sigmas ending in 0, whether to start from the VP prior) over the noise range the model was trained on."""
+    if cfg.train.objective == "ddpm":
+        ab = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
+        if schedule == "trailing":
+            return discrete_sigmas(ab, timesteps(cfg.noise.timesteps, steps, "trailing")), True
+        s_min, s_max, vp = float(sigma_from_alpha_bar(ab[0])), float(sigma_from_alpha_bar(ab[-1])), True
+    else:
+        if schedule == "trailing":
+            raise ScorelabError("schedule 'trailing' needs a DDPM-trained run; allowed here: lognormal, karras")
+        s_min, s_max, vp = cfg.noise.sigma_min, cfg.noise.sigma_max, False
+    if schedule == "lognormal":
+        sig = lognormal_sigmas(s_min, s_max, max(steps, 2), centre=cfg.model.sigma_data / 4, width=2.0)
+    else:
+        sig = karras_sigmas(s_min, s_max, steps, rho=7.0)
+    return append_zero(sig), vp
+
+
+def sampling_denoiser(cfg: Config, denoiser, guidance: float):
+    """The trained denoiser with guidance and the data-range clamp applied as wrappers."""
+    if cfg.model.num_classes and guidance != 1.0:
+        denoiser = ClassifierFreeGuidance(denoiser, guidance, null_cond=-1)
+    if cfg.data.name == "digits" and cfg.sample.clamp:
+        denoiser = Clamped(denoiser, -1.0, 1.0)
+    return denoiser
+
+
+def sample_labels(cfg: Config, n: int, label: int | None) -> torch.Tensor | None:
+    """Labels for a conditional model: all `label`, or the classes in turn; None for an unconditional one."""
+    if not cfg.model.num_classes:
+        if label is not None:
+            raise ScorelabError("--label needs a class-conditional run (model.num_classes > 0)")
+        return None
+    if label is not None:
+        if not 0 <= label < cfg.model.num_classes:
+            raise ScorelabError(f"--label must be in 0..{cfg.model.num_classes - 1}, got {label}")
+        return torch.full((n,), label, dtype=torch.long)
+    return torch.arange(n) % cfg.model.num_classes
+
+
 @torch.no_grad()
-def generate(cfg: Config, denoiser, n: int, seed: int, *, progress: bool = True, callback=None) -> torch.Tensor:
+def generate(
+    cfg: Config,
+    denoiser,
+    n: int,
+    seed: int,
+    *,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    label: int | None = None,
+    schedule: str | None = None,
+    progress: bool = True,
+    callback=None,
+) -> torch.Tensor:
+    sampler = sampler or cfg.sample.sampler
     g = torch.Generator().manual_seed(seed)
     shape = (n, 2) if cfg.data.name != "digits" else (n, 1, 8, 8)
-    x = torch.randn(shape, generator=g) * cfg.noise.sigma_max  # the sigma_max-perturbed data is ~ N(0, sigma_max^2)
-    return annealed_langevin(denoiser, x, sample_sigmas(cfg), step_size=cfg.sample.step_size,
-                             steps_per_level=cfg.sample.steps_per_level, generator=g, callback=callback,
-                             progress=progress)
+    cond = sample_labels(cfg, n, label)
+    model = sampling_denoiser(cfg, denoiser, cfg.sample.guidance if guidance is None else guidance)
+    if sampler == "annealed_langevin":
+        x = torch.randn(shape, generator=g) * cfg.noise.sigma_max  # the sigma_max-perturbed data is ~ N(0, sigma_max^2)
+        return annealed_langevin(
+            model,
+            x,
+            sample_sigmas(cfg),
+            step_size=cfg.sample.step_size,
+            steps_per_level=cfg.sample.steps_per_level,
+            cond=cond,
+            generator=g,
+            callback=callback,
+            progress=progress,
+        )
+    if sampler not in DIFFUSION_SAMPLERS:
+        raise ScorelabError(f"unknown sampler {sampler!r}; allowed: annealed_langevin, {', '.join(DIFFUSION_SAMPLERS)}")
+    sigmas, vp = diffusion_sigmas(cfg, steps or cfg.sample.steps, schedule or cfg.sample.schedule)
+    x = initial_noise(shape, float(sigmas[0]), vp_prior=vp, generator=g)
+    return DIFFUSION_SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, callback=callback, progress=progress)
 
 
 def toy_metrics(name: str, samples: torch.Tensor, *, floor_pairs: int = 5) -> dict:
@@ -73,23 +165,57 @@ def toy_metrics(name: str, samples: torch.Tensor, *, floor_pairs: int = 5) -> di
     return out
 
 
-def evaluate(cfg: Config, samples: torch.Tensor) -> dict:
+def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
     if cfg.data.name == "digits":
-        from ..metrics.digits import digits_report
+        from ..metrics.digits import conditional_report, digits_report
 
-        return digits_report(samples)
+        out = digits_report(samples)
+        if labels is not None:
+            out.update(conditional_report(samples, labels))
+        return out
     return toy_metrics(cfg.data.name, samples)
 
 
-def sample_run(run_dir: Path, *, n: int | None = None, seed: int = 0, out_dir: Path | None = None,
-               progress: bool = True, log=print) -> dict:
+def sample_run(
+    run_dir: Path,
+    *,
+    n: int | None = None,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    sampler: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    label: int | None = None,
+    progress: bool = True,
+    log=print,
+) -> dict:
     cfg, denoiser, record = load_run(run_dir, log=log)
     n = n or cfg.sample.n
+    if steps is not None and steps < 1:
+        raise ScorelabError(f"--steps must be >= 1, got {steps}")
+    if guidance is not None and (guidance < 0 or (guidance != 1.0 and not cfg.model.num_classes)):
+        raise ScorelabError(f"--guidance must be >= 0 and needs a class-conditional run, got {guidance}")
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
+    labels = sample_labels(cfg, n, label)
+    samples = generate(
+        cfg, denoiser, n, seed, sampler=sampler, steps=steps, guidance=guidance, label=label, progress=progress
+    )
+    metrics = {
+        "run": str(run_dir),
+        "step": record["step"],
+        "n": n,
+        "seed": seed,
+        "sampler": sampler or cfg.sample.sampler,
+        **evaluate(cfg, samples, labels),
+    }
+    if metrics["sampler"] != "annealed_langevin":
+        metrics["steps"] = steps or cfg.sample.steps
+        metrics["guidance"] = cfg.sample.guidance if guidance is None else guidance
     out_dir.mkdir(parents=True, exist_ok=True)
-    samples = generate(cfg, denoiser, n, seed, progress=progress)
-    metrics = {"run": str(run_dir), "step": record["step"], "n": n, "seed": seed, **evaluate(cfg, samples)}
-    save_file({"samples": samples.contiguous()}, out_dir / "samples.safetensors")
+    tensors = {"samples": samples.contiguous()}
+    if labels is not None:
+        tensors["labels"] = labels
+    save_file(tensors, out_dir / "samples.safetensors")
     if cfg.data.name == "digits":
         image_grid(samples[:100], out_dir / "samples.png", nrow=10)
         image_grid(load_digits_split("test")[0][:100], out_dir / "held_out.png", nrow=10)

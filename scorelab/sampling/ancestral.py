@@ -70,7 +70,9 @@ def ddpm(
     for i, (s, s_next) in steps(sigmas, "ddpm", progress):
         d = denoise(denoiser, x, s, cond)
         a, a_next = _ab(s), _ab(s_next)
-        c_x0, c_xt, var_small, var_large = (float(v) for v in posterior(torch.tensor(a), torch.tensor(a_next)))
+        c_x0, c_xt, var_small, var_large = (
+            float(v) for v in posterior(torch.tensor(a, dtype=torch.float64), torch.tensor(a_next, dtype=torch.float64))
+        )
         x_vp = x * math.sqrt(a)
         x_vp = c_x0 * d + c_xt * x_vp
         if s_next > 0:

@@ -17,8 +17,9 @@ from ..config import Config, config_from_dict, config_to_dict
 from ..data.sources import BatchSource
 from ..errors import ScorelabError
 from ..models.build import build_denoiser
+from ..objectives.diffusion import ddpm_loss
 from ..objectives.score_matching import ncsn_loss
-from ..schedules import geometric_sigmas
+from ..schedules import alphas_cumprod, beta_schedule, geometric_sigmas
 from .checkpoint import _atomic_write, load_latest, save_checkpoint
 from .ema import EMA
 
@@ -46,7 +47,10 @@ class Trainer:
         self.opt = torch.optim.Adam(self.denoiser.parameters(), lr=cfg.train.lr)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.source = BatchSource(cfg.data.name, cfg.train.batch_size)
-        self.sigmas = geometric_sigmas(cfg.noise.sigma_max, cfg.noise.sigma_min, cfg.noise.levels)
+        if cfg.train.objective == "ncsn":
+            self.sigmas = geometric_sigmas(cfg.noise.sigma_max, cfg.noise.sigma_min, cfg.noise.levels)
+        else:
+            self.alpha_bar = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
         self.step = 0
         self.bad_steps = 0
         self.skipped_steps = 0
@@ -78,17 +82,16 @@ class Trainer:
 
     def save(self) -> None:
         meta = {"config": config_to_dict(self.cfg), "skipped_steps": self.skipped_steps}
-        save_checkpoint(self.run_dir / "checkpoints", self.step, self.state_tensors(), meta,
-                        self.cfg.train.keep_checkpoints)
+        save_checkpoint(
+            self.run_dir / "checkpoints", self.step, self.state_tensors(), meta, self.cfg.train.keep_checkpoints
+        )
 
     def resume(self) -> None:
         t, record = load_latest(self.run_dir / "checkpoints", warn=self.log)
         saved = config_from_dict(record["config"])
         for section in ("data", "model", "noise"):
             if getattr(saved, section) != getattr(self.cfg, section):
-                raise ScorelabError(
-                    f"cannot resume {self.run_dir}: config section '{section}' differs from the run's"
-                )
+                raise ScorelabError(f"cannot resume {self.run_dir}: config section '{section}' differs from the run's")
         self.load_state(t, record)
         self.log(f"resumed {self.run_dir} at step {self.step}")
 
@@ -98,8 +101,23 @@ class Trainer:
         return self.cfg.train.lr * min(1.0, (self.step + 1) / warm) if warm > 0 else self.cfg.train.lr
 
     def train_step(self) -> float | None:
-        x = self.source.next(self.generator)
-        loss = ncsn_loss(self.denoiser, x, self.sigmas, generator=self.generator)
+        x, labels = self.source.next(self.generator)
+        cond = None
+        if self.cfg.model.num_classes:
+            # classifier-free guidance training: drop the label to the null label -1 (Ho & Salimans 2022, Alg. 1)
+            drop = torch.rand(labels.shape, generator=self.generator) < self.cfg.train.cond_dropout
+            cond = torch.where(drop, torch.full_like(labels, -1), labels)
+        if self.cfg.train.objective == "ncsn":
+            loss = ncsn_loss(self.denoiser, x, self.sigmas, cond=cond, generator=self.generator)
+        else:
+            loss = ddpm_loss(
+                self.denoiser,
+                x,
+                self.alpha_bar,
+                weighting=self.cfg.train.weighting,
+                cond=cond,
+                generator=self.generator,
+            )
         self.opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             return None
@@ -149,8 +167,10 @@ class Trainer:
                 if self._stop_signal is not None:
                     self.save()
                     name = signal.Signals(self._stop_signal).name
-                    self.log(f"{name} received: saved checkpoint at step {self.step} in {self.run_dir}; "
-                             f"continue with --resume {self.run_dir}")
+                    self.log(
+                        f"{name} received: saved checkpoint at step {self.step} in {self.run_dir}; "
+                        f"continue with --resume {self.run_dir}"
+                    )
                     raise SystemExit(128 + self._stop_signal)
         finally:
             bar.close()

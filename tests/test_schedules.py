@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+
+from scorelab.schedules import (
+    alpha_bar_from_sigma,
+    alphas_cumprod,
+    beta_schedule,
+    discrete_sigmas,
+    karras_sigmas,
+    lognormal_sigmas,
+    sigma_from_alpha_bar,
+    timesteps,
+)
+from scorelab.vp import posterior
+
+
+def test_spacings_match_closed_form_lists():
+    # Lin et al. 2024, Table 2 (T = 1000, 10 steps)
+    assert timesteps(1000, 10, "leading").tolist() == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert timesteps(1000, 10, "trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert timesteps(1000, 10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert timesteps(1000, 10, "leading", offset=1).tolist()[0] == 901
+    with pytest.raises(ValueError):
+        timesteps(1000, 0, "trailing")
+    with pytest.raises(ValueError):
+        timesteps(1000, 10, "sideways")
+
+
+def _alpha_bar_by_hand(t: int) -> float:
+    prod = 1.0
+    for i in range(t + 1):
+        prod *= 1 - (1e-4 + (0.02 - 1e-4) * i / 999)
+    return prod
+
+
+@pytest.mark.parametrize("t", [1, 487, 999])
+def test_ddpm_posterior_variance_by_hand(t):
+    ab_t, ab_prev = _alpha_bar_by_hand(t), _alpha_bar_by_hand(t - 1)
+    beta = 1e-4 + (0.02 - 1e-4) * t / 999
+    expected = (1 - ab_prev) / (1 - ab_t) * beta  # Ho et al. 2020 eq. 7
+    ab = alphas_cumprod(beta_schedule("linear"))
+    _, _, small, large = posterior(ab[t], ab[t - 1])
+    assert small.item() == pytest.approx(expected, rel=1e-10)
+    assert large.item() == pytest.approx(beta, rel=1e-10)
+    if t == 487:
+        assert small.item() == pytest.approx(0.00979, abs=1e-5)
+    if t == 999:
+        assert small.item() == pytest.approx(0.02, abs=1e-6)
+
+
+def test_beta_schedules():
+    lin = beta_schedule("linear")
+    assert lin[0].item() == pytest.approx(1e-4) and lin[-1].item() == pytest.approx(0.02)
+    sl = beta_schedule("scaled_linear")
+    assert sl[0].item() == pytest.approx(0.00085) and sl[-1].item() == pytest.approx(0.012)
+    assert torch.allclose(sl.sqrt().diff(), sl.sqrt().diff()[0].expand(999))
+    cos = beta_schedule("cosine")
+    assert cos.max().item() == pytest.approx(0.999)
+
+    def f(t):
+        return math.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2  # Nichol & Dhariwal eq. 17
+
+    ab = alphas_cumprod(cos)
+    assert ab[499].item() == pytest.approx(f(500) / f(0), rel=1e-9)
+    with pytest.raises(ValueError):
+        beta_schedule("quadratic")
+
+
+def test_vp_sigma_round_trip():
+    ab = alphas_cumprod(beta_schedule("linear"))
+    sig = sigma_from_alpha_bar(ab)
+    torch.testing.assert_close(alpha_bar_from_sigma(sig), ab)
+    assert ab[-1].sqrt().item() == pytest.approx(0.0064, abs=5e-5)
+    s = discrete_sigmas(ab, timesteps(1000, 10, "trailing"), dtype=torch.float64)
+    assert s[-1] == 0 and s[0].item() == pytest.approx(sig[999].item())
+
+
+def test_karras_and_lognormal():
+    s = karras_sigmas(0.002, 80.0, 10, rho=7.0, dtype=torch.float64)
+    assert s[0].item() == pytest.approx(80.0) and s[-1].item() == pytest.approx(0.002)
+    # uniform in sigma^(1/rho) (Karras et al. 2022 eq. 5)
+    root = s ** (1 / 7)
+    torch.testing.assert_close(root.diff(), root.diff()[0].expand(9))
+    ln = lognormal_sigmas(0.02, 500.0, 20, centre=0.7, width=2.0, dtype=torch.float64)
+    assert ln[0].item() == 500.0 and ln[-1].item() == pytest.approx(0.02)
+    assert (ln.diff() < 0).all()
+    # equal quantile steps: the normal CDF of the standardised log sigmas is evenly spaced
+    u = torch.special.ndtr((ln.log() - math.log(0.7)) / 2.0)
+    torch.testing.assert_close(u.diff(), u.diff()[0].expand(19))
