@@ -102,6 +102,43 @@ def sample(
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--guidance",
+    "guidances",
+    type=click.FloatRange(min=0),
+    multiple=True,
+    help="Guidance scales (repeatable; default 0, 1 and 3).",
+)
+@click.option(
+    "--sampler",
+    "samplers",
+    multiple=True,
+    type=click.Choice(["ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]),
+    help="Samplers (repeatable; default dpmpp_2m).",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--n", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option("--no-bpd", is_flag=True, help="Skip the held-out bits per dimension.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(run_dir: Path, guidances, samplers, steps: int, n: int, no_bpd: bool, quiet: bool) -> None:
+    """Evaluate a digits run: held-out bits/dim and per-guidance accuracy, diversity and Frechet distance."""
+    from .pipelines.evaluate import evaluate_run
+
+    evaluate_run(
+        run_dir,
+        guidances=guidances or (0.0, 1.0, 3.0),
+        samplers=samplers or ("dpmpp_2m",),
+        steps=steps,
+        n=n,
+        bpd=not no_bpd,
+        progress=not quiet,
+        log=click.echo,
+    )
+    click.echo(f"results: {Path(run_dir) / 'eval' / 'eval.json'}")
+
+
+@cli.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_", is_flag=True, help="List the reproductions.")
 @click.option("--quick", is_flag=True, help="A reduced setting that runs in under a minute.")
