@@ -11,14 +11,20 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from scorelab.cli import cli
+from scorelab.errors import ScorelabError
 from scorelab.train.checkpoint import list_checkpoints
 
 
 def _tiny_config(tmp_path, data="ring8", steps=40):
     raw = {
         "data": {"name": data},
-        "model": {"kind": "mlp" if data != "digits" else "unet", "width": 32, "depth": 1, "channels": 8,
-                  "attention_levels": []},
+        "model": {
+            "kind": "mlp" if data != "digits" else "unet",
+            "width": 32,
+            "depth": 1,
+            "channels": 8,
+            "attention_levels": [],
+        },
         "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
         "train": {"steps": steps, "batch_size": 16, "checkpoint_every": 10, "keep_checkpoints": 2},
         "sample": {"n": 64, "steps_per_level": 2, "step_size": 1e-3},
@@ -72,11 +78,14 @@ def test_train_and_sample_write_grid_and_metrics(tmp_path, data):
     assert (out / "samples.png").stat().st_size > 0
     m = json.loads((out / "metrics.json").read_text())
     assert ("confident_share" in m) if data == "digits" else ("sw2_over_floor" in m)
-    again = r.invoke(cli, ["sample", str(tmp_path / "run"), "--n", "20", "--seed", "3", "--quiet",
-                           "--out", str(tmp_path / "again")])
+    again = r.invoke(
+        cli, ["sample", str(tmp_path / "run"), "--n", "20", "--seed", "3", "--quiet", "--out", str(tmp_path / "again")]
+    )
     assert again.exit_code == 0
-    assert torch.equal(load_file(out / "samples.safetensors")["samples"],
-                       load_file(tmp_path / "again" / "samples.safetensors")["samples"])
+    assert torch.equal(
+        load_file(out / "samples.safetensors")["samples"],
+        load_file(tmp_path / "again" / "samples.safetensors")["samples"],
+    )
 
 
 def _run(*args):
@@ -86,8 +95,12 @@ def _run(*args):
 def test_bad_input_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  stepz: 3\n")
-    for args in (["train", str(bad)], ["train", str(tmp_path / "nope.yaml")], ["sample", str(tmp_path / "nothing")],
-                 ["reproduce", "no-such-figure"]):
+    for args in (
+        ["train", str(bad)],
+        ["train", str(tmp_path / "nope.yaml")],
+        ["sample", str(tmp_path / "nothing")],
+        ["reproduce", "no-such-figure"],
+    ):
         p = _run(*args)
         assert p.returncode == 2, (args, p.stderr)
         assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error:"), p.stderr
@@ -106,3 +119,58 @@ def test_every_command_has_help():
     for args in ([], ["train"], ["sample"], ["reproduce"], ["demo"]):
         res = CliRunner().invoke(cli, [*args, "--help"])
         assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_conditional_ddpm_train_sample_evaluate(tmp_path):
+    raw = {
+        "data": {"name": "digits"},
+        "model": {
+            "kind": "unet",
+            "parameterisation": "eps",
+            "sigma_data": 1.0,
+            "channels": 8,
+            "attention_levels": [],
+            "num_classes": 10,
+        },
+        "noise": {"schedule": "linear", "timesteps": 50},
+        "train": {"objective": "ddpm", "cond_dropout": 0.1, "steps": 6, "batch_size": 8, "checkpoint_every": 3},
+        "sample": {"n": 20, "sampler": "dpmpp_2m", "steps": 4, "guidance": 3.0},
+    }
+    cfg = tmp_path / "ddpm.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    res = r.invoke(
+        cli,
+        [
+            "sample",
+            str(run),
+            "--sampler",
+            "unipc",
+            "--steps",
+            "3",
+            "--guidance",
+            "3",
+            "--label",
+            "7",
+            "--n",
+            "12",
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((run / "samples" / "metrics.json").read_text())
+    assert metrics["sampler"] == "unipc" and metrics["guidance"] == 3.0 and 0 <= metrics["conditional_accuracy"] <= 1
+    labels = load_file(run / "samples" / "samples.safetensors")["labels"]
+    assert (labels == 7).all()
+    res = r.invoke(
+        cli, ["evaluate", str(run), "--n", "10", "--steps", "2", "--guidance", "0", "--guidance", "3", "--quiet"]
+    )
+    assert res.exit_code == 0, res.output
+    ev = json.loads((run / "eval" / "eval.json").read_text())
+    assert [row["guidance"] for row in ev["rows"]] == [0.0, 3.0] and ev["bits_per_dim"] > 0
+    res = r.invoke(cli, ["sample", str(run), "--quiet", "--label", "10"])
+    assert isinstance(res.exception, ScorelabError) and "--label must be in 0..9" in str(res.exception)
+    res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "nope"])
+    assert res.exit_code == 2 and "nope" in res.output

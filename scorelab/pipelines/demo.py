@@ -11,10 +11,11 @@ import torch
 from ..config import config_from_dict, config_to_dict, load_config
 from ..data.toys import ring8_mixture
 from ..denoisers import score_from_denoised
-from ..plots import quiver, trajectories
+from ..metrics.digits import conditional_report
+from ..plots import image_grid, quiver, trajectories
 from ..reproduce import ncsn_toy
 from ..train.trainer import Trainer
-from .sample import generate, load_run, sample_run
+from .sample import generate, load_run, sample_labels, sample_run
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -22,7 +23,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEMO_OVERRIDES = {
     "ncsn-toy2d": {"train": {"steps": 4000}, "sample": {"n": 5000}},
     "ncsn-digits": {"train": {"steps": 1500}, "sample": {"n": 400}},
+    "ddpm-digits": {"train": {"steps": 2000}, "sample": {"n": 400}},
 }
+DEMO_GUIDANCE = (0.0, 1.0, 3.0)
+DEMO_SAMPLERS = ("dpmpp_2m", "unipc")
 
 
 def _config(name: str):
@@ -65,6 +69,27 @@ def _trajectory_figure(cfg, denoiser, out: Path) -> Path:
     return trajectories(path, out, lim=4, background=ring8_mixture().sample(2000, torch.Generator().manual_seed(0)))
 
 
+def _guidance_grids(run_dir: Path, progress: bool, log) -> list[dict]:
+    """Class-conditional grids (one column per class) and classifier figures per sampler and guidance scale."""
+    cfg, denoiser, _ = load_run(run_dir, log=log)
+    rows = []
+    for sampler in DEMO_SAMPLERS:
+        for guidance in DEMO_GUIDANCE:
+            x = generate(cfg, denoiser, 200, seed=0, sampler=sampler, steps=20, guidance=guidance, progress=progress)
+            grid = image_grid(x[:100], run_dir / f"grid_{sampler}_g{guidance:g}.png", nrow=10)
+            report = conditional_report(x, sample_labels(cfg, 200, None))
+            rows.append(
+                {
+                    "sampler": sampler,
+                    "guidance": guidance,
+                    "grid": grid,
+                    "conditional_accuracy": report["conditional_accuracy"],
+                    "within_class_diversity": report["within_class_diversity"],
+                }
+            )
+    return rows
+
+
 def _row(k, v) -> str:
     if isinstance(v, float):
         v = f"{v:.4g}"
@@ -80,25 +105,40 @@ def _table(d: dict) -> str:
 def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    log("[1/4] NCSN toy reproduction with exact scores (Song & Ermon 2019, Fig. 3)")
+    log("[1/5] NCSN toy reproduction with exact scores (Song & Ermon 2019, Fig. 3)")
     toy = ncsn_toy.run(out / "ncsn-toy")
-    log("[2/4] training the 2D score network on the ring of 8 Gaussians")
+    log("[2/5] training the 2D score network on the ring of 8 Gaussians")
     toy_train = _train("ncsn-toy2d", out / "toy2d", progress, log)
     toy_metrics = sample_run(out / "toy2d", progress=progress, log=log)
     toy_cfg, toy_denoiser, _ = load_run(out / "toy2d", log=log)
     field = _score_field_figure(toy_denoiser, out / "toy2d" / "score_field.png")
     traj = _trajectory_figure(toy_cfg, toy_denoiser, out / "toy2d" / "trajectories.png")
-    log("[3/4] training the digits score U-Net")
+    log("[3/5] training the digits score U-Net")
     dig_train = _train("ncsn-digits", out / "digits", progress, log)
-    log("[4/4] sampling digits with annealed Langevin")
+    log("[4/5] sampling digits with annealed Langevin")
     dig_metrics = sample_run(out / "digits", progress=progress, log=log)
+    log("[5/5] class-conditional DDPM on digits, sampled with guidance 0, 1 and 3")
+    ddpm_train = _train("ddpm-digits", out / "ddpm-digits", progress, log)
+    guided = _guidance_grids(out / "ddpm-digits", progress, log)
     metrics = {
         "ncsn_toy": {k: toy[k] for k in ("langevin_weight", "annealed_weight", "true_weight", "passed")},
         "toy2d": {"train": toy_train, **toy_metrics},
         "digits": {"train": dig_train, **dig_metrics},
+        "ddpm_digits": {"train": ddpm_train, "guidance": [{k: v for k, v in r.items() if k != "grid"} for r in guided]},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
+    guided_rows = "".join(
+        "<tr><td>{sampler}</td><td>{guidance:g}</td><td><img src='{src}' width='160'></td><td>{acc:.3f}</td>"
+        "<td>{div:.2f}</td></tr>".format(
+            sampler=r["sampler"],
+            guidance=r["guidance"],
+            src=rel(r["grid"]),
+            acc=r["conditional_accuracy"],
+            div=r["within_class_diversity"],
+        )
+        for r in guided
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>scorelab demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
 td{{padding:2px 10px;border-bottom:1px solid #ddd}}</style></head><body>
@@ -114,6 +154,13 @@ td{{padding:2px 10px;border-bottom:1px solid #ddd}}</style></head><body>
 <p>Samples (left) and real held-out digits (right):</p>
 <img src="digits/samples/samples.png" width="45%"> <img src="digits/samples/held_out.png" width="45%">
 {_table({k: v for k, v in dig_metrics.items() if k != "run"})}
+<h2>4. Class-conditional DDPM with classifier-free guidance (one column per class)</h2>
+<p>Guidance 0 is the unconditional model, 1 the plain conditional model, 3 guided; 20 steps each.
+Conditional accuracy: the digits classifier agrees with the requested class (200 samples).</p>
+<table><tr><th>sampler</th><th>guidance</th><th>samples</th><th>conditional accuracy</th>
+<th>within-class diversity</th></tr>
+{guided_rows}
+</table>
 </body></html>"""
     index = out / "index.html"
     index.write_text(page)
