@@ -60,27 +60,29 @@ def marching_tets(grid: TetGrid, vertices: torch.Tensor, sdf: torch.Tensor) -> t
 
     vertices: (V, 3) grid vertex positions (deformed or not); sdf: (V,). Returns (M, 3) vertices, one per edge whose
     end points have opposite signs, at the zero of the linear SDF along it: (v_a s_b - v_b s_a) / (s_b - s_a)
-    (Shen et al. 2021, eq. 3), differentiable in vertices and sdf; and (F, 3) int64 faces. Uses the grid's precomputed
-    unique edges, so no sorting or unique happens per call.
+    (Shen et al. 2021, eq. 3), differentiable in vertices and sdf; and (F, 3) int64 faces. Uses the grid's unique
+    edges, computed once per grid; per call only the surface tets' few edge ids are deduplicated.
     """
     outside = sdf > 0
-    edges = grid.edges
-    crossing = outside[edges[:, 0]] != outside[edges[:, 1]]
-    cross_idx = crossing.nonzero().squeeze(1)
-    index_of_edge = torch.full((edges.shape[0],), -1, dtype=torch.long, device=sdf.device)
-    index_of_edge[cross_idx] = torch.arange(cross_idx.shape[0], device=sdf.device)
-    a, b = edges[cross_idx, 0], edges[cross_idx, 1]
+    occ = outside.to(torch.uint8)
+    col = grid.columns
+    code = occ[col[0]] | (occ[col[1]] << 1) | (occ[col[2]] << 2) | (occ[col[3]] << 3)
+    active = ((code != 0) & (code != 15)).nonzero().squeeze(1)
+    code = code[active].long()
+    tet_edges = grid.tet_edges[active]
+    # the crossing edges all belong to surface tets: look only there (a small set) instead of at every grid edge
+    candidates = tet_edges.reshape(-1)
+    ends = grid.edges[candidates]
+    cross_idx = torch.unique(candidates[outside[ends[:, 0]] != outside[ends[:, 1]]])  # sorted edge ids
+    a, b = grid.edges[cross_idx, 0], grid.edges[cross_idx, 1]
     s_a, s_b = sdf[a].unsqueeze(1), sdf[b].unsqueeze(1)
-    verts = (vertices[a] * s_b - vertices[b] * s_a) / (s_b - s_a)
-
-    code = (outside[grid.tets].long() * torch.tensor([1, 2, 4, 8], device=sdf.device)).sum(1)
+    verts = (vertices[a] * s_b - vertices[b] * s_a) / (s_b - s_a)  # output vertex k sits on edge cross_idx[k]
     table, count = TRIANGLE_TABLE.to(sdf.device), TRIANGLE_COUNT.to(sdf.device)
-    active = (count[code] > 0).nonzero().squeeze(1)
     faces = []
     for j in (0, 1):
-        sel = active[count[code[active]] > j]
-        local = table[code[sel], j]  # (n, 3) local edge ids
-        faces.append(index_of_edge[grid.tet_edges[sel].gather(1, local)])
+        sel = count[code] > j
+        edge_ids = tet_edges[sel].gather(1, table[code[sel], j])  # (n, 3) global edge ids
+        faces.append(torch.searchsorted(cross_idx, edge_ids))
     return verts, torch.cat(faces)
 
 

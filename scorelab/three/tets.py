@@ -41,6 +41,14 @@ class TetGrid:
     vertices: torch.Tensor
     tets: torch.Tensor
     _edges: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    _columns: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def columns(self) -> torch.Tensor:
+        """(4, T) the tets' vertex indices, one contiguous row per corner (fast per-corner gathers)."""
+        if self._columns is None:
+            self._columns = self.tets.T.contiguous()
+        return self._columns
 
     @property
     def edges(self) -> torch.Tensor:
