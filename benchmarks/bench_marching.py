@@ -34,34 +34,38 @@ def timed(fn, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def measure_resolution(res: int) -> dict:
+    grid = regular_grid(res)
+    t0 = time.perf_counter()
+    _ = grid.edges
+    edge_build = time.perf_counter() - t0
+    sdf = grid.vertices.norm(dim=1) - 0.35
+    volume = sdf.reshape(res + 1, res + 1, res + 1).numpy()
+
+    def forward_backward():
+        s = sdf.clone().requires_grad_()
+        v = grid.vertices.clone().requires_grad_()
+        verts, _ = marching_tets(grid, v, s)
+        verts.sum().backward()
+
+    row = {
+        "resolution": res,
+        "tets": grid.tets.shape[0],
+        "unique_edges_once_s": edge_build,
+        "marching_tets_forward_s": timed(lambda: marching_tets(grid, grid.vertices, sdf)),
+        "marching_tets_forward_backward_s": timed(forward_backward),
+        "subdivide_s": timed(lambda: subdivide(grid, sdf)),
+        "skimage_marching_cubes_s": timed(lambda: measure.marching_cubes(volume, 0.0)),
+    }
+    row["ratio_to_skimage"] = row["marching_tets_forward_s"] / row["skimage_marching_cubes_s"]
+    return row
+
+
 def main() -> None:
     rows = []
     for res in (32, 64, 128):
-        grid = regular_grid(res)
-        t0 = time.perf_counter()
-        grid.edges
-        edge_build = time.perf_counter() - t0
-        sdf = grid.vertices.norm(dim=1) - 0.35
-        volume = sdf.reshape(res + 1, res + 1, res + 1).numpy()
-
-        def forward_backward():
-            s = sdf.clone().requires_grad_()
-            v = grid.vertices.clone().requires_grad_()
-            verts, _ = marching_tets(grid, v, s)
-            verts.sum().backward()
-
-        row = {
-            "resolution": res,
-            "tets": grid.tets.shape[0],
-            "unique_edges_once_s": edge_build,
-            "marching_tets_forward_s": timed(lambda: marching_tets(grid, grid.vertices, sdf)),
-            "marching_tets_forward_backward_s": timed(forward_backward),
-            "subdivide_s": timed(lambda: subdivide(grid, sdf)),
-            "skimage_marching_cubes_s": timed(lambda: measure.marching_cubes(volume, 0.0)),
-        }
-        row["ratio_to_skimage"] = row["marching_tets_forward_s"] / row["skimage_marching_cubes_s"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        rows.append(measure_resolution(res))
+        print(json.dumps(rows[-1]), flush=True)
     result = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
