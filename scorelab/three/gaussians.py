@@ -14,6 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .cameras import Cameras
 
@@ -97,6 +98,27 @@ def sh_color(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     return (c + 0.5).clamp(min=0)
 
 
+def _composite_chunk(mean2d, conic, opacity, color, valid, pix, background):
+    """One chunk of tiles: mean2d (n, L, 2), conic (n, L, 3), opacity (n, L), color (n, L, C) in depth order per
+    tile, valid (n, L), pix (n, 256, 2). alpha = min(0.99, o exp(-d^T Sigma'^-1 d / 2)), skipped below 1/255;
+    C = sum_i c_i alpha_i T_i + T_final * background, T_i = prod_{j<i} (1 - alpha_j), stopping before the Gaussian
+    that would take T below 1e-4 (Kerbl et al. 2023, sec. 6 and eq. 3)."""
+    d = pix[:, :, None, :] - mean2d[:, None]  # (n, 256, L, 2)
+    con = conic[:, None]
+    power = -0.5 * (
+        con[..., 0] * d[..., 0] ** 2 + 2 * con[..., 1] * d[..., 0] * d[..., 1] + con[..., 2] * d[..., 1] ** 2
+    )
+    alpha = (opacity[:, None] * torch.exp(power)).clamp(max=ALPHA_MAX)
+    alpha = torch.where(valid[:, None] & (alpha >= ALPHA_MIN) & (power <= 0), alpha, torch.zeros_like(alpha))
+    keep = torch.cumprod(1 - alpha.detach(), -1) >= T_MIN  # a prefix of each pixel's list
+    alpha = alpha * keep
+    trans_after = torch.cumprod(1 - alpha, -1)
+    trans_before = torch.cat([torch.ones_like(trans_after[..., :1]), trans_after[..., :-1]], -1)
+    weight = alpha * trans_before  # (n, 256, L)
+    rgb = torch.einsum("npl,nlc->npc", weight, color) + trans_after[..., -1:] * background
+    return rgb, 1 - trans_after[..., -1]
+
+
 def _composite_tiles(
     mean2d, conic, color, opacity, order, tile_ids, tiles_x, n_tiles, height, width, background, max_work
 ):
@@ -124,21 +146,14 @@ def _composite_tiles(
         idx = order[(starts[tiles, None] + slot[None]).clamp(max=order.shape[0] - 1)]  # (n, L) Gaussian ids
         origin = torch.stack([(tiles % tiles_x) * TILE, (tiles // tiles_x) * TILE], -1).to(dt)  # (n, 2)
         pix = origin[:, None] + local[None] + 0.5  # (n, 256, 2) pixel centres
-        d = pix[:, :, None, :] - mean2d[idx][:, None]  # (n, 256, L, 2)
-        con = conic[idx][:, None]  # (n, 1, L, 3): a, b, c of the inverse covariance
-        power = -0.5 * (
-            con[..., 0] * d[..., 0] ** 2 + 2 * con[..., 1] * d[..., 0] * d[..., 1] + con[..., 2] * d[..., 1] ** 2
-        )
-        alpha = (opacity[idx][:, None] * torch.exp(power)).clamp(max=ALPHA_MAX)
-        alpha = torch.where(valid[:, None] & (alpha >= ALPHA_MIN) & (power <= 0), alpha, torch.zeros_like(alpha))
-        trans_after = torch.cumprod(1 - alpha, -1)
-        keep = trans_after >= T_MIN  # a prefix: stop before the Gaussian that would take T below 1e-4
-        alpha = alpha * keep
-        trans_after = torch.cumprod(1 - alpha, -1)
-        trans_before = torch.cat([torch.ones_like(trans_after[..., :1]), trans_after[..., :-1]], -1)
-        weight = alpha * trans_before  # (n, 256, L)
-        out_rgb[tiles] = torch.einsum("npl,nlc->npc", weight, color[idx]) + trans_after[..., -1:] * background
-        out_a[tiles] = 1 - trans_after[..., -1]
+        args = (mean2d[idx], conic[idx], opacity[idx], color[idx], valid, pix, background)
+        if torch.is_grad_enabled():
+            # recompute the chunk in the backward pass, so memory holds one chunk's intermediates, not all of them
+            rgb, a = checkpoint(_composite_chunk, *args, use_reentrant=False)
+        else:
+            rgb, a = _composite_chunk(*args)
+        out_rgb[tiles] = rgb
+        out_a[tiles] = a
         i = j
     return out_rgb, out_a
 
