@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from scorelab.errors import ScorelabError
 
@@ -89,25 +90,31 @@ def ray_march(
     volume = torch.cat([density, color])
     outs = []
     for s in range(0, o.shape[0], chunk):
-        oc, dc, fc = o[s : s + chunk], d[s : s + chunk], fz[s : s + chunk]
-        t_near, t_far = _box_hits(oc, dc, low, high)
-        length = (t_far - t_near).clamp(min=0)
-        delta = length / samples
-        t = t_near[:, None] + (torch.arange(samples, dtype=oc.dtype, device=oc.device) + 0.5) * delta[:, None]
-        pts = oc[:, None] + t[..., None] * dc[:, None]
-        vals = trilinear(volume, pts, low, high)
-        sigma, rgb = vals[..., 0].clamp(min=0), vals[..., 1:]
-        alpha = 1 - torch.exp(-sigma * delta[:, None])
-        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
-        weight = trans * alpha
-        acc = weight.sum(1)
-        col = (weight[..., None] * rgb).sum(1) + (1 - acc)[:, None] * bg
-        depth = (weight * t * (dc * fc).sum(-1, keepdim=True)).sum(1)  # camera z = t (d . forward)
-        normal = _density_normals(density, pts, low, high)
-        nrm = (weight[..., None] * normal).sum(1)
-        outs.append(torch.cat([col, acc[:, None], depth[:, None], nrm], 1))
+        args = (volume, o[s : s + chunk], d[s : s + chunk], fz[s : s + chunk], bg, low, high, samples)
+        if torch.is_grad_enabled():
+            # recompute each chunk in the backward pass: memory holds one chunk's samples, not the whole image's
+            outs.append(checkpoint(_march_chunk, *args, use_reentrant=False))
+        else:
+            outs.append(_march_chunk(*args))
     out = torch.cat(outs).reshape(n, h, w, 8).permute(0, 3, 1, 2)
     return {"color": out[:, :3], "mask": out[:, 3:4], "depth": out[:, 4:5], "normals": out[:, 5:]}
+
+
+def _march_chunk(volume, oc, dc, fc, bg, low, high, samples):
+    t_near, t_far = _box_hits(oc, dc, low, high)
+    delta = (t_far - t_near).clamp(min=0) / samples
+    t = t_near[:, None] + (torch.arange(samples, dtype=oc.dtype, device=oc.device) + 0.5) * delta[:, None]
+    pts = oc[:, None] + t[..., None] * dc[:, None]
+    vals = trilinear(volume, pts, low, high)
+    sigma, rgb = vals[..., 0].clamp(min=0), vals[..., 1:]
+    alpha = 1 - torch.exp(-sigma * delta[:, None])
+    trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
+    weight = trans * alpha
+    acc = weight.sum(1)
+    col = (weight[..., None] * rgb).sum(1) + (1 - acc)[:, None] * bg
+    depth = (weight * t * (dc * fc).sum(-1, keepdim=True)).sum(1)  # camera z = t (d . forward)
+    nrm = (weight[..., None] * _density_normals(volume[:1], pts, low, high)).sum(1)
+    return torch.cat([col, acc[:, None], depth[:, None], nrm], 1)
 
 
 def _density_normals(density: torch.Tensor, pts: torch.Tensor, low: float, high: float) -> torch.Tensor:
