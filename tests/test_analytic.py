@@ -10,8 +10,11 @@ from scorelab.denoisers import score_from_denoised
 
 
 def _mixture():
-    return GaussianMixture([0.5, 0.3, 0.2], [[0.0, 1.0, -1.0], [2.0, -1.0, 0.5], [-2.0, 0.0, 1.0]],
-                           [[0.5, 0.7, 0.4], [1.0, 0.3, 0.6], [0.8, 0.8, 0.8]])
+    return GaussianMixture(
+        [0.5, 0.3, 0.2],
+        [[0.0, 1.0, -1.0], [2.0, -1.0, 0.5], [-2.0, 0.0, 1.0]],
+        [[0.5, 0.7, 0.4], [1.0, 0.3, 0.6], [0.8, 0.8, 0.8]],
+    )
 
 
 def test_single_gaussian_denoiser_is_linear_shrinkage():
@@ -68,8 +71,9 @@ def test_finite_dataset_limits():
     # tiny sigma: the nearest data point; huge sigma: the data mean
     x = data[:5] + 1e-4
     torch.testing.assert_close(fd(x, torch.tensor(1e-3)), data[:5])
-    torch.testing.assert_close(fd(torch.zeros(1, 2, dtype=torch.float64), torch.tensor(1e4)),
-                               data.mean(0, keepdim=True), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        fd(torch.zeros(1, 2, dtype=torch.float64), torch.tensor(1e4)), data.mean(0, keepdim=True), atol=1e-6, rtol=0
+    )
 
 
 def test_bad_mixture_arguments():

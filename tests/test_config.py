@@ -61,8 +61,10 @@ yaml_values = st.recursive(
 )
 sections = st.dictionaries(
     st.sampled_from(["data", "model", "noise", "train", "sample", "other"]),
-    st.dictionaries(st.sampled_from(["name", "kind", "steps", "lr", "levels", "sigma_min", "x"]), yaml_values,
-                    max_size=3) | yaml_values,
+    st.dictionaries(
+        st.sampled_from(["name", "kind", "steps", "lr", "levels", "sigma_min", "x"]), yaml_values, max_size=3
+    )
+    | yaml_values,
     max_size=4,
 )
 

@@ -60,8 +60,14 @@ def test_annealed_langevin_matches_exact_moment_recursion():
 def test_annealed_langevin_callback_and_validation():
     gm = GaussianMixture([1.0], [[0.0]], [1.0])
     seen = []
-    annealed_langevin(gm, torch.zeros(3, 1), geometric_sigmas(2.0, 1.0, 3), step_size=0.1, steps_per_level=2,
-                      callback=lambda i, x: seen.append(i))
+    annealed_langevin(
+        gm,
+        torch.zeros(3, 1),
+        geometric_sigmas(2.0, 1.0, 3),
+        step_size=0.1,
+        steps_per_level=2,
+        callback=lambda i, x: seen.append(i),
+    )
     assert seen == list(range(6))
     with pytest.raises(ValueError):
         annealed_langevin(gm, torch.zeros(3, 1), torch.tensor([1.0, 2.0]), step_size=0.1, steps_per_level=2)

@@ -81,6 +81,7 @@ def test_sw2_unequal_sizes_match_the_exact_1d_w2():
 
 def mmd_reference(x, y, bandwidths):
     """Gretton et al. 2012 eq. (3), written out with full kernel matrices."""
+
     def k(a, b):
         d2 = torch.cdist(a, b) ** 2
         return sum(torch.exp(-d2 / (2 * h * h)) for h in bandwidths)
@@ -194,8 +195,9 @@ def test_frechet_matches_scipy_sqrtm():
 
 def test_frechet_distance_fits_mean_and_ddof1_covariance():
     fa, fb = randn(100, 4, seed=1), randn(80, 4, seed=2) * 2 + 1
-    expected = frechet_from_stats(fa.mean(0), np.cov(fa.numpy(), rowvar=False),
-                                  fb.mean(0), np.cov(fb.numpy(), rowvar=False))
+    expected = frechet_from_stats(
+        fa.mean(0), np.cov(fa.numpy(), rowvar=False), fb.mean(0), np.cov(fb.numpy(), rowvar=False)
+    )
     assert frechet_distance(fa, fb) == pytest.approx(expected, rel=1e-10)
     assert frechet_distance(fa, fa) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError):

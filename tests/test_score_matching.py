@@ -237,9 +237,7 @@ def test_sliced_sm_is_unbiased_for_exact_sm(projection, variance_reduced):
     reps = 300
     vals = torch.tensor(
         [
-            sliced_score_matching(
-                net, x, projection=projection, variance_reduced=variance_reduced, generator=g
-            ).item()
+            sliced_score_matching(net, x, projection=projection, variance_reduced=variance_reduced, generator=g).item()
             for _ in range(reps)
         ],
         dtype=torch.float64,
@@ -255,9 +253,7 @@ def test_sliced_rademacher_vr_is_exact_for_an_isotropic_linear_score():
     # s(y) = -c y: v^T (-c I) v = -c |v|^2 = -c D exactly for v in {-1, 1}^D, so SSM-VR equals exact SM
     x = torch.randn(16, 2, 3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     c = 0.8
-    sliced = sliced_score_matching(
-        lambda y: -c * y, x, n_projections=3, projection="rademacher", variance_reduced=True
-    )
+    sliced = sliced_score_matching(lambda y: -c * y, x, n_projections=3, projection="rademacher", variance_reduced=True)
     torch.testing.assert_close(sliced, exact_score_matching(lambda y: -c * y, x))
 
 
@@ -335,9 +331,7 @@ def ncsn_data(n: int, seed: int) -> torch.Tensor:
 #   The batch mean over n samples has SE sqrt(Var Y / n); we require |loss - E Y| < 3 SE.
 
 
-@pytest.mark.parametrize(
-    "sigmas, shape", [([0.5], (4,)), ([0.1, 0.5, 2.0], (4,)), ([0.2, 1.0, 5.0, 20.0], (1, 2, 2))]
-)
+@pytest.mark.parametrize("sigmas, shape", [([0.5], (4,)), ([0.1, 0.5, 2.0], (4,)), ([0.2, 1.0, 5.0, 20.0], (1, 2, 2))])
 def test_ncsn_loss_of_the_exact_denoiser_matches_closed_form(sigmas, shape):
     n, d = 20000, 4
     x = ncsn_data(n, seed=40).reshape(n, *shape)
@@ -361,9 +355,7 @@ def test_ncsn_loss_is_larger_for_a_wrong_denoiser():
     x = ncsn_data(n, seed=50)
     sig = torch.tensor([sigma], dtype=torch.float64)
     good = ncsn_loss(oracle, x, sig, generator=torch.Generator().manual_seed(51))
-    bad = ncsn_loss(
-        lambda y, s, cond=None: oracle(y, s) + delta, x, sig, generator=torch.Generator().manual_seed(51)
-    )
+    bad = ncsn_loss(lambda y, s, cond=None: oracle(y, s) + delta, x, sig, generator=torch.Generator().manual_seed(51))
     diff = (bad - good).item()
     c = S0**2 / (S0**2 + sigma**2)
     d2 = delta.pow(2).sum().item()

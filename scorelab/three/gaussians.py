@@ -98,7 +98,7 @@ def sh_color(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     return (c + 0.5).clamp(min=0)
 
 
-def _composite_chunk(mean2d, conic, opacity, color, valid, pix, background):
+def _composite_chunk(mean2d, conic, opacity, color, valid, pix, background, alpha_min):
     """One chunk of tiles: mean2d (n, L, 2), conic (n, L, 3), opacity (n, L), color (n, L, C) in depth order per
     tile, valid (n, L), pix (n, 256, 2). alpha = min(0.99, o exp(-d^T Sigma'^-1 d / 2)), skipped below 1/255;
     C = sum_i c_i alpha_i T_i + T_final * background, T_i = prod_{j<i} (1 - alpha_j), stopping before the Gaussian
@@ -109,7 +109,7 @@ def _composite_chunk(mean2d, conic, opacity, color, valid, pix, background):
         con[..., 0] * d[..., 0] ** 2 + 2 * con[..., 1] * d[..., 0] * d[..., 1] + con[..., 2] * d[..., 1] ** 2
     )
     alpha = (opacity[:, None] * torch.exp(power)).clamp(max=ALPHA_MAX)
-    alpha = torch.where(valid[:, None] & (alpha >= ALPHA_MIN) & (power <= 0), alpha, torch.zeros_like(alpha))
+    alpha = torch.where(valid[:, None] & (alpha >= alpha_min) & (power <= 0), alpha, torch.zeros_like(alpha))
     keep = torch.cumprod(1 - alpha.detach(), -1) >= T_MIN  # a prefix of each pixel's list
     alpha = alpha * keep
     trans_after = torch.cumprod(1 - alpha, -1)
@@ -120,7 +120,7 @@ def _composite_chunk(mean2d, conic, opacity, color, valid, pix, background):
 
 
 def _composite_tiles(
-    mean2d, conic, color, opacity, order, tile_ids, tiles_x, n_tiles, height, width, background, max_work
+    mean2d, conic, color, opacity, order, tile_ids, tiles_x, n_tiles, height, width, background, max_work, alpha_min
 ):
     """Front-to-back compositing of each tile's depth-sorted Gaussians: per tile and pixel, the composited features
     (n_tiles, 256, C) over `background` and the alpha (n_tiles, 256)."""
@@ -146,7 +146,7 @@ def _composite_tiles(
         idx = order[(starts[tiles, None] + slot[None]).clamp(max=order.shape[0] - 1)]  # (n, L) Gaussian ids
         origin = torch.stack([(tiles % tiles_x) * TILE, (tiles // tiles_x) * TILE], -1).to(dt)  # (n, 2)
         pix = origin[:, None] + local[None] + 0.5  # (n, 256, 2) pixel centres
-        args = (mean2d[idx], conic[idx], opacity[idx], color[idx], valid, pix, background)
+        args = (mean2d[idx], conic[idx], opacity[idx], color[idx], valid, pix, background, alpha_min)
         if torch.is_grad_enabled():
             # recompute the chunk in the backward pass, so memory holds one chunk's intermediates, not all of them
             rgb, a = checkpoint(_composite_chunk, *args, use_reentrant=False)
@@ -169,9 +169,17 @@ def render_gaussians(
     background=(0.0, 0.0, 0.0),
     near: float = 0.01,
     max_work: int = 4_000_000,
+    preserve_integral: bool = False,
+    alpha_min: float = ALPHA_MIN,
 ) -> dict:
     """Render every view: colour (N, 3, H, W) over `background`, alpha (N, 1, H, W), expected depth (N, 1, H, W)
-    (camera z weighted by the compositing weights, not normalised)."""
+    (camera z weighted by the compositing weights, not normalised).
+
+    preserve_integral: scale each opacity by sqrt(det Sigma' / det(Sigma' + 0.3 I)), so the 0.3 px^2 low-pass term
+    blurs a kernel without adding to its screen integral (EWA's convolution of normalised Gaussians, Zwicker et al.
+    2001, eq. 30; the same factor as Mip-Splatting's 2D filter). Off by default, as in the 3DGS reference.
+    alpha_min: contributions below it are skipped (1/255 in the reference; many faint kernels, as in voxel
+    splatting, need 0 or their sum is lost)."""
     h, w = cameras.height, cameras.width
     tiles_x, tiles_y = math.ceil(w / TILE), math.ceil(h / TILE)
     n_tiles = tiles_x * tiles_y
@@ -182,6 +190,10 @@ def render_gaussians(
         mean2d, cov2d, z = project(means, cov3d, cameras, v)
         det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] ** 2
         conic = torch.stack([cov2d[:, 1, 1], -cov2d[:, 0, 1], cov2d[:, 0, 0]], -1) / det[:, None]
+        op = opacity
+        if preserve_integral:
+            det_raw = (cov2d[:, 0, 0] - DILATION) * (cov2d[:, 1, 1] - DILATION) - cov2d[:, 0, 1] ** 2
+            op = opacity * torch.sqrt(det_raw.clamp(min=0) / det)
         centre = cameras.centre[v].to(means.dtype)
         col = sh_color(sh, F.normalize(means - centre, dim=-1))
         feats = torch.cat([col, z[:, None]], -1)  # composite colour and depth together
@@ -210,7 +222,7 @@ def render_gaussians(
             mean2d,
             conic,
             feats,
-            opacity,
+            op,
             order,
             tile_sorted,
             tiles_x,
@@ -219,6 +231,7 @@ def render_gaussians(
             w,
             torch.cat([bg, bg.new_zeros(1)]),
             max_work,
+            alpha_min,
         )
         img = (
             rgbd.reshape(tiles_y, tiles_x, TILE, TILE, 4)
