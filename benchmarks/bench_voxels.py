@@ -1,4 +1,5 @@
-"""Voxel ray marching: render + backward time and peak memory for a 64^3 grid at 128 and 256 px (128 samples per ray).
+"""Voxels: render + backward time and peak memory for a 64^3 grid at 128 and 256 px, by ray marching (128 samples
+per ray) and by EWA splatting through the mip pyramid.
 
     python benchmarks/bench_gaussians.py      (writes benchmarks/results/voxels.json)
 
@@ -20,10 +21,11 @@ from pathlib import Path
 OUT = Path(__file__).parent / "results" / "voxels.json"
 
 
-def child(n: int, size: int) -> dict:
+def child(n: int, size: int, renderer: str) -> dict:
     import torch
 
     from scorelab.three.cameras import orbit_cameras
+    from scorelab.three.splat import splat_voxels
     from scorelab.three.voxels import VoxelGrid
 
     lin = (torch.arange(n) + 0.5) / n - 0.5
@@ -35,7 +37,10 @@ def child(n: int, size: int) -> dict:
 
     def step():
         grid.zero_grad(set_to_none=True)
-        out = grid.render(cam, samples=128)
+        if renderer == "ray_march":
+            out = grid.render(cam, samples=128)
+        else:
+            out = splat_voxels(grid.density(), grid.color(), cam)
         (out["color"].sum() + out["mask"].sum()).backward()
 
     step()
@@ -48,7 +53,7 @@ def child(n: int, size: int) -> dict:
     return {
         "grid": n,
         "size": size,
-        "renderer": "ray_march",
+        "renderer": renderer,
         "render_backward_s": statistics.median(times),
         "peak_extra_mb": (peak - base) / 1024,
         "threads": torch.get_num_threads(),
@@ -56,14 +61,17 @@ def child(n: int, size: int) -> dict:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        print(json.dumps(child(int(sys.argv[2]), int(sys.argv[3]))))
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        print(json.dumps(child(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
         return
     rows = []
-    for n in (64,):
+    for renderer in ("ray_march", "splat"):
         for size in (128, 256):
             res = subprocess.run(
-                [sys.executable, __file__, "--child", str(n), str(size)], capture_output=True, text=True, check=True
+                [sys.executable, __file__, "--child", "64", str(size), renderer],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
