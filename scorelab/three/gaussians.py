@@ -1,8 +1,14 @@
 """3D Gaussian splatting in pure PyTorch (Kerbl et al. 2023, '3D Gaussian Splatting for Real-Time Radiance Field
 Rendering'): EWA projection, degree-0/1 spherical-harmonic colour, tiled front-to-back compositing.
 
-Memory is bounded by chunking: Gaussians are binned to 16 x 16 pixel tiles by their 3-sigma screen boxes, sorted by
-depth within each tile, and tiles are composited in chunks holding at most `max_work` (pixel, Gaussian) pairs.
+Conventions: cameras as in docs/cameras.md (OpenCV camera axes, pixel centres at (j + 0.5, i + 0.5)). A Gaussian set
+is means (G, 3) in world units, log-scales (G, 3), rotations as unnormalised quaternions (G, 4) in (w, x, y, z) order,
+opacities in [0, 1] (the module stores logits) and SH coefficients (G, K, 3) with K = 1 (degree 0) or 4 (degree 1),
+in the reference's basis order (Y00, Y1-1, Y10, Y11). Any float dtype; everything follows the means' device.
+
+Memory is bounded by chunking: Gaussians are binned to 16 x 16 pixel tiles by their 3-sigma screen boxes (one
+(Gaussian, tile) pair per overlap, sorted by tile then depth), and tiles are composited in chunks holding at most
+`max_work` (pixel, Gaussian) pairs, each chunk checkpointed so the backward pass holds one chunk's intermediates.
 Everything is differentiable through autograd except the binning, sorting and the alpha < 1/255 and transmittance
 < 1e-4 cut-offs (switches, as in the reference rasterizer).
 """
@@ -16,44 +22,115 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from scorelab.errors import ScorelabError
+
 from .cameras import Cameras
 
 SH_C0 = 0.28209479177387814  # real SH normalisation, degree 0: 1 / (2 sqrt(pi))
 SH_C1 = 0.4886025119029199  # degree 1: sqrt(3 / (4 pi))
-ALPHA_MAX, ALPHA_MIN, T_MIN = 0.99, 1 / 255, 1e-4
+ALPHA_MAX, ALPHA_MIN, T_MIN = 0.99, 1 / 255, 1e-4  # Kerbl et al. 2023, sec. 6 / the reference rasterizer
 DILATION = 0.3  # px^2 added to the 2D covariance (Kerbl et al. 2023, sec. 4 / the reference rasterizer)
 TILE = 16
 
 
+def _check_gaussians(means, log_scales, quats, opacity, sh) -> None:
+    g = means.shape[0] if means.dim() == 2 else -1
+    if means.dim() != 2 or means.shape[1] != 3 or not means.is_floating_point():
+        raise ScorelabError(f"means must be a float tensor of shape (G, 3), got {tuple(means.shape)}")
+    for name, t, shape in (
+        ("log_scales", log_scales, (g, 3)),
+        ("quats", quats, (g, 4)),
+        ("opacity", opacity, (g,)),
+    ):
+        if tuple(t.shape) != shape:
+            raise ScorelabError(f"{name} must have shape {shape} to match means, got {tuple(t.shape)}")
+    if sh.dim() != 3 or sh.shape[0] != g or sh.shape[1] not in (1, 4) or sh.shape[2] != 3:
+        raise ScorelabError(
+            f"sh must have shape ({g}, K, 3) with K = 1 (degree 0) or 4 (degree 1), got {tuple(sh.shape)}"
+        )
+
+
 class Gaussians(nn.Module):
-    """means (G, 3); log_scales (G, 3); quats (G, 4) unnormalised w, x, y, z; opacity_logits (G,); sh (G, K, 3)
-    with K = 1 (degree 0) or 4 (degree 1)."""
+    """A trainable Gaussian set: means (G, 3); log_scales (G, 3); quats (G, 4) unnormalised (w, x, y, z);
+    opacity_logits (G,) (opacity = sigmoid); sh (G, K, 3) with K = 1 (degree 0) or 4 (degree 1)."""
 
     def __init__(self, means, log_scales, quats, opacity_logits, sh):
         super().__init__()
+        _check_gaussians(means, log_scales, quats, opacity_logits, sh)
         self.means = nn.Parameter(means)
         self.log_scales = nn.Parameter(log_scales)
         self.quats = nn.Parameter(quats)
         self.opacity_logits = nn.Parameter(opacity_logits)
         self.sh = nn.Parameter(sh)
 
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
     @classmethod
-    def random_in_box(cls, n: int, *, half: float = 0.5, scale: float = 0.03, degree: int = 1, generator=None):
-        g = generator
-        means = (torch.rand(n, 3, generator=g) * 2 - 1) * half
-        log_scales = torch.full((n, 3), math.log(scale))
-        quats = torch.cat([torch.ones(n, 1), torch.zeros(n, 3)], 1)
-        sh = torch.zeros(n, 1 + 3 * degree, 3)
-        sh[:, 0] = (torch.rand(n, 3, generator=g) - 0.5) / SH_C0 * 0.5
-        return cls(means, log_scales, quats, torch.full((n,), -2.0), sh)
+    def random_in_box(
+        cls, n: int, *, half: float = 0.5, scale: float = 0.03, opacity: float = 0.12, degree: int = 1, generator=None
+    ) -> Gaussians:
+        """n isotropic Gaussians uniform in [-half, half]^3, of std `scale`, random colours in [0.25, 0.75] and zero
+        degree-1 coefficients; drawn on CPU in float32 from `generator`."""
+        if n <= 0 or degree not in (0, 1) or not 0 < opacity < 1 or scale <= 0:
+            raise ScorelabError(
+                f"random_in_box needs n > 0, degree 0 or 1, opacity in (0, 1), scale > 0; got {n}, {degree}, "
+                f"{opacity}, {scale}"
+            )
+        means = (torch.rand(n, 3, generator=generator) * 2 - 1) * half
+        colors = 0.25 + 0.5 * torch.rand(n, 3, generator=generator)
+        return cls.from_points(means, colors, scale=scale, opacity=opacity, degree=degree)
+
+    @classmethod
+    def from_points(
+        cls, points, colors=None, *, scale: float | None = None, opacity: float = 0.1, degree: int = 1
+    ) -> Gaussians:
+        """Isotropic Gaussians at points (P, 3) with colours (P, 3) in [0, 1] (grey if None). Scale: `scale`, or
+        else the mean distance to the three nearest other points (Kerbl et al. 2023, sec. 5.1)."""
+        points = torch.as_tensor(points)
+        if points.dim() != 2 or points.shape[1] != 3 or points.shape[0] == 0 or not points.is_floating_point():
+            raise ScorelabError(f"points must be a non-empty float tensor of shape (P, 3), got {tuple(points.shape)}")
+        if degree not in (0, 1) or not 0 < opacity < 1:
+            raise ScorelabError(f"from_points needs degree 0 or 1 and opacity in (0, 1), got {degree}, {opacity}")
+        n, dt, dev = points.shape[0], points.dtype, points.device
+        if colors is None:
+            colors = torch.full((n, 3), 0.5, dtype=dt, device=dev)
+        colors = torch.as_tensor(colors, dtype=dt, device=dev)
+        if colors.shape != (n, 3):
+            raise ScorelabError(f"colors must have shape ({n}, 3) to match points, got {tuple(colors.shape)}")
+        if scale is not None:
+            if scale <= 0:
+                raise ScorelabError(f"scale must be > 0, got {scale}")
+            s = torch.full((n,), float(scale), dtype=dt, device=dev)
+        elif n < 2:
+            raise ScorelabError("from_points needs at least 2 points (or an explicit scale) to estimate a scale")
+        else:
+            k = min(3, n - 1)
+            s = torch.cat(
+                [
+                    torch.cdist(chunk, points).topk(k + 1, largest=False).values[:, 1:].mean(1)
+                    for chunk in points.split(4096)
+                ]
+            ).clamp_min(1e-7)
+        sh = torch.zeros(n, 1 + 3 * degree, 3, dtype=dt, device=dev)
+        sh[:, 0] = (colors - 0.5) / SH_C0  # inverse of sh_color for degree 0
+        quats = torch.zeros(n, 4, dtype=dt, device=dev)
+        quats[:, 0] = 1
+        logit = math.log(opacity / (1 - opacity))
+        return cls(
+            points.clone(), s.log()[:, None].repeat(1, 3), quats, torch.full((n,), logit, dtype=dt, device=dev), sh
+        )
 
     def render(self, cameras: Cameras, **kwargs) -> dict:
+        """render_gaussians with this set's parameters (opacity = sigmoid(opacity_logits))."""
         return render_gaussians(
             self.means, self.log_scales, self.quats, torch.sigmoid(self.opacity_logits), self.sh, cameras, **kwargs
         )
 
 
 def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
+    """Unnormalised (w, x, y, z) quaternions (..., 4) -> rotation matrices (..., 3, 3) (the standard unit-quaternion
+    formula, Kerbl et al. 2023, sec. 4)."""
     w, x, y, z = F.normalize(q, dim=-1).unbind(-1)
     rows = [
         [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
@@ -64,33 +141,49 @@ def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
 
 
 def covariance_3d(log_scales: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
-    """Sigma = R S S^T R^T (Kerbl et al. 2023, eq. 6)."""
+    """Sigma = R S S^T R^T (Kerbl et al. 2023, eq. 6), (G, 3, 3)."""
     m = quat_to_rotmat(quats) * torch.exp(log_scales)[..., None, :]
     return m @ m.transpose(-1, -2)
 
 
-def project(means, cov3d, cameras: Cameras, view: int = 0):
-    """Screen means (G, 2), 2D covariances J W Sigma W^T J^T + 0.3 I (Zwicker et al. 2001, eq. 31; Kerbl et al. 2023,
-    eq. 5) (G, 2, 2), and camera depths (G,), for one view."""
+def project(means, cov3d, cameras: Cameras, view: int = 0, near: float = 1e-6):
+    """For one view: screen means (G, 2) in pixels, 2D covariances (G, 2, 2) and camera depths z (G,).
+
+    Sigma' = J W Sigma W^T J^T + 0.3 I (Zwicker et al. 2001, eq. 31; Kerbl et al. 2023, eq. 5), J the Jacobian of
+    (fx x / z + cx, fy y / z + cy) at the camera-space mean. Depths below `near` are clamped inside the divisions only,
+    so Gaussians behind the camera (culled by the renderer) keep finite values and gradients."""
     w2c = cameras.world_to_cam[view].to(means.dtype)
     rot, trans = w2c[:3, :3], w2c[:3, 3]
     t = means @ rot.T + trans
     fx, fy = cameras.focal[view].to(means.dtype)
     cx, cy = cameras.principal[view].to(means.dtype)
     tx, ty, tz = t.unbind(-1)
-    mean2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], -1)
-    zeros = torch.zeros_like(tz)
+    zc = tz.clamp(min=near)
+    mean2d = torch.stack([fx * tx / zc + cx, fy * ty / zc + cy], -1)  # pinhole projection, docs/cameras.md
+    zeros = torch.zeros_like(zc)
     jac = torch.stack(
-        [torch.stack([fx / tz, zeros, -fx * tx / tz**2], -1), torch.stack([zeros, fy / tz, -fy * ty / tz**2], -1)], -2
-    )  # fmt: skip  (G, 2, 3)
+        [torch.stack([fx / zc, zeros, -fx * tx / zc**2], -1), torch.stack([zeros, fy / zc, -fy * ty / zc**2], -1)], -2
+    )  # fmt: skip  (G, 2, 3), Zwicker et al. 2001, eq. 29 (the affine approximation of the projection)
     jw = jac @ rot
     cov2d = jw @ cov3d @ jw.transpose(-1, -2) + DILATION * torch.eye(2, dtype=means.dtype, device=means.device)
     return mean2d, cov2d, tz
 
 
+def conic_and_radius(cov2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Conic (a, b, c) of the inverse 2D covariance [[a, b], [b, c]], (G, 3), and the 3-sigma screen radius (G,) of the
+    major axis, lambda_max = mid + sqrt(max(0.1, mid^2 - det)) as in the reference rasterizer (no gradient)."""
+    det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] ** 2
+    conic = torch.stack([cov2d[:, 1, 1], -cov2d[:, 0, 1], cov2d[:, 0, 0]], -1) / det[:, None]
+    with torch.no_grad():
+        mid = 0.5 * (cov2d[:, 0, 0] + cov2d[:, 1, 1])
+        radius = 3 * torch.sqrt(mid + torch.sqrt((mid**2 - det).clamp(min=0.1)))
+    return conic, radius
+
+
 def sh_color(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
-    """Colour from real SH of degree 0/1 along unit view directions (camera -> Gaussian), with the reference
-    implementation's +0.5 offset and clamp at 0: C0 k0 - C1 y k1 + C1 z k2 - C1 x k3 + 0.5."""
+    """Colour (G, 3) from real SH of degree 0/1 (G, K, 3) along unit view directions (camera -> Gaussian) (G, 3),
+    with the reference implementation's +0.5 offset and clamp at 0 (Kerbl et al. 2023, sec. 4; the reference's
+    computeColorFromSH): C0 k0 - C1 y k1 + C1 z k2 - C1 x k3 + 0.5."""
     c = SH_C0 * sh[:, 0]
     if sh.shape[1] >= 4:
         x, y, z = dirs[:, 0:1], dirs[:, 1:2], dirs[:, 2:3]
@@ -98,64 +191,83 @@ def sh_color(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     return (c + 0.5).clamp(min=0)
 
 
-def _composite_chunk(mean2d, conic, opacity, color, valid, pix, background, alpha_min):
-    """One chunk of tiles: mean2d (n, L, 2), conic (n, L, 3), opacity (n, L), color (n, L, C) in depth order per
-    tile, valid (n, L), pix (n, 256, 2). alpha = min(0.99, o exp(-d^T Sigma'^-1 d / 2)), skipped below 1/255;
-    C = sum_i c_i alpha_i T_i + T_final * background, T_i = prod_{j<i} (1 - alpha_j), stopping before the Gaussian
-    that would take T below 1e-4 (Kerbl et al. 2023, sec. 6 and eq. 3)."""
-    d = pix[:, :, None, :] - mean2d[:, None]  # (n, 256, L, 2)
-    con = conic[:, None]
-    power = -0.5 * (
-        con[..., 0] * d[..., 0] ** 2 + 2 * con[..., 1] * d[..., 0] * d[..., 1] + con[..., 2] * d[..., 1] ** 2
-    )
+def _composite_chunk(mean2d, conic, opacity, feats, pix, alpha_min):
+    """One chunk of tiles: mean2d (n, L, 2), conic (n, L, 3), opacity (n, L) (0 in padding slots), feats (n, L, C) in
+    depth order per tile, pix (256, 2) pixel centres relative to each tile's origin, mean2d relative to it too.
+
+    alpha = min(0.99, o exp(-d^T Sigma'^-1 d / 2)), 0 below alpha_min; weights w_i = alpha_i T_i with
+    T_i = prod_{j<i} (1 - alpha_j), dropping from the first Gaussian that would take T below 1e-4 (Kerbl et al. 2023,
+    eq. 3 and sec. 6). Returns sum_i w_i f_i (n, 256, C) and the alpha sum_i w_i = 1 - T_final (n, 256)."""
+    dx = pix[None, :, 0, None] - mean2d[:, None, :, 0]  # (n, 256, L)
+    dy = pix[None, :, 1, None] - mean2d[:, None, :, 1]
+    a, b, c = (conic[:, None, :, k] for k in range(3))
+    power = (-0.5 * a) * dx * dx - b * dx * dy - (0.5 * c) * dy * dy
     alpha = (opacity[:, None] * torch.exp(power)).clamp(max=ALPHA_MAX)
-    alpha = torch.where(valid[:, None] & (alpha >= alpha_min) & (power <= 0), alpha, torch.zeros_like(alpha))
-    keep = torch.cumprod(1 - alpha.detach(), -1) >= T_MIN  # a prefix of each pixel's list
-    alpha = alpha * keep
-    trans_after = torch.cumprod(1 - alpha, -1)
+    if alpha_min > 0:
+        alpha = alpha * (alpha >= alpha_min)
+    trans_after = torch.cumprod(1 - alpha, -1)  # T_{i+1}; a pixel's kept entries are the prefix with T_{i+1} >= 1e-4
     trans_before = torch.cat([torch.ones_like(trans_after[..., :1]), trans_after[..., :-1]], -1)
-    weight = alpha * trans_before  # (n, 256, L)
-    rgb = torch.einsum("npl,nlc->npc", weight, color) + trans_after[..., -1:] * background
-    return rgb, 1 - trans_after[..., -1]
+    weight = alpha * trans_before * (trans_after.detach() >= T_MIN)  # (n, 256, L)
+    return torch.bmm(weight, feats), weight.sum(-1)
 
 
-def _composite_tiles(
-    mean2d, conic, color, opacity, order, tile_ids, tiles_x, n_tiles, height, width, background, max_work, alpha_min
-):
-    """Front-to-back compositing of each tile's depth-sorted Gaussians: per tile and pixel, the composited features
-    (n_tiles, 256, C) over `background` and the alpha (n_tiles, 256)."""
+def _composite_tiles(mean2d, conic, feats, opacity, order, tile_ids, tiles_x, n_tiles, max_work, alpha_min):
+    """Front-to-back compositing of each tile's depth-sorted Gaussians (`order`: Gaussian ids sorted by tile then
+    depth, `tile_ids`: their tiles): per tile and pixel, sum_i w_i f_i (n_tiles, 256, C) and alpha (n_tiles, 256)."""
     dev, dt = mean2d.device, mean2d.dtype
     counts = torch.bincount(tile_ids, minlength=n_tiles)
     starts = torch.cumsum(counts, 0) - counts
-    out_rgb = background.expand(n_tiles, TILE * TILE, color.shape[1]).clone()
-    out_a = torch.zeros(n_tiles, TILE * TILE, dtype=dt, device=dev)
-    active = (counts > 0).nonzero().squeeze(1)
+    out_f = mean2d.new_zeros(n_tiles, TILE * TILE, feats.shape[1])
+    out_a = mean2d.new_zeros(n_tiles, TILE * TILE)
+    # tiles are independent: visit them longest list first, so each chunk pads its lists to similar lengths
+    by_len = torch.argsort(counts, descending=True)
+    lengths = counts[by_len].tolist()
     ly, lx = torch.meshgrid(torch.arange(TILE, device=dev), torch.arange(TILE, device=dev), indexing="ij")
-    local = torch.stack([lx.reshape(-1), ly.reshape(-1)], -1).to(dt)  # (256, 2) pixel offsets in a tile
-    i = 0
-    while i < active.shape[0]:
-        # as many tiles as fit in max_work (pixel, Gaussian) pairs, padded to the longest list in the chunk
-        j = i + 1
-        longest = int(counts[active[i]])
-        while j < active.shape[0] and (j - i + 1) * TILE * TILE * max(longest, int(counts[active[j]])) <= max_work:
-            longest = max(longest, int(counts[active[j]]))
-            j += 1
-        tiles = active[i:j]
+    pix = torch.stack([lx.reshape(-1), ly.reshape(-1)], -1).to(dt) + 0.5  # (256, 2) centres relative to the origin
+    chunks, i = [], 0
+    while i < len(lengths) and lengths[i] > 0:
+        # as many tiles as fit in max_work (pixel, Gaussian) pairs at the chunk's longest list (its first)
+        n = max(1, min(max_work // (TILE * TILE * lengths[i]), len(lengths) - i))
+        n = next((k for k in range(1, n) if lengths[i + k] == 0), n)  # stop at the empty tiles
+        chunks.append((i, n, lengths[i]))
+        i += n
+    use_checkpoint = torch.is_grad_enabled() and len(chunks) > 1
+    for i, n, longest in chunks:
+        tiles = by_len[i : i + n]
         slot = torch.arange(longest, device=dev)
         valid = slot[None] < counts[tiles, None]  # (n, L)
         idx = order[(starts[tiles, None] + slot[None]).clamp(max=order.shape[0] - 1)]  # (n, L) Gaussian ids
         origin = torch.stack([(tiles % tiles_x) * TILE, (tiles // tiles_x) * TILE], -1).to(dt)  # (n, 2)
-        pix = origin[:, None] + local[None] + 0.5  # (n, 256, 2) pixel centres
-        args = (mean2d[idx], conic[idx], opacity[idx], color[idx], valid, pix, background, alpha_min)
-        if torch.is_grad_enabled():
+        args = (mean2d[idx] - origin[:, None], conic[idx], opacity[idx] * valid, feats[idx], pix, alpha_min)
+        if use_checkpoint:
             # recompute the chunk in the backward pass, so memory holds one chunk's intermediates, not all of them
-            rgb, a = checkpoint(_composite_chunk, *args, use_reentrant=False)
+            f, a = checkpoint(_composite_chunk, *args, use_reentrant=False)
         else:
-            rgb, a = _composite_chunk(*args)
-        out_rgb[tiles] = rgb
-        out_a[tiles] = a
-        i = j
-    return out_rgb, out_a
+            f, a = _composite_chunk(*args)
+        out_f = out_f.index_copy(0, tiles, f)
+        out_a = out_a.index_copy(0, tiles, a)
+    return out_f, out_a
+
+
+def _bin_to_tiles(mean2d, radius, z, near, tiles_x, tiles_y):
+    """(Gaussian, tile) pairs of the visible Gaussians, sorted by tile then depth: Gaussian ids and tile ids."""
+    dev = mean2d.device
+    lo = ((mean2d - radius[:, None]) / TILE).floor().clamp(min=0)
+    hi = ((mean2d + radius[:, None]) / TILE).floor()
+    hi = torch.minimum(hi, torch.tensor([tiles_x - 1, tiles_y - 1], device=dev, dtype=hi.dtype))
+    visible = (z > near) & (hi >= lo).all(1) & torch.isfinite(mean2d).all(1)
+    ids = visible.nonzero().squeeze(1)
+    lo, hi = lo[ids].long(), hi[ids].long()
+    nx, ny = hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
+    per = nx * ny
+    owner = torch.repeat_interleave(torch.arange(ids.shape[0], device=dev), per)
+    off = torch.arange(owner.shape[0], device=dev) - torch.repeat_interleave(torch.cumsum(per, 0) - per, per)
+    tile = (lo[owner, 1] + off // nx[owner]) * tiles_x + lo[owner, 0] + off % nx[owner]
+    gid = ids[owner]
+    depth_rank = torch.empty_like(z, dtype=torch.long)
+    depth_rank[z.argsort()] = torch.arange(z.shape[0], device=dev)
+    sort = (tile * z.shape[0] + depth_rank[gid]).argsort()
+    return gid[sort], tile[sort]
 
 
 def render_gaussians(
@@ -172,74 +284,49 @@ def render_gaussians(
     preserve_integral: bool = False,
     alpha_min: float = ALPHA_MIN,
 ) -> dict:
-    """Render every view: colour (N, 3, H, W) over `background`, alpha (N, 1, H, W), expected depth (N, 1, H, W)
-    (camera z weighted by the compositing weights, not normalised).
+    """Render every view: colour (N, 3, H, W) over `background` (3 values), alpha (N, 1, H, W), expected depth
+    (N, 1, H, W) (camera z weighted by the compositing weights, not normalised by alpha).
 
-    preserve_integral: scale each opacity by sqrt(det Sigma' / det(Sigma' + 0.3 I)), so the 0.3 px^2 low-pass term
-    blurs a kernel without adding to its screen integral (EWA's convolution of normalised Gaussians, Zwicker et al.
-    2001, eq. 30; the same factor as Mip-Splatting's 2D filter). Off by default, as in the 3DGS reference.
+    Gaussians with camera depth z <= near are culled. max_work bounds the (pixel, Gaussian) pairs of one chunk, so
+    peak memory is O(max_work) plus O(pairs of Gaussians and tiles), never O(G x pixels); the result does not depend
+    on it. preserve_integral: scale each opacity by sqrt(det(Sigma' - 0.3 I) / det Sigma'), so the 0.3 px^2 low-pass
+    term blurs a kernel without adding to its screen integral (EWA's convolution of normalised Gaussians, Zwicker et
+    al. 2001, eq. 30; the same factor as Mip-Splatting's 2D filter). Off by default, as in the 3DGS reference.
     alpha_min: contributions below it are skipped (1/255 in the reference; many faint kernels, as in voxel
     splatting, need 0 or their sum is lost)."""
+    _check_gaussians(means, log_scales, quats, opacity, sh)
+    if len(cameras) == 0:
+        raise ScorelabError("render_gaussians needs at least one camera")
+    if max_work < 1 or near <= 0 or not 0 <= alpha_min < 1:
+        raise ScorelabError(
+            f"need max_work >= 1, near > 0 and alpha_min in [0, 1), got {max_work}, {near}, {alpha_min}"
+        )
+    bg = torch.as_tensor(background, dtype=means.dtype, device=means.device)
+    if bg.shape != (3,):
+        raise ScorelabError(f"background must be 3 values (r, g, b), got shape {tuple(bg.shape)}")
     h, w = cameras.height, cameras.width
     tiles_x, tiles_y = math.ceil(w / TILE), math.ceil(h / TILE)
-    n_tiles = tiles_x * tiles_y
-    bg = torch.as_tensor(background, dtype=means.dtype, device=means.device)
     cov3d = covariance_3d(log_scales, quats)
     colors, alphas, depths = [], [], []
     for v in range(len(cameras)):
         mean2d, cov2d, z = project(means, cov3d, cameras, v)
-        det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] ** 2
-        conic = torch.stack([cov2d[:, 1, 1], -cov2d[:, 0, 1], cov2d[:, 0, 0]], -1) / det[:, None]
+        conic, radius = conic_and_radius(cov2d)
         op = opacity
         if preserve_integral:
+            det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] ** 2
             det_raw = (cov2d[:, 0, 0] - DILATION) * (cov2d[:, 1, 1] - DILATION) - cov2d[:, 0, 1] ** 2
             op = opacity * torch.sqrt(det_raw.clamp(min=0) / det)
         centre = cameras.centre[v].to(means.dtype)
         col = sh_color(sh, F.normalize(means - centre, dim=-1))
         feats = torch.cat([col, z[:, None]], -1)  # composite colour and depth together
         with torch.no_grad():
-            mid = 0.5 * (cov2d[:, 0, 0] + cov2d[:, 1, 1])
-            radius = 3 * torch.sqrt(mid + torch.sqrt((mid**2 - det).clamp(min=0.1)))  # 3 sigma of the major axis
-            lo = ((mean2d - radius[:, None]) / TILE).floor().long()
-            hi = ((mean2d + radius[:, None]) / TILE).floor().long()
-            lo[:, 0].clamp_(0, tiles_x - 1), lo[:, 1].clamp_(0, tiles_y - 1)
-            hi[:, 0].clamp_(max=tiles_x - 1), hi[:, 1].clamp_(max=tiles_y - 1)
-            visible = (z > near) & (hi >= lo).all(1) & (mean2d + radius[:, None] >= 0).all(1)
-            ids = visible.nonzero().squeeze(1)
-            nx, ny = hi[ids, 0] - lo[ids, 0] + 1, hi[ids, 1] - lo[ids, 1] + 1
-            per = nx * ny
-            owner = torch.repeat_interleave(torch.arange(ids.shape[0], device=means.device), per)
-            off = torch.arange(owner.shape[0], device=means.device) - torch.repeat_interleave(
-                torch.cumsum(per, 0) - per, per
-            )
-            tile = (lo[ids, 1][owner] + off // nx[owner]) * tiles_x + lo[ids, 0][owner] + off % nx[owner]
-            gid = ids[owner]
-            depth_rank = torch.empty_like(z, dtype=torch.long)
-            depth_rank[z.argsort()] = torch.arange(z.shape[0], device=means.device)
-            sort = (tile * z.shape[0] + depth_rank[gid]).argsort()
-            order, tile_sorted = gid[sort], tile[sort]
-        rgbd, a = _composite_tiles(
-            mean2d,
-            conic,
-            feats,
-            op,
-            order,
-            tile_sorted,
-            tiles_x,
-            n_tiles,
-            h,
-            w,
-            torch.cat([bg, bg.new_zeros(1)]),
-            max_work,
-            alpha_min,
+            order, tile_sorted = _bin_to_tiles(mean2d.detach(), radius, z.detach(), near, tiles_x, tiles_y)
+        f, a = _composite_tiles(
+            mean2d, conic, feats, op, order, tile_sorted, tiles_x, tiles_x * tiles_y, max_work, alpha_min
         )
-        img = (
-            rgbd.reshape(tiles_y, tiles_x, TILE, TILE, 4)
-            .permute(0, 2, 1, 3, 4)
-            .reshape(tiles_y * TILE, tiles_x * TILE, 4)
-        )
-        alpha = a.reshape(tiles_y, tiles_x, TILE, TILE).permute(0, 2, 1, 3).reshape(tiles_y * TILE, tiles_x * TILE)
-        colors.append(img[:h, :w, :3].permute(2, 0, 1))
-        depths.append(img[:h, :w, 3])
-        alphas.append(alpha[:h, :w])
+        f = torch.cat([f, (1 - a)[..., None]], -1)  # transmittance, for the background
+        img = f.reshape(tiles_y, tiles_x, TILE, TILE, 5).permute(0, 2, 1, 3, 4).reshape(tiles_y * TILE, -1, 5)[:h, :w]
+        colors.append((img[..., :3] + img[..., 4:] * bg).permute(2, 0, 1))
+        depths.append(img[..., 3])
+        alphas.append(1 - img[..., 4])
     return {"color": torch.stack(colors), "alpha": torch.stack(alphas)[:, None], "depth": torch.stack(depths)[:, None]}
