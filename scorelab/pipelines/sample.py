@@ -73,8 +73,10 @@ def diffusion_sigmas(cfg: Config, steps: int, schedule: str) -> tuple[torch.Tens
         if schedule == "trailing":
             raise ScorelabError("schedule 'trailing' needs a DDPM-trained run; allowed here: lognormal, karras")
         s_min, s_max, vp = cfg.noise.sigma_min, cfg.noise.sigma_max, False
-    if schedule == "lognormal":
-        sig = lognormal_sigmas(s_min, s_max, max(steps, 2), centre=cfg.model.sigma_data / 4, width=2.0)
+    if steps == 1:
+        sig = torch.tensor([s_max])  # one evaluation: denoise straight from the top
+    elif schedule == "lognormal":
+        sig = lognormal_sigmas(s_min, s_max, steps, centre=cfg.model.sigma_data / 4, width=2.0)
     else:
         sig = karras_sigmas(s_min, s_max, steps, rho=7.0)
     return append_zero(sig), vp
