@@ -8,12 +8,23 @@ import torch
 import trimesh
 
 from scorelab.errors import ScorelabError
-from scorelab.metrics.geometry import distance_to_sphere, surface_metrics, volume_iou, winding_number
+from scorelab.metrics.geometry import (
+    distance_to_sphere,
+    distance_to_torus,
+    mean_distance_to_surface,
+    nearest,
+    nearest_blocked,
+    surface_metrics,
+    volume_iou,
+    winding_number,
+)
 from scorelab.three.export import export_mesh, turntable
 from scorelab.three.mesh import (
     Mesh,
+    box_mesh,
     euler_characteristic,
     icosphere,
+    is_edge_manifold,
     is_watertight,
     load_mesh,
     sample_surface,
@@ -30,6 +41,18 @@ def test_icosphere_topology_and_normals():
     assert trimesh.Trimesh(m.vertices.numpy(), m.faces.numpy(), process=False).volume > 0  # outward winding
     n = vertex_normals(m.vertices, m.faces)
     assert (n * torch.nn.functional.normalize(m.vertices, dim=1)).sum(1).min() > 0.99
+
+
+def test_box_and_topology_checks():
+    box = box_mesh((1.0, 2.0, 3.0), (0.1, 0.0, 0.0))
+    tm = trimesh.Trimesh(box.vertices.numpy(), box.faces.numpy(), process=False)
+    assert tm.volume == pytest.approx(6.0) and is_watertight(box) and euler_characteristic(box) == 2
+    open_box = Mesh(box.vertices, box.faces[1:])  # one face removed: a hole, still edge-manifold
+    assert not is_watertight(open_box) and is_edge_manifold(open_box) and euler_characteristic(open_box) == 1
+    fin = Mesh(
+        torch.cat([box.vertices, torch.tensor([[3.0, 3.0, 3.0]])]), torch.cat([box.faces, torch.tensor([[0, 1, 8]])])
+    )
+    assert not is_edge_manifold(fin) and not is_watertight(fin)  # edge 0-1 now has three faces
 
 
 def test_surface_samples_are_uniform_on_a_box():
@@ -72,11 +95,15 @@ def test_bad_meshes_give_one_line_errors(tmp_path):
         "index": Mesh(v, torch.tensor([[0, 1, 3]])),
         "degenerate": Mesh(torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]]), torch.tensor([[0, 1, 2]])),
         "shape": Mesh(v[:, :2], torch.tensor([[0, 1, 2]])),
+        "colour": Mesh(v, torch.tensor([[0, 1, 2]]), torch.full((3, 3), 1.5)),
     }
     for name, mesh in cases.items():
         with pytest.raises(ScorelabError) as err:
             validate_mesh(mesh, name=name)
         assert "\n" not in str(err.value) and name in str(err.value)
+    for bad in (lambda: box_mesh((1.0, 0.0, 1.0)), lambda: icosphere(-1), lambda: icosphere(2, radius=0.0)):
+        with pytest.raises(ScorelabError):
+            bad()
     with pytest.raises(ScorelabError, match="allowed: .glb, .obj, .ply"):
         export_mesh(icosphere(1), tmp_path / "x.stl")
     (tmp_path / "junk.obj").write_text("this is not a mesh\n")
@@ -86,23 +113,60 @@ def test_bad_meshes_give_one_line_errors(tmp_path):
         load_mesh(tmp_path / "missing.ply")
 
 
+def test_blocked_cdist_nearest_matches_the_kd_tree():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.rand(3000, 3, generator=g), torch.rand(2500, 3, generator=g)
+    d1, i1 = nearest(a, b)
+    d2, i2 = nearest_blocked(a, b, block=700)  # blocks that do not divide the sizes
+    torch.testing.assert_close(d1, d2, rtol=0, atol=1e-7)  # cdist's matmul form loses ~1e-8 in float64 via sqrt
+    assert (i1 == i2).float().mean() > 0.999  # indices may differ only on exact ties
+
+
 def test_chamfer_floor_exact_distance_and_fscore():
     a, b = icosphere(5, 0.6), icosphere(5, 0.6)
     m = surface_metrics(a, b, n=100_000)
-    # two independent 100k samplings of a radius-0.6 sphere differ by about 0.0034 (the sampling floor)
-    assert 0.0025 < m["chamfer_l1"] < 0.0045
-    assert m["fscore"] > 0.999 and m["normal_consistency"] > 0.999
+    # two independent 100k samplings of a radius-0.6 sphere differ by about 0.0034 (the sampling floor): the
+    # mean nearest-neighbour distance of a Poisson process of density n / A is 1 / (2 sqrt(n / A)) = 0.0034
+    floor = 0.5 / math.sqrt(100_000 / (4 * math.pi * 0.36))
+    assert m["chamfer_l1"] == pytest.approx(floor, rel=0.1)
+    # F-score: a sample has no neighbour within tau with probability exp(-n pi tau^2 / A) (Poisson), 4.5e-5 at the
+    # default tau = 0.012; so F >= 1 - 10 x that; at 2 tau the probability is 1e-17 and F is exactly 1
+    assert m["tau"] == pytest.approx(0.012, rel=1e-3)
+    assert m["fscore"] >= 1 - 10 * math.exp(-100_000 * math.pi * m["tau"] ** 2 / (4 * math.pi * 0.36))
+    assert surface_metrics(a, b, n=100_000, tau=2 * m["tau"])["fscore"] == 1.0
+    assert m["normal_consistency"] > 0.999
     # exact distance of the icosphere's surface to the true sphere: at most the sag of a flat triangle with its
     # vertices on the sphere, r - sqrt(r^2 - rho^2), with circumradius rho <= longest edge / sqrt(3)
     pts, _ = sample_surface(a, 20_000, torch.Generator().manual_seed(2))
     e = a.vertices[a.faces[:, [0, 1, 2]]] - a.vertices[a.faces[:, [1, 2, 0]]]
     longest = e.norm(dim=-1).max().item()
     sag = 0.6 - math.sqrt(0.6**2 - longest**2 / 3)
-    assert distance_to_sphere(pts, 0.6).max() <= sag * (1 + 1e-4)
+    exact = distance_to_sphere(pts, 0.6)
+    assert 0 < exact.max() <= sag * (1 + 1e-4)
+    mean_exact = mean_distance_to_surface(a, lambda p: distance_to_sphere(p, 0.6))
+    assert 0 < mean_exact <= sag and mean_exact < m["chamfer_l1"] / 10  # far below the sampling floor
     shifted = Mesh(a.vertices + torch.tensor([0.05, 0, 0]), a.faces)
     assert surface_metrics(shifted, b, n=20_000)["fscore"] < 0.5
+    assert mean_distance_to_surface(shifted, lambda p: distance_to_sphere(p, 0.6)) > 0.02  # mean |0.05 cos| = 0.025
     worst = surface_metrics(EMPTY, b)
-    assert worst["chamfer_l1"] == math.inf and worst["fscore"] == 0 and worst["normal_consistency"] == 0
+    assert worst["chamfer_l1"] == math.inf and worst["chamfer_l2"] == math.inf
+    assert worst["fscore"] == 0 and worst["normal_consistency"] == 0
+    assert mean_distance_to_surface(EMPTY, lambda p: distance_to_sphere(p, 0.6)) == math.inf
+
+
+def test_exact_distance_to_a_torus():
+    # a torus mesh with its vertices on the surface: a flat triangle deviates from a surface of largest principal
+    # curvature kappa = 1 / (minor radius) by at most kappa rho^2 / 2 to second order; allow twice that
+    tm = trimesh.creation.torus(0.4, 0.15, major_sections=64, minor_sections=32)
+    m = Mesh(torch.tensor(tm.vertices, dtype=torch.float64), torch.tensor(tm.faces))
+    torch.testing.assert_close(
+        distance_to_torus(m.vertices, 0.4, 0.15), torch.zeros(len(m.vertices), dtype=torch.float64)
+    )
+    assert is_watertight(m) and euler_characteristic(m) == 0
+    e = m.vertices[m.faces[:, [0, 1, 2]]] - m.vertices[m.faces[:, [1, 2, 0]]]
+    rho = e.norm(dim=-1).max().item()  # the circumradius is at most the longest edge over sqrt(3) < the longest edge
+    mean_exact = mean_distance_to_surface(m, lambda p: distance_to_torus(p, 0.4, 0.15), n=20_000)
+    assert 0 < mean_exact <= rho**2 / 0.15
 
 
 def test_volume_iou_and_winding_number():

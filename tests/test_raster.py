@@ -1,116 +1,199 @@
-"""The triangle rasterizer: z-buffer, barycentrics, depth, coverage, and gradients against finite differences at
-silhouettes (only the antialias pass gives them) and in the interior."""
+"""The triangle rasterizer: z-buffer, barycentrics, depth, coverage, and gradients against finite differences in the
+interior (only the barycentric path gives them) and at silhouettes (only the antialias pass gives them), plus the
+analytic derivative of coverage with respect to an edge's position."""
 
 import math
 
 import pytest
 import torch
+from scipy.spatial import ConvexHull
 
-from scorelab.three.cameras import orbit_cameras
+from scorelab.errors import ScorelabError
+from scorelab.three.cameras import generate_rays, orbit_cameras, project, world_to_camera
 from scorelab.three.mesh import Mesh, icosphere
-from scorelab.three.raster import barycentrics, interpolate, rasterize, render_mesh
+from scorelab.three.raster import barycentrics, edge_neighbours, interpolate, rasterize, render_mesh
 
-CAM = orbit_cameras(math.pi / 2, 0.0, 2.0, width=24, dtype=torch.float64)  # on +x, looking at the origin, z up
-
-
-def _triangle(colors=None):
-    # a triangle in the plane x = 0 facing the camera on +x: counter-clockwise seen from +x
-    v = torch.tensor([[0.0, -0.31, -0.27], [0.0, 0.33, -0.22], [0.0, 0.02, 0.36]], dtype=torch.float64)
-    return Mesh(v, torch.tensor([[0, 1, 2]]), colors)
+W = 24
+CAM = orbit_cameras(math.pi / 2, 0.0, 2.0, width=W, dtype=torch.float64)  # on +x looking at the origin, z up
+# For points in the plane x = 0 (depth 2): u = W/2 + (f/2) y and v = W/2 - (f/2) z, so world +y is screen right.
+F_PX = CAM.focal[0, 0].item()
 
 
-def test_barycentrics_reproduce_pixel_centres_and_depth_of_a_plane():
-    # a tilted quad: perspective-correct barycentrics interpolate world positions exactly (they are affine in 3D)
+def _facing(v: torch.Tensor) -> torch.Tensor:
+    """One face over three vertices, wound counter-clockwise as seen from the camera on +x."""
+    n = torch.linalg.cross(v[1] - v[0], v[2] - v[0])
+    return torch.tensor([[0, 1, 2]]) if n[0] > 0 else torch.tensor([[0, 2, 1]])
+
+
+def test_barycentrics_sum_to_one_reproduce_pixel_centres_and_plane_depth():
+    # a tilted quad: perspective-correct barycentrics interpolate world positions exactly (positions are affine in 3D)
     v = torch.tensor([[0.2, -0.6, -0.6], [-0.3, 0.6, -0.6], [-0.3, 0.6, 0.6], [0.2, -0.6, 0.6]], dtype=torch.float64)
     mesh = Mesh(v, torch.tensor([[0, 1, 2], [0, 2, 3]]))
     rast = rasterize(mesh, CAM)
     bary, covered = barycentrics(rast)
-    assert covered.sum() > 100
-    torch.testing.assert_close(bary.sum(-1)[covered], torch.ones_like(bary[..., 0][covered]))
+    cov = covered[0]
+    assert cov.sum() > 200 and (~cov).sum() > 50  # both inside and outside are exercised
+    torch.testing.assert_close(bary.sum(-1)[covered], torch.ones_like(bary[..., 0][covered]), rtol=0, atol=1e-12)
+    assert (bary[covered] >= -1e-12).all()
     world = interpolate(mesh.vertices, rast, bary)[0]  # (H, W, 3)
-    # each covered pixel's interpolated point must lie on that pixel's ray: project it back
-    from scorelab.three.cameras import project
-
-    uv, depth = project(CAM, world[covered[0]])
-    jj, ii = torch.meshgrid(torch.arange(24), torch.arange(24), indexing="xy")
-    centres = torch.stack([jj, ii], -1)[covered[0]].double() + 0.5
-    torch.testing.assert_close(uv[0], centres)
-    out = render_mesh(mesh, CAM)
-    torch.testing.assert_close(out["depth"][0, 0][covered[0]], depth[0])
+    uv, _ = project(CAM, world[cov])  # each interpolated point must project back onto its pixel centre
+    jj, ii = torch.meshgrid(torch.arange(W), torch.arange(W), indexing="xy")
+    centres = torch.stack([jj, ii], -1)[cov].double() + 0.5
+    torch.testing.assert_close(uv[0], centres, rtol=0, atol=1e-9)
+    # depth buffer against the analytic ray-plane intersection through each pixel centre
+    origins, dirs = generate_rays(CAM)
+    normal = torch.linalg.cross(v[1] - v[0], v[2] - v[0])
+    t = ((v[0] - origins[0]) @ normal) / (dirs[0] @ normal)
+    hit = origins[0] + t[..., None] * dirs[0]
+    analytic = world_to_camera(CAM, hit.reshape(-1, 3))[0, :, 2].reshape(W, W)
+    depth = render_mesh(mesh, CAM)["depth"][0, 0]
+    torch.testing.assert_close(depth[cov], analytic[cov], rtol=0, atol=1e-9)  # float64 rounding only
+    assert (depth[~cov] == 0).all()
 
 
 def test_nearer_triangle_wins_and_background_is_minus_one():
-    far = _triangle()
-    near = Mesh(far.vertices + torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64), far.faces)
-    both = Mesh(torch.cat([far.vertices, near.vertices]), torch.tensor([[0, 1, 2], [3, 4, 5]]))
+    far_v = torch.tensor([[0.0, -0.31, -0.27], [0.0, 0.33, -0.22], [0.0, 0.02, 0.36]], dtype=torch.float64)
+    near_v = far_v + torch.tensor([0.5, 0.0, 0.0], dtype=torch.float64)
+    both = Mesh(torch.cat([far_v, near_v]), torch.tensor([[0, 1, 2], [3, 4, 5]]))
     ids = rasterize(both, CAM).tri_id[0]
     assert (ids == -1).any() and (ids == 1).any() and not (ids == 0).any()  # the far one is hidden everywhere
 
 
 def test_sphere_mask_area_matches_projection():
-    """An icosphere of radius r at distance D projects to a disc of radius f r / sqrt(D^2 - r^2) (the tangent cone).
-    The polygon lies between its inscribed and circumscribed spheres, and antialiasing leaves at most half a pixel of
-    coverage error along the rim: |area - pi R^2| <= pi (R^2 - R_in^2) + pi R."""
+    """Two bounds on the antialiased mask of an icosphere (radius r at distance D, polar 1.1, azimuth 0.4):
+
+    1. Against the exact outline: a convex polyhedron projects onto the convex hull of its projected vertices. The
+       antialias pass gives every row (or column) the length of its centre line inside the outline, which is the row's
+       exact area while the outline is straight across the row's unit band; where it turns by an exterior angle a
+       inside a band the error is at most the area between the polyline and a straight line over a unit band,
+       (1/2) tan a <= a for the small angles of a fine polygon, and the exterior angles of a convex polygon sum to
+       2 pi: |mask - hull| <= pi px^2 (measured: below 0.7 px^2, while counting covered pixel centres errs by 14).
+    2. Against the analytic sphere: the hull lies between the projections of the inscribed sphere (radius = least
+       distance from the centre to a face plane) and of the sphere itself, discs of radius f rho / sqrt(D^2 - rho^2)
+       (the tangent cone), so |mask - pi R^2| <= pi (R^2 - R_in^2) + pi."""
     r, d = 0.5, 2.0
-    mesh = icosphere(4, r, dtype=torch.float64)
-    cam = orbit_cameras(1.1, 0.4, d, width=96, dtype=torch.float64)
-    area = render_mesh(mesh, cam)["mask"].sum().item()
-    f = cam.focal[0, 0].item()
-    e = (mesh.vertices[mesh.faces[:, 0]] - mesh.vertices[mesh.faces[:, 1]]).norm(dim=1).max().item()
-    r_in = math.sqrt(r * r - e * e / 3)
-    big = f * r / math.sqrt(d * d - r * r)
-    small = f * r_in / math.sqrt(d * d - r_in * r_in)
-    assert abs(area - math.pi * big**2) <= math.pi * (big**2 - small**2) + math.pi * big
+    for sub, width in ((3, 48), (5, 96)):  # at level 5 the rim triangles are slivers far below a pixel
+        mesh = icosphere(sub, r, dtype=torch.float64)
+        cam = orbit_cameras(1.1, 0.4, d, width=width, dtype=torch.float64)
+        area = render_mesh(mesh, cam)["mask"].sum().item()
+        hull = ConvexHull(project(cam, mesh.vertices)[0][0].numpy()).volume
+        assert abs(area - hull) <= math.pi, (sub, area, hull)
+        f = cam.focal[0, 0].item()
+        p = mesh.vertices[mesh.faces]
+        n = torch.nn.functional.normalize(torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), dim=1)
+        r_in = (n * p[:, 0]).sum(1).min().item()
+        big, small = f * r / math.sqrt(d * d - r * r), f * r_in / math.sqrt(d * d - r_in * r_in)
+        assert abs(area - math.pi * big**2) <= math.pi * (big**2 - small**2) + math.pi
 
 
-def _loss_and_grad(mesh, weights, shift):
-    shift = shift.clone().requires_grad_()
+def _render_loss(mesh, weights, shift):
     moved = Mesh(mesh.vertices + shift, mesh.faces, mesh.vertex_colors)
     out = render_mesh(moved, CAM, background=(0.0, 0.0, 0.0))
-    loss = (out["color"] * weights).sum() + (out["mask"] * weights[:, :1]).sum()
-    return loss, torch.autograd.grad(loss, shift)[0], out["tri_id"]
+    return (out["color"] * weights[:, :3]).sum() + (out["mask"] * weights[:, 3:]).sum(), out["tri_id"]
 
 
-@pytest.mark.parametrize("case", ["silhouette", "interior"])
-def test_translation_gradient_matches_finite_differences(case):
-    colors = None
-    if case == "silhouette":
-        colors = torch.tensor([[1.0, 0.2, 0.1]] * 3, dtype=torch.float64)  # constant: only silhouettes move the image
-    else:
-        colors = torch.tensor([[1.0, 0.0, 0.2], [0.0, 1.0, 0.5], [0.3, 0.2, 1.0]], dtype=torch.float64)
-    mesh = _triangle(colors)
-    weights = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    zero = torch.zeros(3, dtype=torch.float64)
-    _, grad, ids0 = _loss_and_grad(mesh, weights, zero)
-    # The antialiased image is continuous in the vertices, smooth except where an edge crosses a pixel centre (the
-    # ids change; checked below) or passes the midpoint between two centres (t = 1/2, where the blend moves from one
-    # pixel to the other). Steps of 1e-7 world units (1e-6 px) sit between such events; that FD at h and h / 10
-    # agree confirms no event falls inside the step.
-    for k in (1, 2):  # in-plane translations (y: right-left on screen, z: up-down)
+def _check_fd(mesh, axes, h=1e-7):
+    """Central differences of a weighted sum of antialiased colour and mask against autograd, w.r.t. a translation.
+
+    The rendered image is continuous and piecewise smooth (rational) in the vertices; it has kinks only where an edge
+    crosses a pixel centre (the triangle ids change: checked to stay fixed) or where a blend switches (t = 1/2 or a
+    different silhouette edge, when a vertex lines up with a pixel centre). Steps h and h / 10 (world units; 1 unit is
+    about 14 px) lie between such events, which FD at h and h / 10 agreeing confirms. Within a smooth piece the
+    truncation error is O(h^2) and float64 rounding is about eps |loss| / h per difference, so we allow
+    atol = 10 eps |loss| / (h / 10) and rel 1e-5 between the two FDs and against autograd."""
+    weights = torch.rand(1, 4, W, W, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    shift = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    loss, ids0 = _render_loss(mesh, weights, shift)
+    grad = torch.autograd.grad(loss, shift)[0]
+    atol = 10 * torch.finfo(torch.float64).eps * abs(loss.item()) / (h / 10)
+    for k in axes:
         fds = []
-        for h in (1e-7, 1e-8):
+        for step in (h, h / 10):
             e = torch.zeros(3, dtype=torch.float64)
-            e[k] = h
-            lp, _, ids_p = _loss_and_grad(mesh, weights, e)
-            lm, _, ids_m = _loss_and_grad(mesh, weights, -e)
+            e[k] = step
+            (lp, ids_p), (lm, ids_m) = _render_loss(mesh, weights, e), _render_loss(mesh, weights, -e)
             assert torch.equal(ids_p, ids0) and torch.equal(ids_m, ids0)  # no edge crosses a pixel centre
-            fds.append((lp - lm).item() / (2 * h))
-        assert fds[0] == pytest.approx(fds[1], rel=1e-5)
-        # central differences at h = 1e-7: rounding about 1e-16 * |loss| / h ~ 1e-7 relative
-        assert fds[0] == pytest.approx(grad[k].item(), rel=1e-5, abs=1e-7), (case, k)
-        assert abs(grad[k].item()) > 1e-2  # the gradient is really there
-    if case == "silhouette":
-        # without the antialias pass, a constant-colour triangle has no gradient with respect to its position
-        shift = zero.clone().requires_grad_()
-        moved = Mesh(mesh.vertices + shift, mesh.faces, mesh.vertex_colors)
-        rast = rasterize(moved, CAM)
-        img = interpolate(moved.vertex_colors, rast)
-        g = torch.autograd.grad((img * weights.permute(0, 2, 3, 1)).sum(), shift, allow_unused=True)[0]
-        assert g is None or g.abs().max() < 1e-9
+            fds.append((lp - lm).item() / (2 * step))
+        assert fds[0] == pytest.approx(fds[1], rel=1e-5, abs=atol)
+        assert fds[0] == pytest.approx(grad[k].item(), rel=1e-5, abs=atol), k
+        assert abs(grad[k].item()) > 100 * atol  # the gradient is really there
+    return grad
 
 
-def test_chunking_does_not_change_the_image():
+def test_interior_gradient_matches_finite_differences():
+    # a quad far larger than the view: no silhouette is visible, only the z-buffer + barycentric path gives gradients
+    v = torch.tensor([[0.1, -3.1, -2.7], [-0.2, 2.9, -3.3], [-0.25, 3.2, 2.8], [0.05, -2.8, 3.05]], dtype=torch.float64)
+    colors = torch.tensor([[1.0, 0.0, 0.2], [0.0, 1.0, 0.5], [0.3, 0.2, 1.0], [0.6, 0.6, 0.0]], dtype=torch.float64)
+    mesh = Mesh(v, torch.tensor([[0, 1, 2], [0, 2, 3]]), colors)
+    assert (rasterize(mesh, CAM).tri_id >= 0).all()
+    _check_fd(mesh, axes=(0, 1, 2), h=1e-5)  # the only events are the diagonal crossing a pixel centre
+
+
+def test_silhouette_gradient_matches_finite_differences_and_comes_from_antialiasing():
+    # a constant-colour triangle: the image changes with its position only at its outline
+    v = torch.tensor([[0.0, -0.31, -0.27], [0.0, 0.33, -0.22], [0.0, 0.02, 0.36]], dtype=torch.float64)
+    mesh = Mesh(v, _facing(v), torch.tensor([[1.0, 0.2, 0.1]] * 3, dtype=torch.float64))
+    _check_fd(mesh, axes=(0, 1, 2))  # x moves it towards the camera (it grows), y and z across the screen
+    # without the antialias pass there is no gradient with respect to its position at all
+    shift = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    moved = Mesh(mesh.vertices + shift, mesh.faces, mesh.vertex_colors)
+    img = interpolate(moved.vertex_colors, rasterize(moved, CAM))
+    g = torch.autograd.grad(img.sum(), shift, allow_unused=True)[0]
+    assert g is None or g.abs().max() < 1e-12
+
+
+def test_sphere_gradient_with_occlusion_and_small_triangles():
+    # a coloured icosphere: interior, silhouettes over background, sub-pixel triangles at the rim, all at once
+    mesh = icosphere(2, 0.6, dtype=torch.float64)
+    mesh.vertex_colors = torch.rand(
+        mesh.vertices.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64
+    )
+    _check_fd(mesh, axes=(0, 1, 2))
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.3, 0.9])
+def test_coverage_derivative_equals_edge_length(slope):
+    """Analytic oracle: moving a straight outline edge sideways by du pixels changes the covered area by its length
+    across the image times du. For a near-vertical edge spanning all W rows inside the image the derivative of the
+    summed mask with respect to a world-y translation is exactly W * f / depth (depth 2), for any slope below 1; the
+    same for a near-horizontal edge and a world-z translation. Counting an edge in both pixel-pair families (a bug)
+    gives W (1 + slope) instead."""
+    for axis in (1, 2):
+        top = torch.tensor([0.0, 0.013 + 5 * slope, 5.0], dtype=torch.float64)
+        bottom = torch.tensor([0.0, 0.013 - 5 * slope, -5.0], dtype=torch.float64)
+        if axis == 2:  # the same edge turned by 90 degrees in the plane x = 0
+            top, bottom = top[[0, 2, 1]], bottom[[0, 2, 1]]
+        far = torch.tensor([0.0, -20.0, 0.0] if axis == 1 else [0.0, 0.0, -20.0], dtype=torch.float64)
+        v = torch.stack([top, bottom, far])
+        shift = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+        mesh = Mesh(v + shift, _facing(v), torch.ones(3, 3, dtype=torch.float64))
+        mask = render_mesh(mesh, CAM, background=(0.0, 0.0, 0.0))["mask"]
+        g = torch.autograd.grad(mask.sum(), shift)[0]
+        # the covered side is at -y (resp. -z), so moving +y (+z) only covers more
+        assert g[axis].item() == pytest.approx(W * F_PX / 2, rel=1e-12)
+
+
+def test_chunking_does_not_change_the_image_and_edge_neighbours_close_up():
     mesh = icosphere(3, 0.5, dtype=torch.float64)
     a = rasterize(mesh, CAM).tri_id
     b = rasterize(mesh, CAM, max_pairs=97).tri_id
     assert torch.equal(a, b)
+    face, vert = edge_neighbours(mesh.faces)
+    assert (face >= 0).all() and (vert >= 0).all()  # closed surface: every edge has a neighbour
+    ends = torch.stack([mesh.faces, mesh.faces.roll(-1, 1)], -1)  # (F, 3, 2) edge endpoints
+    nb = mesh.faces[face]  # (F, 3, 3) the neighbour's vertices
+    assert ((nb[..., :, None] == ends[..., None, :]).any(-1).sum(-1) == 2).all()  # the neighbour shares the edge
+    assert not (vert[..., None] == ends).any()  # and its far vertex is off it
+    assert (nb == vert[..., None]).any(-1).all()
+
+
+def test_empty_mesh_renders_background_and_bad_input_raises():
+    empty = Mesh(torch.zeros(0, 3, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.long))
+    out = render_mesh(empty, CAM, background=(0.2, 0.4, 0.6))
+    assert out["mask"].abs().max() == 0 and (out["tri_id"] == -1).all()
+    torch.testing.assert_close(out["color"][0, :, 3, 5], torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64))
+    v = torch.tensor([[0.0, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+    with pytest.raises(ScorelabError, match="face indices"):
+        render_mesh(Mesh(v, torch.tensor([[0, 1, 5]])), CAM)
+    with pytest.raises(ScorelabError, match="NaN"):
+        render_mesh(Mesh(v * float("nan"), torch.tensor([[0, 1, 2]])), CAM)

@@ -17,17 +17,23 @@ from scorelab.errors import ScorelabError
 
 @dataclass
 class Mesh:
+    """vertices (V, 3) float; faces (F, 3) int64, counter-clockwise seen from outside; vertex_colors (V, 3) float in
+    [0, 1] or None. Units are world units (docs/cameras.md)."""
+
     vertices: torch.Tensor
     faces: torch.Tensor
-    vertex_colors: torch.Tensor | None = None  # (V, 3) in [0, 1]
+    vertex_colors: torch.Tensor | None = None
 
     @property
     def is_empty(self) -> bool:
         return self.faces.shape[0] == 0 or self.vertices.shape[0] == 0
 
 
-def validate_mesh(mesh: Mesh, *, name: str = "mesh", allow_empty: bool = False) -> Mesh:
-    """One-line ScorelabError for what a renderer or metric cannot use."""
+def validate_mesh(mesh: Mesh, *, name: str = "mesh", allow_empty: bool = False, allow_degenerate: bool = False) -> Mesh:
+    """Return the mesh, or raise a one-line ScorelabError naming what is wrong and what is allowed: shapes (V, 3) and
+    integer (F, 3); at least one face unless allow_empty; finite vertices; face indices in 0..V-1; every face with area
+    > 1e-12 x (bounding-box side)^2 unless allow_degenerate (a renderer skips zero-area faces; metrics and exporters
+    should not see them); vertex colours finite, (V, 3), in [0, 1]."""
     v, f = mesh.vertices, mesh.faces
     if v.ndim != 2 or v.shape[1] != 3:
         raise ScorelabError(f"{name}: vertices must have shape (V, 3), got {tuple(v.shape)}")
@@ -41,23 +47,33 @@ def validate_mesh(mesh: Mesh, *, name: str = "mesh", allow_empty: bool = False) 
         raise ScorelabError(f"{name}: vertices contain NaN or infinite values")
     if f.min() < 0 or f.max() >= v.shape[0]:
         raise ScorelabError(f"{name}: face indices must be in 0..{v.shape[0] - 1}, got {f.min()}..{f.max()}")
-    area = face_areas(v, f)
-    scale = (v.max(0).values - v.min(0).values).max().clamp_min(1e-30)
-    degenerate = area <= 1e-12 * scale**2
-    if degenerate.any():
-        raise ScorelabError(f"{name}: {int(degenerate.sum())} degenerate (zero-area) faces; every face needs area > 0")
+    if not allow_degenerate:
+        area = face_areas(v.detach(), f)
+        scale = (v.max(0).values - v.min(0).values).max().detach().clamp_min(1e-30)
+        degenerate = area <= 1e-12 * scale**2
+        if degenerate.any():
+            raise ScorelabError(
+                f"{name}: {int(degenerate.sum())} degenerate (zero-area) faces; every face needs area > 0"
+            )
     c = mesh.vertex_colors
-    if c is not None and (c.shape != v.shape or not torch.isfinite(c).all()):
-        raise ScorelabError(f"{name}: vertex colours must be finite with shape {tuple(v.shape)}, got {tuple(c.shape)}")
+    if c is not None:
+        if c.shape != v.shape or not torch.isfinite(c).all():
+            shapes = f"{tuple(v.shape)}, got {tuple(c.shape)}"
+            raise ScorelabError(f"{name}: vertex colours must be finite with shape {shapes}")
+        if c.min() < 0 or c.max() > 1:
+            got = f"{c.min().item():g}..{c.max().item():g}"
+            raise ScorelabError(f"{name}: vertex colours must lie in [0, 1], got {got}")
     return mesh
 
 
 def face_areas(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(F,) triangle areas: half the norm of (v1 - v0) x (v2 - v0)."""
     p = vertices[faces]
     return 0.5 * torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]).norm(dim=1)
 
 
 def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(F, 3) unit outward normals (v1 - v0) x (v2 - v0) / |...|."""
     p = vertices[faces]
     return F.normalize(torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), dim=1)
 
@@ -71,12 +87,14 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 
 def sample_surface(mesh: Mesh, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """n points uniformly on the surface (faces chosen by area, uniform barycentrics by the square-root trick,
-    Osada et al. 2002, eq. 1) and their face normals."""
+    """n points uniformly on the surface and the unit normals of the faces they lie on, both (n, 3) on the mesh's device
+    and dtype. Faces are drawn with probability proportional to area, then a uniform point in the face by the
+    square-root trick (Osada et al. 2002, sec. 4.2: p = (1 - sqrt r1) a + sqrt r1 (1 - r2) b + sqrt r1 r2 c). The
+    random numbers are drawn on CPU (float32) from `generator`, so a seed gives the same points on any device."""
     v, f = mesh.vertices, mesh.faces
-    area = face_areas(v, f).double()
-    idx = torch.multinomial(area / area.sum(), n, replacement=True, generator=generator)
-    r1, r2 = torch.rand(2, n, 1, generator=generator, dtype=torch.float64).to(v.device)
+    area = face_areas(v.detach(), f).double().cpu()
+    idx = torch.multinomial(area / area.sum(), n, replacement=True, generator=generator).to(v.device)
+    r1, r2 = torch.rand(2, n, 1, generator=generator).double().to(v.device)
     s = r1.sqrt()
     p = v[f[idx]].double()
     pts = (1 - s) * p[:, 0] + s * (1 - r2) * p[:, 1] + s * r2 * p[:, 2]
@@ -84,6 +102,7 @@ def sample_surface(mesh: Mesh, n: int, generator: torch.Generator | None = None)
 
 
 def edge_counts(faces: torch.Tensor, n_vertices: int) -> torch.Tensor:
+    """How many faces share each distinct undirected edge (one count per edge, order unspecified)."""
     e = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2).sort(1).values
     return torch.unique(e[:, 0] * n_vertices + e[:, 1], return_counts=True)[1]
 
@@ -97,6 +116,11 @@ def euler_characteristic(mesh: Mesh) -> int:
 def is_watertight(mesh: Mesh) -> bool:
     """Every edge is shared by exactly two faces (closed and edge-manifold)."""
     return bool((edge_counts(mesh.faces, mesh.vertices.shape[0]) == 2).all())
+
+
+def is_edge_manifold(mesh: Mesh) -> bool:
+    """No edge is shared by more than two faces (boundary edges, shared by one, are allowed)."""
+    return bool((edge_counts(mesh.faces, mesh.vertices.shape[0]) <= 2).all())
 
 
 def load_mesh(path, *, name: str | None = None) -> Mesh:
@@ -123,7 +147,9 @@ def load_mesh(path, *, name: str | None = None) -> Mesh:
 
 
 def icosphere(subdivisions: int = 3, radius: float = 1.0, *, dtype=torch.float32) -> Mesh:
-    """A sphere from a subdivided icosahedron: 20 * 4^k faces, outward winding."""
+    """A sphere from a subdivided icosahedron: 20 * 4^k faces, 10 * 4^k + 2 vertices on the sphere, outward winding."""
+    if not (isinstance(subdivisions, int) and 0 <= subdivisions <= 8) or not radius > 0:
+        raise ScorelabError(f"icosphere needs subdivisions in 0..8 and radius > 0, got {subdivisions}, {radius}")
     t = (1 + 5**0.5) / 2
     v = torch.tensor(
         [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t], [0, -1, -t], [0, 1, -t],
@@ -143,3 +169,18 @@ def icosphere(subdivisions: int = 3, radius: float = 1.0, *, dtype=torch.float32
         f = torch.cat([torch.stack(t, 1) for t in ((a, ab, ca), (ab, b, bc), (ca, bc, c), (ab, bc, ca))])
         v = torch.cat([v, mids])
     return Mesh((v * radius).to(dtype), f)
+
+
+def box_mesh(size=(1.0, 1.0, 1.0), centre=(0.0, 0.0, 0.0), *, dtype=torch.float32) -> Mesh:
+    """An axis-aligned box: 8 vertices, 12 faces, outward winding; size = side lengths along x, y, z."""
+    if len(size) != 3 or any(s <= 0 for s in size):
+        raise ScorelabError(f"box size must be three lengths > 0, got {tuple(size)}")
+    corners = torch.tensor(
+        [[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)], dtype=torch.float64
+    )  # vertex index = 4 [x > 0] + 2 [y > 0] + [z > 0]
+    v = corners * torch.tensor(size, dtype=torch.float64) + torch.tensor(centre, dtype=torch.float64)
+    f = torch.tensor(
+        [[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5],  # -x, +x
+         [0, 4, 5], [0, 5, 1], [2, 3, 7], [2, 7, 6],  # -y, +y
+         [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]])  # -z, +z  # fmt: skip
+    return Mesh(v.to(dtype), f)

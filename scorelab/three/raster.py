@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .cameras import Cameras, world_to_camera
-from .mesh import Mesh, face_normals
+from .mesh import Mesh, validate_mesh, vertex_normals
 
 
 @dataclass
@@ -111,6 +110,8 @@ def barycentrics(rast: Rasterized) -> tuple[torch.Tensor, torch.Tensor]:
     pixel's triangle (zero on background), and the covered mask (N, H, W)."""
     n, h, w = rast.tri_id.shape
     covered = rast.tri_id >= 0
+    if rast.faces.shape[0] == 0:
+        return rast.screen.new_zeros(n, h, w, 3), covered
     fid = rast.tri_id.clamp(min=0)
     view = torch.arange(n, device=fid.device)[:, None, None].expand_as(fid)
     verts = rast.faces[fid]  # (N, H, W, 3)
@@ -130,43 +131,59 @@ def barycentrics(rast: Rasterized) -> tuple[torch.Tensor, torch.Tensor]:
 def interpolate(attributes: torch.Tensor, rast: Rasterized, bary: torch.Tensor | None = None) -> torch.Tensor:
     """Per-vertex attributes (V, C) -> (N, H, W, C) at each pixel, zero on background; differentiable in both the
     attributes and the vertex positions (through the barycentrics)."""
+    if rast.faces.shape[0] == 0:
+        return attributes.new_zeros(*rast.tri_id.shape, attributes.shape[-1])
     if bary is None:
         bary, _ = barycentrics(rast)
     values = attributes[rast.faces[rast.tri_id.clamp(min=0)]]  # (N, H, W, 3, C)
     return (bary[..., None] * values).sum(-2)
 
 
-def _silhouette_edges(faces: torch.Tensor, screen: torch.Tensor) -> torch.Tensor:
-    """(F, 3) bool per view-independent face edge k (from vertex k to k+1): the edge is a silhouette in this view if no
-    other face shares it, or the face across it is turned the other way on screen."""
+def edge_neighbours(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For edge k of face i (from vertex k to vertex k + 1): the face across it and that face's vertex off the edge,
+    both (F, 3) int64, -1 on a boundary edge. View-independent; computed once per render. Edges shared by more than
+    two faces (non-manifold) are paired in sorted order, so which neighbour they get is arbitrary."""
     f = faces.shape[0]
     e = torch.stack([faces, faces.roll(-1, 1)], -1).reshape(-1, 2)  # (3F, 2): edge k of face i at 3 i + k
-    key = e.min(1).values * (faces.max() + 1) + e.max(1).values
+    third = faces.roll(-2, 1).reshape(-1)  # the vertex opposite each edge within its own face
+    key = e.min(1).values * (int(faces.max()) + 1) + e.max(1).values
     order = key.argsort()
-    sk = key[order]
-    other = torch.full((3 * f,), -1, dtype=torch.long, device=faces.device)
-    same = (sk[1:] == sk[:-1]).nonzero().squeeze(1)
-    other[order[same]] = order[same + 1] // 3
-    other[order[same + 1]] = order[same] // 3
-    tri = screen[faces]
-    orient = torch.sign(_edge(tri[:, 0], tri[:, 1], tri[:, 2]))  # (F,)
-    face = torch.arange(3 * f, device=faces.device) // 3
-    sil = (other < 0) | (orient[face] != orient[other.clamp(min=0)])
-    return sil.reshape(f, 3)
+    same = (key[order][1:] == key[order][:-1]).nonzero().squeeze(1)
+    a, b = order[same], order[same + 1]
+    face = torch.full((3 * f,), -1, dtype=torch.long, device=faces.device)
+    vert = torch.full((3 * f,), -1, dtype=torch.long, device=faces.device)
+    face[a], face[b] = b // 3, a // 3
+    vert[a], vert[b] = third[b], third[a]
+    return face.reshape(f, 3), vert.reshape(f, 3)
 
 
-def antialias(color: torch.Tensor, rast: Rasterized) -> torch.Tensor:
-    """Analytic antialiasing across silhouette edges (Laine et al. 2020, sec. 3.4). For each pair of horizontally or
-    vertically adjacent pixels with different triangles, take the triangle in front (the nearer one, or the only one;
-    its pixel is the 'near' pixel). The segment from the near pixel's centre to the far one's leaves that triangle
-    through the first edge it crosses, at t in (0, 1). If that edge is a silhouette, the triangle covers the far pixel's
-    half of the segment by t - 1/2 when t > 1/2 (the far colour moves that far towards the near one), else the near
-    pixel loses 1/2 - t of its half (its colour moves towards the far one). The weights depend on the edge's screen
-    position, which is what gives gradients with respect to the vertices at silhouettes. color: (N, H, W, C)."""
+def antialias(
+    color: torch.Tensor, rast: Rasterized, neighbours: tuple | None = None, *, max_steps: int = 64
+) -> torch.Tensor:
+    """Analytic antialiasing across silhouette edges (Laine et al. 2020, sec. 3.4). color: (N, H, W, C).
+
+    For each pair of horizontally or vertically adjacent pixels with different triangles, the triangle in front (the
+    nearer one, or the only one) owns the 'near' pixel. Walk along the segment from the near pixel's centre to the far
+    one's: leave the current triangle through the edge the line exits by (Cyrus-Beck clipping), and while that edge is
+    not a silhouette step into the triangle across it (at most max_steps steps; nvdiffrast looks at the first triangle
+    only, which misses silhouettes of triangles smaller than a pixel). An edge is a silhouette in this view if no face
+    lies across it, or the neighbour's far vertex is on the same side of it as the triangle's own third vertex (the
+    surface folds away). The blend happens when the walk meets a silhouette at t in (0, 1) and that edge runs across
+    the pair's direction (|dv| >= |du| for a horizontal pair, |du| > |dv| for a vertical one), so each edge is counted
+    by one family of pairs and a translation changes the summed coverage by the edge's projected length, as the
+    derivative of the covered area requires. With pixels as unit boxes along the segment, the surface covers t - 1/2
+    of the far pixel when t > 1/2 (its colour moves that far towards the near one), or leaves 1/2 - t of the near pixel
+    uncovered (its colour moves towards the far one). Both families blend the input colours and their changes add. The
+    weights depend on the silhouette edge's screen position: that is where the gradients with respect to the vertex
+    positions at silhouettes come from. `neighbours` is edge_neighbours(rast.faces), computed if not given."""
     n, h, w, c = color.shape
-    depth_img = _pixel_depth(rast)
-    sil = torch.stack([_silhouette_edges(rast.faces, rast.screen[v].detach()) for v in range(n)])  # (N, F, 3)
-    flat = color.reshape(n * h * w, c)
+    if rast.faces.shape[0] == 0:
+        return color
+    adj_face, adj_vert = edge_neighbours(rast.faces) if neighbours is None else neighbours
+    with torch.no_grad():
+        depth_img = _pixel_depth(rast, *barycentrics(rast))
+    src = color.reshape(n * h * w, c)
+    flat = src
     for drow, dcol in ((0, 1), (1, 0)):
         id_p, id_q = rast.tri_id[:, : h - drow, : w - dcol], rast.tri_id[:, drow:, dcol:]
         d_p, d_q = depth_img[:, : h - drow, : w - dcol], depth_img[:, drow:, dcol:]
@@ -176,7 +193,6 @@ def antialias(color: torch.Tensor, rast: Rasterized) -> torch.Tensor:
         if view.numel() == 0:
             continue
         pf = p_front[view, row, col]
-        tri = front[view, row, col]
         idx_p = (view * h + row) * w + col
         idx_q = (view * h + row + drow) * w + col + dcol
         near_idx, far_idx = torch.where(pf, idx_p, idx_q), torch.where(pf, idx_q, idx_p)
@@ -184,46 +200,85 @@ def antialias(color: torch.Tensor, rast: Rasterized) -> torch.Tensor:
         centre_q = centre_p + torch.tensor([dcol, drow], dtype=centre_p.dtype, device=centre_p.device)
         near_c = torch.where(pf[:, None], centre_p, centre_q)
         far_c = torch.where(pf[:, None], centre_q, centre_p)
-        verts = rast.screen[view[:, None], rast.faces[tri]]  # (M, 3, 2), differentiable
-        ts = []
-        for k in range(3):
-            a, b = verts[:, k], verts[:, (k + 1) % 3]
-            f_near, f_far = _edge(a, b, near_c), _edge(a, b, far_c)
-            t = f_near / (f_near - f_far)
-            ts.append(torch.where(f_near * f_far < 0, t, torch.full_like(t, 2.0)))
-        ts = torch.stack(ts, 1)
-        exit_edge = ts.detach().argmin(1)
-        t = ts.gather(1, exit_edge[:, None]).squeeze(1).to(color.dtype)
-        ok = (t < 1) & sil[view, tri, exit_edge]
-        t = torch.where(ok, t, torch.full_like(t, 0.5))  # 0.5 blends nothing
-        c_near, c_far = flat[near_idx], flat[far_idx]
+        tri, k, ok = _walk_to_silhouette(rast, front[view, row, col], view, near_c, far_c, adj_face, adj_vert,
+                                         bool(dcol), max_steps)  # fmt: skip
+        # differentiable crossing of the chosen edge: edge functions are affine along the segment
+        a = rast.screen[view, rast.faces[tri, k]]
+        b = rast.screen[view, rast.faces[tri, (k + 1) % 3]]
+        f_near, f_far = _edge(a, b, near_c), _edge(a, b, far_c)
+        t = f_near / torch.where(ok, f_near - f_far, torch.ones_like(f_near))
+        t = torch.where(ok, t, torch.full_like(t, 0.5)).to(color.dtype)  # t = 1/2 blends nothing
+        c_near, c_far = src[near_idx], src[far_idx]
         delta_far = (t - 0.5).clamp(min=0)[:, None] * (c_near - c_far)
         delta_near = (0.5 - t).clamp(min=0)[:, None] * (c_far - c_near)
         flat = flat.index_add(0, far_idx, delta_far).index_add(0, near_idx, delta_near)
     return flat.reshape(n, h, w, c)
 
 
-def _pixel_depth(rast: Rasterized) -> torch.Tensor:
-    """Depth of each pixel's triangle at the pixel (no gradient), +inf on background."""
-    with torch.no_grad():
-        b, covered = barycentrics(rast)
-        n = rast.tri_id.shape[0]
-        view = torch.arange(n, device=b.device)[:, None, None, None]
-        z = rast.depth[view, rast.faces[rast.tri_id.clamp(min=0)]]
-        d = (b * z).sum(-1)  # perspective-correct barycentrics interpolate camera depth directly
-        return torch.where(covered, d, torch.full_like(d, float("inf")))
+@torch.no_grad()
+def _walk_to_silhouette(rast, tri, view, near_c, far_c, adj_face, adj_vert, horizontal, max_steps):
+    """For each segment (near_c -> far_c, starting in triangle tri of its view), the triangle and edge index k where
+    the segment leaves the surface through a silhouette edge running across the segment, and whether it does so
+    before the far centre (ok). No gradient: only the choice is made here."""
+    m = tri.shape[0]
+    k = torch.zeros(m, dtype=torch.long, device=tri.device)
+    ok = torch.zeros(m, dtype=torch.bool, device=tri.device)
+    active = torch.ones(m, dtype=torch.bool, device=tri.device)
+    screen = rast.screen.detach()
+    for _ in range(max_steps):
+        i = active.nonzero().squeeze(1)
+        if i.numel() == 0:
+            break
+        ti, vi = tri[i], view[i]
+        v = screen[vi[:, None], rast.faces[ti]]  # (M, 3, 2)
+        a, b = v, v.roll(-1, 1)  # edge k from vertex k to k + 1
+        sign = torch.sign(_edge(v[:, 0], v[:, 1], v[:, 2]))[:, None]  # inside: sign * edge function >= 0
+        f0 = sign * _edge(a, b, near_c[i, None])
+        f1 = sign * _edge(a, b, far_c[i, None])
+        leaving = f1 < f0  # Cyrus-Beck: the inside measure decreases along the segment
+        t_edge = torch.where(leaving, f0 / (f0 - f1).where(leaving, torch.ones_like(f0)), torch.full_like(f0, 3.0))
+        t, kk = t_edge.min(1)
+        kk = torch.where(t < 3.0, kk, torch.zeros_like(kk))
+        ea, eb = v[torch.arange(len(i)), kk], v[torch.arange(len(i)), (kk + 1) % 3]
+        own = v[torch.arange(len(i)), (kk + 2) % 3]
+        nf, nv = adj_face[ti, kk], adj_vert[ti, kk]
+        opp = screen[vi, nv.clamp(min=0)]
+        silhouette = (nf < 0) | (_edge(ea, eb, own) * _edge(ea, eb, opp) > 0)
+        du, dv = (eb - ea).abs().unbind(1)
+        across = dv >= du if horizontal else du > dv
+        inside = t < 1  # the surface ends before the far centre
+        done = ~inside | silhouette
+        k[i], tri[i] = kk, torch.where(done, ti, nf)
+        ok[i] = inside & silhouette & across
+        active[i] = ~done
+    return tri, k, ok & ~active
+
+
+def _pixel_depth(rast: Rasterized, bary: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """Camera depth of each pixel's triangle at the pixel centre, +inf on background. Perspective-correct barycentrics
+    interpolate camera z exactly, since z is an affine function on the triangle in 3D."""
+    if rast.faces.shape[0] == 0:
+        return torch.full(covered.shape, float("inf"), dtype=rast.depth.dtype, device=covered.device)
+    view = torch.arange(covered.shape[0], device=covered.device)[:, None, None, None]
+    z = rast.depth[view, rast.faces[rast.tri_id.clamp(min=0)]]  # (N, H, W, 3)
+    d = (bary * z).sum(-1)
+    return torch.where(covered, d, torch.full_like(d, float("inf")))
 
 
 def render_mesh(mesh: Mesh, cameras: Cameras, *, background=(1.0, 1.0, 1.0), near: float = 1e-3) -> dict:
-    """Colour (N, 3, H, W) from the vertex colours (or shaded normals when there are none) over `background`,
-    antialiased; mask (N, 1, H, W) antialiased coverage; depth (N, 1, H, W) camera z (0 on background); normals
-    (N, 3, H, W) world-space, interpolated vertex normals (0 on background)."""
+    """Render a mesh into every camera. Returns a dict of buffers, all (N, C, H, W) in the vertices' dtype:
+
+    color (3): interpolated vertex colours, or the area-weighted vertex normals shown as colours 0.5 + 0.5 n when the
+        mesh has none, over `background` (RGB in [0, 1]), antialiased at silhouettes;
+    mask (1): coverage in [0, 1], antialiased at silhouettes (the source of the position gradient at the outline);
+    depth (1): camera z of the visible surface (perspective-correct), 0 on background, not antialiased;
+    normals (3): world-space interpolated vertex normals (not renormalised), 0 on background;
+    and tri_id (N, H, W) int64, -1 on background. Faces with a vertex at depth <= near are not drawn (no clipping);
+    an empty mesh renders background. Gradients flow to vertices and vertex colours."""
+    validate_mesh(mesh, name="render_mesh: mesh", allow_empty=True, allow_degenerate=True)
     rast = rasterize(mesh, cameras, near=near)
     bary, covered = barycentrics(rast)
-    fn = face_normals(mesh.vertices, mesh.faces)
-    vn = torch.zeros_like(mesh.vertices).index_add(0, mesh.faces.reshape(-1), fn.repeat_interleave(3, 0))
-    vn = F.normalize(vn, dim=1)
-    normals = interpolate(vn, rast, bary)
+    normals = interpolate(vertex_normals(mesh.vertices, mesh.faces), rast, bary)
     if mesh.vertex_colors is not None:
         albedo = interpolate(mesh.vertex_colors, rast, bary)
     else:
@@ -232,13 +287,11 @@ def render_mesh(mesh: Mesh, cameras: Cameras, *, background=(1.0, 1.0, 1.0), nea
     cov = covered[..., None].to(albedo.dtype)
     rgb = albedo * cov + bg * (1 - cov)
     both = antialias(torch.cat([rgb, cov], -1), rast)
-    view = torch.arange(len(cameras), device=bary.device)[:, None, None, None]
-    z = rast.depth[view, rast.faces[rast.tri_id.clamp(min=0)]]
-    depth = torch.where(covered, (bary * z).sum(-1), torch.zeros_like(covered, dtype=z.dtype))
+    depth = _pixel_depth(rast, bary, covered)
     return {
         "color": both[..., :3].permute(0, 3, 1, 2),
         "mask": both[..., 3:].permute(0, 3, 1, 2),
-        "depth": depth[:, None],
+        "depth": torch.where(covered, depth, torch.zeros_like(depth)).unsqueeze(1),
         "normals": (normals * cov).permute(0, 3, 1, 2),
         "tri_id": rast.tri_id,
     }
