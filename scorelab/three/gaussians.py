@@ -6,11 +6,12 @@ is means (G, 3) in world units, log-scales (G, 3), rotations as unnormalised qua
 opacities in [0, 1] (the module stores logits) and SH coefficients (G, K, 3) with K = 1 (degree 0) or 4 (degree 1),
 in the reference's basis order (Y00, Y1-1, Y10, Y11). Any float dtype; everything follows the means' device.
 
-Memory is bounded by chunking: Gaussians are binned to 16 x 16 pixel tiles by their 3-sigma screen boxes (one
-(Gaussian, tile) pair per overlap, sorted by tile then depth), and tiles are composited in chunks holding at most
-`max_work` (pixel, Gaussian) pairs, each chunk checkpointed so the backward pass holds one chunk's intermediates.
-Everything is differentiable through autograd except the binning, sorting and the alpha < 1/255 and transmittance
-< 1e-4 cut-offs (switches, as in the reference rasterizer).
+Memory is bounded by chunking: Gaussians are binned to TILE x TILE (8 x 8) pixel tiles by their 3-sigma screen boxes
+(one (Gaussian, tile) pair per overlap, sorted by tile then depth), and tiles are composited in chunks holding at most
+`max_work` (pixel, Gaussian) pairs; the backward pass recomputes one chunk at a time and applies the compositing
+gradient in closed form, so it too holds one chunk's intermediates. Differentiable (once) with respect to means,
+scales, rotations, opacities and SH coefficients; the binning, sorting and the alpha < 1/255, alpha <= 0.99 and
+transmittance < 1e-4 cut-offs are switches, as in the reference rasterizer.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from scorelab.errors import ScorelabError
 
@@ -30,7 +31,7 @@ SH_C0 = 0.28209479177387814  # real SH normalisation, degree 0: 1 / (2 sqrt(pi))
 SH_C1 = 0.4886025119029199  # degree 1: sqrt(3 / (4 pi))
 ALPHA_MAX, ALPHA_MIN, T_MIN = 0.99, 1 / 255, 1e-4  # Kerbl et al. 2023, sec. 6 / the reference rasterizer
 DILATION = 0.3  # px^2 added to the 2D covariance (Kerbl et al. 2023, sec. 4 / the reference rasterizer)
-TILE = 16
+TILE = 8  # pixels; on a CPU 8 x 8 tiles waste fewer (pixel, Gaussian) pairs than 16 x 16 (measured 1.7x faster)
 
 
 def _check_gaussians(means, log_scales, quats, opacity, sh) -> None:
@@ -169,15 +170,23 @@ def project(means, cov3d, cameras: Cameras, view: int = 0, near: float = 1e-6):
     return mean2d, cov2d, tz
 
 
-def conic_and_radius(cov2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Conic (a, b, c) of the inverse 2D covariance [[a, b], [b, c]], (G, 3), and the 3-sigma screen radius (G,) of the
-    major axis, lambda_max = mid + sqrt(max(0.1, mid^2 - det)) as in the reference rasterizer (no gradient)."""
+def conic_and_extent(cov2d: torch.Tensor, opacity: torch.Tensor | None = None, alpha_min: float = 0.0):
+    """Conic (a, b, c) of the inverse 2D covariance [[a, b], [b, c]], (G, 3), and the screen half-widths (G, 2) of the
+    box used for culling (no gradient): the axis-aligned box k sqrt(Sigma'_xx), k sqrt(Sigma'_yy) of the ellipse
+    d^T Sigma'^-1 d <= k^2 with k = min(3, sqrt(2 ln(o / alpha_min))). k = 3 is the reference's 3-sigma cut (which
+    uses a square of the major axis instead, a superset); the smaller k where the Gaussian is so faint that alpha
+    falls below alpha_min inside the 3-sigma ellipse drops only contributions that are skipped anyway. A Gaussian
+    with o < alpha_min gets a negative width (never visible)."""
     det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] ** 2
     conic = torch.stack([cov2d[:, 1, 1], -cov2d[:, 0, 1], cov2d[:, 0, 0]], -1) / det[:, None]
     with torch.no_grad():
-        mid = 0.5 * (cov2d[:, 0, 0] + cov2d[:, 1, 1])
-        radius = 3 * torch.sqrt(mid + torch.sqrt((mid**2 - det).clamp(min=0.1)))
-    return conic, radius
+        k = torch.full_like(det, 3.0)
+        if opacity is not None and alpha_min > 0:
+            # o exp(-k^2 / 2) = alpha_min on the ellipse of Mahalanobis radius k
+            k2 = 2 * torch.log(opacity.detach().clamp_min(1e-30) / alpha_min)
+            k = torch.where(k2 >= 0, k2.clamp_min(0).sqrt().clamp(max=3.0), -torch.ones_like(k))
+        extent = k[:, None] * torch.stack([cov2d[:, 0, 0], cov2d[:, 1, 1]], -1).sqrt()
+    return conic, extent
 
 
 def sh_color(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
@@ -191,39 +200,87 @@ def sh_color(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     return (c + 0.5).clamp(min=0)
 
 
-def _composite_chunk(mean2d, conic, opacity, feats, pix, alpha_min):
-    """One chunk of tiles: mean2d (n, L, 2), conic (n, L, 3), opacity (n, L) (0 in padding slots), feats (n, L, C) in
-    depth order per tile, pix (256, 2) pixel centres relative to each tile's origin, mean2d relative to it too.
-
-    alpha = min(0.99, o exp(-d^T Sigma'^-1 d / 2)), 0 below alpha_min; weights w_i = alpha_i T_i with
-    T_i = prod_{j<i} (1 - alpha_j), dropping from the first Gaussian that would take T below 1e-4 (Kerbl et al. 2023,
-    eq. 3 and sec. 6). Returns sum_i w_i f_i (n, 256, C) and the alpha sum_i w_i = 1 - T_final (n, 256)."""
-    dx = pix[None, :, 0, None] - mean2d[:, None, :, 0]  # (n, 256, L)
-    dy = pix[None, :, 1, None] - mean2d[:, None, :, 1]
-    a, b, c = (conic[:, None, :, k] for k in range(3))
-    power = (-0.5 * a) * dx * dx - b * dx * dy - (0.5 * c) * dy * dy
-    alpha = (opacity[:, None] * torch.exp(power)).clamp(max=ALPHA_MAX)
+def _alpha(packed, valid, origin, pix, alpha_min, backward=False):
+    """Per (Gaussian, pixel) of a chunk: offsets dx, dy, the Gaussian falloff exp(power), o exp(power), alpha, and
+    where alpha passes the gradient of o exp(power) (below the cap, not cut; only for the backward pass)."""
+    dx = pix[:, 0] - (packed[..., 0:1] - origin[:, None, 0:1])  # (n, L, P)
+    dy = pix[:, 1] - (packed[..., 1:2] - origin[:, None, 1:2])
+    a, b, c = packed[..., 2:3], packed[..., 3:4], packed[..., 4:5]
+    power = (-0.5 * a) * dx * dx - b * dx * dy - (0.5 * c) * dy * dy  # -d^T Sigma'^-1 d / 2 with the conic (a, b, c)
+    falloff = torch.exp(power)
+    raw = (packed[..., 5:6] * valid[..., None]) * falloff
+    alpha = raw.clamp(max=ALPHA_MAX)  # Kerbl et al. 2023, sec. 6: alpha = min(0.99, o exp(power))
+    live = (raw < ALPHA_MAX) if backward else None
     if alpha_min > 0:
-        alpha = alpha * (alpha >= alpha_min)
-    trans_after = torch.cumprod(1 - alpha, -1)  # T_{i+1}; a pixel's kept entries are the prefix with T_{i+1} >= 1e-4
-    trans_before = torch.cat([torch.ones_like(trans_after[..., :1]), trans_after[..., :-1]], -1)
-    weight = alpha * trans_before * (trans_after.detach() >= T_MIN)  # (n, 256, L)
-    return torch.bmm(weight, feats), weight.sum(-1)
+        cut = alpha >= alpha_min  # ... skipped below 1/255
+        alpha = alpha * cut
+        live = live & cut if backward else None
+    return dx, dy, falloff, raw, alpha, live
+
+
+def _weights(alpha):
+    """w_i = alpha_i T_i with T_i = prod_{j<i} (1 - alpha_j) (Kerbl et al. 2023, eq. 3), dropping from the first
+    Gaussian that would take T below 1e-4 (a prefix of each pixel's list is kept); also T_i and the kept mask."""
+    trans_after = torch.cumprod(1 - alpha, 1)
+    trans_before = torch.cat([torch.ones_like(trans_after[:, :1]), trans_after[:, :-1]], 1)
+    keep = trans_after >= T_MIN
+    return alpha * trans_before * keep, trans_before, keep
+
+
+class _CompositeChunk(torch.autograd.Function):
+    """One chunk of n tiles. packed (n, L, 6 + C): each tile's Gaussians in depth order as (mean u, mean v, conic a,
+    b, c, opacity, features); valid (n, L) marks real entries (the rest pad); origin (n, 2) tile origins in pixels;
+    pix (P, 2) pixel centres relative to a tile's origin. Returns sum_i w_i f_i (n, C, P) and alpha sum_i w_i =
+    1 - T_final (n, P).
+
+    The backward pass recomputes the chunk (so memory holds one chunk's intermediates) and applies the compositing
+    gradient in closed form, as the reference rasterizer does: with g_i = dL/dw_i,
+    dL/dalpha_i = g_i T_i - sum_{k>i} g_k w_k / (1 - alpha_i) (the same telescoping as its back-to-front pass)."""
+
+    @staticmethod
+    def forward(ctx, packed, valid, origin, pix, alpha_min):
+        ctx.save_for_backward(packed, valid, origin, pix)
+        ctx.alpha_min = alpha_min
+        weight = _weights(_alpha(packed, valid, origin, pix, alpha_min)[4])[0]  # (n, L, P)
+        return torch.bmm(packed[..., 6:].transpose(1, 2), weight), weight.sum(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_f, grad_a):
+        packed, valid, origin, pix = ctx.saved_tensors
+        dx, dy, falloff, raw, alpha, live = _alpha(packed, valid, origin, pix, ctx.alpha_min, backward=True)
+        weight, trans_before, keep = _weights(alpha)
+        g_w = torch.baddbmm(grad_a[:, None, :], packed[..., 6:], grad_f)  # dL/dw_i = f_i . dL/dF + dL/dA
+        g_feats = torch.bmm(weight, grad_f.transpose(1, 2))  # (n, L, C)
+        gw = g_w * weight
+        later = gw.sum(1, keepdim=True) - gw.cumsum(1)  # sum_{k>i} g_k w_k
+        g_raw = (g_w * trans_before - later / (1 - alpha)) * (keep & live)  # dL/d(o exp(power))
+        g_o = (g_raw * falloff).sum(-1) * valid  # (n, L)
+        g_pow = g_raw * raw
+        q, r = g_pow * dx, g_pow * dy
+        sx, sy = q.sum(-1), r.sum(-1)
+        a, b, c = packed[..., 2], packed[..., 3], packed[..., 4]
+        # power = -a dx^2 / 2 - b dx dy - c dy^2 / 2 with dx = u - mean_u, dy = v - mean_v
+        g_mean = torch.stack([a * sx + b * sy, b * sx + c * sy], -1)
+        g_conic = torch.stack([-0.5 * (q * dx).sum(-1), -(q * dy).sum(-1), -0.5 * (r * dy).sum(-1)], -1)
+        return torch.cat([g_mean, g_conic, g_o[..., None], g_feats], -1), None, None, None, None
 
 
 def _composite_tiles(mean2d, conic, feats, opacity, order, tile_ids, tiles_x, n_tiles, max_work, alpha_min):
     """Front-to-back compositing of each tile's depth-sorted Gaussians (`order`: Gaussian ids sorted by tile then
-    depth, `tile_ids`: their tiles): per tile and pixel, sum_i w_i f_i (n_tiles, 256, C) and alpha (n_tiles, 256)."""
+    depth, `tile_ids`: their tiles): per tile and pixel, sum_i w_i f_i (n_tiles, C, P) and alpha (n_tiles, P), with
+    P = TILE^2 pixels in row-major order."""
     dev, dt = mean2d.device, mean2d.dtype
     counts = torch.bincount(tile_ids, minlength=n_tiles)
     starts = torch.cumsum(counts, 0) - counts
-    out_f = mean2d.new_zeros(n_tiles, TILE * TILE, feats.shape[1])
+    out_f = mean2d.new_zeros(n_tiles, feats.shape[1], TILE * TILE)
     out_a = mean2d.new_zeros(n_tiles, TILE * TILE)
+    packed = torch.cat([mean2d, conic, opacity[:, None], feats], 1)  # one gather per chunk (and one scatter back)
     # tiles are independent: visit them longest list first, so each chunk pads its lists to similar lengths
     by_len = torch.argsort(counts, descending=True)
     lengths = counts[by_len].tolist()
     ly, lx = torch.meshgrid(torch.arange(TILE, device=dev), torch.arange(TILE, device=dev), indexing="ij")
-    pix = torch.stack([lx.reshape(-1), ly.reshape(-1)], -1).to(dt) + 0.5  # (256, 2) centres relative to the origin
+    pix = torch.stack([lx.reshape(-1), ly.reshape(-1)], -1).to(dt) + 0.5  # (P, 2) centres relative to the origin
     chunks, i = [], 0
     while i < len(lengths) and lengths[i] > 0:
         # as many tiles as fit in max_work (pixel, Gaussian) pairs at the chunk's longest list (its first)
@@ -231,31 +288,26 @@ def _composite_tiles(mean2d, conic, feats, opacity, order, tile_ids, tiles_x, n_
         n = next((k for k in range(1, n) if lengths[i + k] == 0), n)  # stop at the empty tiles
         chunks.append((i, n, lengths[i]))
         i += n
-    use_checkpoint = torch.is_grad_enabled() and len(chunks) > 1
     for i, n, longest in chunks:
         tiles = by_len[i : i + n]
         slot = torch.arange(longest, device=dev)
         valid = slot[None] < counts[tiles, None]  # (n, L)
         idx = order[(starts[tiles, None] + slot[None]).clamp(max=order.shape[0] - 1)]  # (n, L) Gaussian ids
         origin = torch.stack([(tiles % tiles_x) * TILE, (tiles // tiles_x) * TILE], -1).to(dt)  # (n, 2)
-        args = (mean2d[idx] - origin[:, None], conic[idx], opacity[idx] * valid, feats[idx], pix, alpha_min)
-        if use_checkpoint:
-            # recompute the chunk in the backward pass, so memory holds one chunk's intermediates, not all of them
-            f, a = checkpoint(_composite_chunk, *args, use_reentrant=False)
-        else:
-            f, a = _composite_chunk(*args)
+        f, a = _CompositeChunk.apply(packed[idx], valid, origin, pix, alpha_min)
         out_f = out_f.index_copy(0, tiles, f)
         out_a = out_a.index_copy(0, tiles, a)
     return out_f, out_a
 
 
-def _bin_to_tiles(mean2d, radius, z, near, tiles_x, tiles_y):
-    """(Gaussian, tile) pairs of the visible Gaussians, sorted by tile then depth: Gaussian ids and tile ids."""
+def _bin_to_tiles(mean2d, extent, z, near, tiles_x, tiles_y):
+    """(Gaussian, tile) pairs of the visible Gaussians (z > near, extent >= 0, box [mean - extent, mean + extent] on
+    screen), sorted by tile then depth: Gaussian ids and tile ids."""
     dev = mean2d.device
-    lo = ((mean2d - radius[:, None]) / TILE).floor().clamp(min=0)
-    hi = ((mean2d + radius[:, None]) / TILE).floor()
+    lo = ((mean2d - extent) / TILE).floor().clamp(min=0)
+    hi = ((mean2d + extent) / TILE).floor()
     hi = torch.minimum(hi, torch.tensor([tiles_x - 1, tiles_y - 1], device=dev, dtype=hi.dtype))
-    visible = (z > near) & (hi >= lo).all(1) & torch.isfinite(mean2d).all(1)
+    visible = (z > near) & (hi >= lo).all(1) & (extent >= 0).all(1) & torch.isfinite(mean2d).all(1)
     ids = visible.nonzero().squeeze(1)
     lo, hi = lo[ids].long(), hi[ids].long()
     nx, ny = hi[:, 0] - lo[:, 0] + 1, hi[:, 1] - lo[:, 1] + 1
@@ -280,7 +332,7 @@ def render_gaussians(
     *,
     background=(0.0, 0.0, 0.0),
     near: float = 0.01,
-    max_work: int = 4_000_000,
+    max_work: int = 1_000_000,
     preserve_integral: bool = False,
     alpha_min: float = ALPHA_MIN,
 ) -> dict:
@@ -310,21 +362,21 @@ def render_gaussians(
     colors, alphas, depths = [], [], []
     for v in range(len(cameras)):
         mean2d, cov2d, z = project(means, cov3d, cameras, v)
-        conic, radius = conic_and_radius(cov2d)
         op = opacity
         if preserve_integral:
             det = cov2d[:, 0, 0] * cov2d[:, 1, 1] - cov2d[:, 0, 1] ** 2
             det_raw = (cov2d[:, 0, 0] - DILATION) * (cov2d[:, 1, 1] - DILATION) - cov2d[:, 0, 1] ** 2
             op = opacity * torch.sqrt(det_raw.clamp(min=0) / det)
+        conic, extent = conic_and_extent(cov2d, op, alpha_min)
         centre = cameras.centre[v].to(means.dtype)
         col = sh_color(sh, F.normalize(means - centre, dim=-1))
         feats = torch.cat([col, z[:, None]], -1)  # composite colour and depth together
         with torch.no_grad():
-            order, tile_sorted = _bin_to_tiles(mean2d.detach(), radius, z.detach(), near, tiles_x, tiles_y)
+            order, tile_sorted = _bin_to_tiles(mean2d.detach(), extent, z.detach(), near, tiles_x, tiles_y)
         f, a = _composite_tiles(
             mean2d, conic, feats, op, order, tile_sorted, tiles_x, tiles_x * tiles_y, max_work, alpha_min
         )
-        f = torch.cat([f, (1 - a)[..., None]], -1)  # transmittance, for the background
+        f = torch.cat([f.transpose(1, 2), (1 - a)[..., None]], -1)  # (tiles, P, 5) with the final transmittance
         img = f.reshape(tiles_y, tiles_x, TILE, TILE, 5).permute(0, 2, 1, 3, 4).reshape(tiles_y * TILE, -1, 5)[:h, :w]
         colors.append((img[..., :3] + img[..., 4:] * bg).permute(2, 0, 1))
         depths.append(img[..., 3])
