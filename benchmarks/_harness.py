@@ -14,23 +14,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def measure(step: Callable[[], None], repeats: int = 3) -> dict:
-    """Run `step` once to warm up, then `repeats` times; median seconds and extra peak resident memory."""
-    import torch
-
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()
+def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        step()
+        fn()
         times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(step: Callable[[], None], repeats: int = 3) -> dict:
+    """Median seconds of `step` (after a warm-up) and the extra peak resident memory it needed."""
+    import torch
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds = median_time(step, repeats)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "render_backward_s": statistics.median(times),
-        "peak_extra_mb": (peak - base) / 1024,
-        "threads": torch.get_num_threads(),
-    }
+    return {"render_backward_s": seconds, "peak_extra_mb": (peak - base) / 1024, "threads": torch.get_num_threads()}
 
 
 def run(script: str, child: Callable[..., dict], settings: list[tuple], out: Path) -> None:

@@ -17,27 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import torch
+from _harness import median_time
 from skimage import measure
 
 from scorelab.three.dmtet import marching_tets, subdivide
 from scorelab.three.tets import regular_grid
 
 OUT = Path(__file__).parent / "results" / "marching.json"
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure_resolution(res: int) -> dict:
@@ -68,11 +58,11 @@ def measure_resolution(res: int) -> dict:
         "surface_vertices": verts.shape[0],
         "surface_faces": faces.shape[0],
         "grid_and_edges_once_s": build,
-        "marching_tets_forward_s": timed(lambda: marching_tets(grid, grid.vertices, sdf), 5),
-        "marching_tets_forward_backward_s": timed(march_forward_backward, 5),
-        "skimage_marching_cubes_s": timed(lambda: measure.marching_cubes(volume, 0.0), 5),
-        "subdivide_forward_s": timed(lambda: subdivide(grid, sdf), 3),
-        "subdivide_march_forward_backward_s": timed(subdivide_forward_backward, 3),
+        "marching_tets_forward_s": median_time(lambda: marching_tets(grid, grid.vertices, sdf), 5),
+        "marching_tets_forward_backward_s": median_time(march_forward_backward, 5),
+        "skimage_marching_cubes_s": median_time(lambda: measure.marching_cubes(volume, 0.0), 5),
+        "subdivide_forward_s": median_time(lambda: subdivide(grid, sdf), 3),
+        "subdivide_march_forward_backward_s": median_time(subdivide_forward_backward, 3),
     }
     row["forward_ratio_to_skimage"] = row["marching_tets_forward_s"] / row["skimage_marching_cubes_s"]
     return row
