@@ -197,3 +197,17 @@ def test_empty_mesh_renders_background_and_bad_input_raises():
         render_mesh(Mesh(v, torch.tensor([[0, 1, 5]])), CAM)
     with pytest.raises(ScorelabError, match="NaN"):
         render_mesh(Mesh(v * float("nan"), torch.tensor([[0, 1, 2]])), CAM)
+
+
+def test_background_pixels_give_finite_gradients_when_face_zero_is_degenerate():
+    # background pixels read face 0 as a stand-in; a zero-area face 0 once made 0/0 there and NaN vertex gradients
+    v = torch.tensor(
+        [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, -0.4, -0.4], [0.0, 0.4, -0.4], [0.0, 0.0, 0.4]],
+        dtype=torch.float64,
+        requires_grad=True,
+    )
+    mesh = Mesh(v, torch.cat([torch.tensor([[0, 1, 2]]), _facing(v.detach()[3:]) + 3]))
+    out = render_mesh(mesh, CAM)
+    assert (out["mask"] > 0.5).any() and (out["mask"] < 0.5).any()
+    (out["color"].sum() + out["mask"].sum()).backward()
+    assert torch.isfinite(v.grad).all() and v.grad[3:].abs().sum() > 0

@@ -59,7 +59,7 @@ def surface_metrics(pred: Mesh, ref: Mesh, *, n: int = 100_000, tau: float | Non
     validate_mesh(ref, name="reference mesh")
     if tau is None:
         tau = 0.01 * (ref.vertices.max(0).values - ref.vertices.min(0).values).max().item()
-    if validate_mesh(pred, name="predicted mesh", allow_empty=True).is_empty:
+    if validate_mesh(pred, name="predicted mesh", allow_empty=True, allow_degenerate=True).is_empty:
         return {"chamfer_l1": math.inf, "chamfer_l2": math.inf, "fscore": 0.0, "normal_consistency": 0.0, "tau": tau}
     pa, na = _samples(pred, n, seed)
     pb, nb = _samples(ref, n, seed + 1)
@@ -100,7 +100,7 @@ def winding_number(mesh: Mesh, points: torch.Tensor, *, max_pairs: int = 1_000_0
 def volume_iou(pred: Mesh, ref: Mesh, *, n: int = 10_000, seed: int = 0) -> float:
     """Intersection over union of the enclosed volumes, from n points uniform in the union of the bounding boxes."""
     validate_mesh(ref, name="reference mesh")
-    if validate_mesh(pred, name="predicted mesh", allow_empty=True).is_empty:
+    if validate_mesh(pred, name="predicted mesh", allow_empty=True, allow_degenerate=True).is_empty:
         return 0.0
     lo = torch.minimum(pred.vertices.min(0).values, ref.vertices.min(0).values).double()
     hi = torch.maximum(pred.vertices.max(0).values, ref.vertices.max(0).values).double()

@@ -124,7 +124,8 @@ def barycentrics(rast: Rasterized) -> tuple[torch.Tensor, torch.Tensor]:
     b = torch.stack([_edge(s[..., 1, :], s[..., 2, :], p), _edge(s[..., 2, :], s[..., 0, :], p),
                      _edge(s[..., 0, :], s[..., 1, :], p)], -1) / area[..., None]  # fmt: skip
     bz = b / z  # perspective correction: attributes / z are affine in screen space
-    b = bz / bz.sum(-1, keepdim=True)
+    # background pixels read face 0 as a stand-in; a safe denominator keeps 0/0 (face 0 degenerate) out of the backward
+    b = bz / torch.where(covered[..., None], bz.sum(-1, keepdim=True), torch.ones_like(bz[..., :1]))
     return torch.where(covered[..., None], b, torch.zeros_like(b)), covered
 
 
