@@ -242,3 +242,19 @@ def test_voxel_grid_module_and_bad_input():
         VoxelGrid(4, low=1.0, high=0.0)
     with pytest.raises(ScorelabError, match="resolution"):
         VoxelGrid(0)
+
+
+def test_ray_march_on_chosen_pixels_equals_the_full_render_there():
+    dens, col = _blob(12)
+    cam = orbit_cameras(torch.tensor([1.0, 1.9]), torch.tensor([0.3, 2.2]), 2.0, width=10, dtype=F64)
+    full = ray_march(dens, col, cam, samples=32)
+    pix = torch.tensor([[0, 17, 55, 99], [3, 45, 46, 80]])
+    part = ray_march(dens, col, cam, samples=32, pixels=pix, normals=False)
+    assert set(part) == {"color", "mask", "depth"} and part["color"].shape == (2, 3, 4)
+    for key in ("color", "mask", "depth"):
+        want = full[key].flatten(2).gather(2, pix[:, None].expand(-1, full[key].shape[1], -1))
+        torch.testing.assert_close(part[key], want, rtol=0, atol=1e-12)
+    with pytest.raises(ScorelabError, match="pixel indices"):
+        ray_march(dens, col, cam, pixels=torch.tensor([[0, 100], [0, 1]]))
+    with pytest.raises(ScorelabError, match="pixels must be int64"):
+        ray_march(dens, col, cam, pixels=torch.zeros(1, 3, dtype=torch.int64))

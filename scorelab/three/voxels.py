@@ -133,6 +133,8 @@ def ray_march(
     samples: int = 128,
     background=(1.0, 1.0, 1.0),
     chunk: int = 8192,
+    pixels: torch.Tensor | None = None,
+    normals: bool = True,
 ) -> dict:
     """Reference volume renderer: emission-absorption (Max 1995) by the NeRF quadrature (Mildenhall et al. 2020, eq. 3).
 
@@ -147,6 +149,8 @@ def ray_march(
               not normalised by the opacity (divide by mask for the surface depth)
       normals sum_i w_i n_i in world coordinates, n_i = -grad sigma / |grad sigma| (zero where the gradient is zero);
               the gradient is `density_gradient` sampled trilinearly
+    pixels: optional (N, P) int64 flat pixel indices (i * W + j) per view; then only those rays are marched and every
+    buffer is (N, C, P) (training on random rays). normals=False skips the normals buffer (and its gradient volume).
     Rays are processed `chunk` at a time; under autograd each chunk is recomputed in the backward pass (activation
     checkpointing), so memory holds chunk x samples values, not the whole image's.
     """
@@ -160,11 +164,21 @@ def ray_march(
     dt, dev = density.dtype, density.device
     origins, dirs = generate_rays(cameras.to(dev, dt))
     n, h, w, _ = dirs.shape
+    origins, dirs = origins.reshape(n, h * w, 3), dirs.reshape(n, h * w, 3)
+    if pixels is not None:
+        if pixels.dim() != 2 or pixels.shape[0] != n or pixels.dtype != torch.int64:
+            raise ScorelabError(f"pixels must be int64 of shape ({n}, P), got {pixels.dtype} {tuple(pixels.shape)}")
+        if pixels.numel() and (pixels.min() < 0 or pixels.max() >= h * w):
+            raise ScorelabError(f"pixel indices must be in [0, {h * w}), got [{pixels.min()}, {pixels.max()}]")
+        pix = pixels.to(dev)[..., None].expand(-1, -1, 3)
+        origins, dirs = origins.gather(1, pix), dirs.gather(1, pix)
     o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
+    rays = o.shape[0] // n
     forward = cameras.rotation[:, 2].to(dev, dt)  # camera z axis in world coordinates (row 2 of W)
-    fz = forward[:, None, None, :].expand(n, h, w, 3).reshape(-1, 3)
+    fz = forward[:, None, :].expand(n, rays, 3).reshape(-1, 3)
     bg = torch.as_tensor(background, dtype=dt, device=dev)
-    volume = torch.cat([density, color, density_gradient(density, low, high)])
+    parts = [density, color] + ([density_gradient(density, low, high)] if normals else [])
+    volume = torch.cat(parts)
     outs = []
     for s in range(0, o.shape[0], chunk):
         args = (volume, o[s : s + chunk], d[s : s + chunk], fz[s : s + chunk], bg, low, high, samples)
@@ -172,16 +186,22 @@ def ray_march(
             outs.append(checkpoint(_march_chunk, *args, use_reentrant=False))
         else:
             outs.append(_march_chunk(*args))
-    out = torch.cat(outs).reshape(n, h, w, 8).permute(0, 3, 1, 2)
-    return {"color": out[:, :3], "mask": out[:, 3:4], "depth": out[:, 4:5], "normals": out[:, 5:]}
+    c = 8 if normals else 5
+    out = torch.cat(outs).reshape(n, rays, c).transpose(1, 2)
+    if pixels is None:
+        out = out.reshape(n, c, h, w)
+    result = {"color": out[:, :3], "mask": out[:, 3:4], "depth": out[:, 4:5]}
+    if normals:
+        result["normals"] = out[:, 5:]
+    return result
 
 
 def _march_chunk(volume, o, d, fz, bg, low, high, samples):
     t_near, t_far = box_intersect(o, d, low, high)
     delta = (t_far - t_near).clamp(min=0) / samples
     t = t_near[:, None] + (torch.arange(samples, dtype=o.dtype, device=o.device) + 0.5) * delta[:, None]
-    vals = trilinear(volume, o[:, None] + t[..., None] * d[:, None], low, high)  # (rays, samples, 7)
-    sigma, rgb, grad = vals[..., 0].clamp(min=0), vals[..., 1:4], vals[..., 4:7]
+    vals = trilinear(volume, o[:, None] + t[..., None] * d[:, None], low, high)  # (rays, samples, 4 or 7)
+    sigma, rgb = vals[..., 0].clamp(min=0), vals[..., 1:4]
     tau = sigma * delta[:, None]
     alpha = -torch.expm1(-tau)  # Mildenhall et al. 2020, eq. 3: alpha_i = 1 - exp(-sigma_i delta_i)
     # T_i = prod_{j<i} (1 - alpha_j) = exp(-sum_{j<i} sigma_j delta_j)   (Mildenhall et al. 2020, eq. 3)
@@ -190,8 +210,10 @@ def _march_chunk(volume, o, d, fz, bg, low, high, samples):
     acc = weight.sum(1)
     col = (weight[..., None] * rgb).sum(1) + (1 - acc)[:, None] * bg
     depth = (weight * t).sum(1) * (d * fz).sum(-1)  # camera z of o + t d is z_o + t (d . forward), z_o = 0
-    nrm = (weight[..., None] * -F.normalize(grad, dim=-1, eps=1e-30)).sum(1)
-    return torch.cat([col, acc[:, None], depth[:, None], nrm], 1)
+    out = [col, acc[:, None], depth[:, None]]
+    if vals.shape[-1] == 7:
+        out.append((weight[..., None] * -F.normalize(vals[..., 4:7], dim=-1, eps=1e-30)).sum(1))
+    return torch.cat(out, 1)
 
 
 def mip_pyramid(density: torch.Tensor, color: torch.Tensor, levels: int | None = None):
