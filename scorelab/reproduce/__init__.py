@@ -1,6 +1,6 @@
 """Paper reproductions, run by `scorelab reproduce NAME [--quick] [--json PATH]`."""
 
-from . import ncsn_toy, sampler_accuracy
+from . import fit_multiview, ncsn_toy, sampler_accuracy
 
 # name -> module with TITLE and run(out_dir, *, quick) -> dict (with a 'table' of rows and 'passed')
-REPRODUCTIONS = {"ncsn-toy": ncsn_toy, "sampler-accuracy": sampler_accuracy}
+REPRODUCTIONS = {"ncsn-toy": ncsn_toy, "sampler-accuracy": sampler_accuracy, "fit-multiview": fit_multiview}

@@ -66,6 +66,18 @@ def validate_mesh(mesh: Mesh, *, name: str = "mesh", allow_empty: bool = False, 
     return mesh
 
 
+def drop_degenerate_faces(mesh: Mesh) -> Mesh:
+    """The mesh without the faces that `validate_mesh` calls degenerate (zero area: marching tetrahedra makes them
+    where the SDF is zero at a grid vertex). Vertices are kept, so watertightness in the edge-count sense can change
+    only where a zero-area face sat."""
+    if mesh.is_empty:
+        return mesh
+    v = mesh.vertices.detach()
+    scale = (v.max(0).values - v.min(0).values).max().clamp_min(1e-30)
+    keep = face_areas(v, mesh.faces) > 1e-12 * scale**2
+    return Mesh(mesh.vertices, mesh.faces[keep], mesh.vertex_colors)
+
+
 def face_areas(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """(F,) triangle areas: half the norm of (v1 - v0) x (v2 - v0)."""
     p = vertices[faces]
