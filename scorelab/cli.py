@@ -69,6 +69,9 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Diffusion sampler steps (positive sigmas).")
 @click.option("--guidance", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
 @click.option("--label", type=int, default=None, help="Class to sample (conditional runs; default: all in turn).")
+@click.option(
+    "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sample(
     run_dir: Path,
@@ -79,10 +82,12 @@ def sample(
     steps: int | None,
     guidance: float | None,
     label: int | None,
+    max_memory: str | None,
     quiet: bool,
 ) -> None:
     """Draw samples from a trained run; writes a PNG grid, the samples and metrics.json."""
     from .pipelines.sample import sample_run
+    from .resources import parse_bytes
 
     metrics = sample_run(
         run_dir,
@@ -94,6 +99,7 @@ def sample(
         guidance=guidance,
         label=label,
         progress=not quiet,
+        max_memory=None if max_memory is None else parse_bytes(max_memory),
         log=click.echo,
     )
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
@@ -182,8 +188,23 @@ def demo(out: Path, quiet: bool) -> None:
 
 
 def main() -> None:
+    """Entry point: every user error is one line `error: ...` on stderr and exit status 2 (click's usage errors too)."""
     try:
-        cli(standalone_mode=True)
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # `scorelab` alone: show the help
+        click.echo(e.format_message())
+        sys.exit(0)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx is not None else "scorelab"
+        click.echo(f"error: {e.format_message()} (see '{where} --help')", err=True)
+        sys.exit(2)
     except ScorelabError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

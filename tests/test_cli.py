@@ -100,6 +100,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         ["train", str(tmp_path / "nope.yaml")],
         ["sample", str(tmp_path / "nothing")],
         ["reproduce", "no-such-figure"],
+        ["train"],  # click usage errors are one line too
+        ["train", str(bad), "--bogus"],
+        ["sample", str(tmp_path / "nothing"), "--n", "0"],
+        ["sample", str(tmp_path / "nothing"), "--sampler", "bogus"],
     ):
         p = _run(*args)
         assert p.returncode == 2, (args, p.stderr)
@@ -174,3 +178,20 @@ def test_conditional_ddpm_train_sample_evaluate(tmp_path):
     assert isinstance(res.exception, ScorelabError) and "--label must be in 0..9" in str(res.exception)
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "nope"])
     assert res.exit_code == 2 and "nope" in res.output
+
+
+def test_sample_refuses_requests_beyond_the_memory_budget(tmp_path):
+    cfg = _tiny_config(tmp_path, steps=10)
+    assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]).exit_code == 0
+    p = _run("sample", str(tmp_path / "run"), "--n", "1000000", "--max-memory", "1M")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "sampling 1000000 samples needs about" in p.stderr and "--max-memory" in p.stderr
+    assert not (tmp_path / "run" / "samples").exists()  # refused before anything was written
+    p = _run("sample", str(tmp_path / "run"), "--max-memory", "lots")
+    assert p.returncode == 2 and "memory size must be" in p.stderr
+    from scorelab.pipelines.sample import load_run, sampling_bytes
+
+    conf, denoiser, _ = load_run(tmp_path / "run", log=lambda *_: None)
+    per = sampling_bytes(conf, denoiser, 1)
+    # the MLP's outputs per sample: at least its hidden activations (width 32, float32) and at most a few KB
+    assert 32 * 4 <= per <= 8192 and sampling_bytes(conf, denoiser, 1000) == 1000 * per
