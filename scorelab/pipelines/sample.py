@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from ..guidance import Clamped, ClassifierFreeGuidance
 from ..metrics.samples import component_stats, mmd_rbf, sliced_wasserstein2
 from ..models.build import build_denoiser
 from ..plots import image_grid, scatter
+from ..resources import activation_bytes_per_sample, check_budget
 from ..sampling import ddim, ddpm, dpmpp_2m, dpmpp_3m, euler, heun, unipc
 from ..sampling.common import initial_noise
 from ..sampling.langevin import annealed_langevin
@@ -144,6 +146,20 @@ def generate(
     return DIFFUSION_SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, callback=callback, progress=progress)
 
 
+def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None) -> int:
+    """Upper bound on the memory of sampling n at once: every module output of one (guided) model call per sample,
+    plus 8 sample-sized tensors of sampler state (x, denoised, multistep history, noise)."""
+    shape = (2,) if cfg.data.name != "digits" else (1, 8, 8)
+    model = sampling_denoiser(cfg, denoiser, cfg.sample.guidance if guidance is None else guidance)
+
+    def probe(b: int):
+        cond = torch.zeros(b, dtype=torch.long) if cfg.model.num_classes else None
+        model(torch.zeros(b, *shape), torch.full((b,), float(cfg.noise.sigma_max)), cond)
+
+    per_sample = activation_bytes_per_sample(denoiser, probe) + 8 * 4 * math.prod(shape)
+    return n * per_sample
+
+
 def toy_metrics(name: str, samples: torch.Tensor, *, floor_pairs: int = 5) -> dict:
     """Sliced W2 and MMD to fresh points, against the noise floor of independent fresh sets of the same size."""
     n = samples.shape[0]
@@ -189,14 +205,18 @@ def sample_run(
     guidance: float | None = None,
     label: int | None = None,
     progress: bool = True,
+    max_memory: int | None = None,
     log=print,
 ) -> dict:
+    """Sample a trained run and write samples, figures and metrics. Refuses up front (nothing written) a request
+    whose memory estimate exceeds max_memory bytes (default: the available memory)."""
     cfg, denoiser, record = load_run(run_dir, log=log)
     n = n or cfg.sample.n
     if steps is not None and steps < 1:
         raise ScorelabError(f"--steps must be >= 1, got {steps}")
     if guidance is not None and (guidance < 0 or (guidance != 1.0 and not cfg.model.num_classes)):
         raise ScorelabError(f"--guidance must be >= 0 and needs a class-conditional run, got {guidance}")
+    check_budget(f"sampling {n} samples", sampling_bytes(cfg, denoiser, n, guidance), max_memory, option="--max-memory")
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
     labels = sample_labels(cfg, n, label)
     samples = generate(

@@ -1,0 +1,79 @@
+"""Memory budgets: estimate what a request needs before doing it, and refuse up front what cannot fit.
+
+The operating system kills a process that runs out of memory without a message and possibly mid-write; a request
+refused before it starts costs nothing. Estimates are upper bounds: a probe forward pass with hooks sums the bytes of
+every module output per sample, as if all were alive at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+from .errors import ScorelabError
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """'512M', '4G', '1.5G', '1000000' -> bytes (binary units)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
+    if not m or float(m.group(1)) <= 0:
+        raise ScorelabError(f"memory size must be a positive number with an optional K, M, G or T, got {text!r}")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024:
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def available_memory() -> int:
+    """Memory the system can give this process now: MemAvailable from /proc/meminfo, else physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+@torch.no_grad()
+def activation_bytes_per_sample(model: torch.nn.Module, call, batch: int = 2) -> int:
+    """Bytes of every module output per sample during `call(batch)` (a forward pass on `batch` samples)."""
+    total = 0
+
+    def hook(_module, _inputs, output):
+        nonlocal total
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        call(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return -(-total // batch)
+
+
+def check_budget(what: str, need: int, budget: int | None, *, option: str) -> None:
+    """Raise a one-line ScorelabError when `need` bytes exceed `budget` (default: the available memory)."""
+    limit = available_memory() if budget is None else budget
+    source = "the available memory" if budget is None else option
+    if need > limit:
+        raise ScorelabError(
+            f"{what} needs about {format_bytes(need)} (an upper bound), more than the {format_bytes(limit)} allowed by "
+            f"{source}; ask for less, or raise {option}"
+        )
