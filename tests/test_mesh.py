@@ -6,6 +6,8 @@ import imageio.v3 as iio
 import pytest
 import torch
 import trimesh
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from scorelab.errors import ScorelabError
 from scorelab.metrics.geometry import (
@@ -181,3 +183,27 @@ def test_volume_iou_and_winding_number():
     se = math.sqrt(expected * (1 - expected) / (10_000 * union_share))
     assert abs(iou - expected) < 4 * se
     assert volume_iou(EMPTY, big) == 0.0
+
+
+OBJ_LINES = st.sampled_from(
+    ["v 0 0 0", "v 1 0 0", "v 0 1 0", "v 0 0 nan", "v 1e308 1e308 1e308", "f 1 2 3", "f 1 2 4", "f 1 1 1",
+     "f 3 2 1", "f -1 -2 -3", "vt 0 0", "vn 0 0 1", "f 1/1 2/1 3/1", "# comment", "o thing", "v 1 2", "f", "garbage"]
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(OBJ_LINES, max_size=12), st.sampled_from([".obj", ".ply", ".glb", ".stl", ".off"]), st.binary(max_size=64)
+)
+def test_mesh_loader_never_crashes_otherwise(tmp_path, lines, suffix, junk):
+    """OBJ text built from valid and broken lines, and random bytes under every extension: load_mesh returns a valid
+    mesh or raises a one-line ScorelabError."""
+    for i, data in enumerate(("\n".join(lines).encode(), junk)):
+        path = tmp_path / f"m{i}{suffix if i else '.obj'}"
+        path.write_bytes(data)
+        try:
+            mesh = load_mesh(path)
+        except ScorelabError as e:
+            assert "\n" not in str(e)
+            continue
+        validate_mesh(mesh)
