@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -19,7 +20,15 @@ from ..errors import ScorelabError
 
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
+    # fault injection (scorelab.train.faults): pause half-way through each write, like a slow disk, so that kills
+    # land inside writes; unset in normal use
+    pause = float(os.environ.get("SCORELAB_FAULT_SLOW_WRITES") or 0)
     with open(tmp, "wb") as f:
+        if pause > 0:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            time.sleep(pause)
+            data = data[len(data) // 2 :]
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
