@@ -14,7 +14,8 @@ from scorelab.config import config_from_dict
 from scorelab.errors import ScorelabError
 from scorelab.train import faults
 from scorelab.train.checkpoint import list_checkpoints, load_checkpoint
-from scorelab.train.trainer import MAX_BAD_STEPS, Trainer
+from scorelab.train.guard import MAX_BAD_STEPS
+from scorelab.train.trainer import Trainer
 
 
 def test_ten_sigkills_never_corrupt_a_checkpoint_and_the_run_ends_bit_identical(tmp_path):

@@ -13,6 +13,7 @@ from scorelab.three.fitting import FITTERS, Views
 from scorelab.three.mesh import euler_characteristic, face_normals, is_edge_manifold, is_watertight
 from scorelab.three.objects import Snowman, get_object
 from scorelab.three.raster import render_mesh
+from scorelab.train.guard import MAX_BAD_STEPS
 
 
 def test_snowman_reference_mesh_lies_on_its_surface_and_faces_outwards():
@@ -105,3 +106,19 @@ def test_fits_are_deterministic(small_views):
     finally:
         torch.set_num_threads(threads)
     assert not torch.are_deterministic_algorithms_enabled()  # the setting is restored after each fit
+
+
+def test_fits_skip_non_finite_steps_and_stop_after_k(small_views):
+    """A view with NaN pixels poisons every step that draws it: those steps are skipped and counted, the fit stays
+    finite; when every view is poisoned the fit stops with a one-line error after MAX_BAD_STEPS."""
+    train, test = small_views
+    bad = train.color.clone()
+    bad[0, :, 3, 3] = float("nan")
+    poisoned = Views(train.cameras, bad, train.mask)
+    fitted = FITTERS["gaussians"](poisoned, steps=30, progress=False, views_per_step=2, count=200)
+    assert 0 < fitted.skipped_steps < 30
+    assert torch.isfinite(fitted.render(test.cameras)[0]).all()
+    all_bad = Views(train.cameras, train.color * float("nan"), train.mask)
+    with pytest.raises(ScorelabError, match=f"fit DMTet: {MAX_BAD_STEPS} consecutive non-finite steps at step 19") as e:
+        FITTERS["dmtet"](all_bad, steps=40, progress=False, **SMALL["dmtet"])
+    assert "\n" not in str(e.value)

@@ -93,6 +93,7 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
             "object_psnr": psnr(color, test.color, covered),
             "mask_iou": mask_iou(mask, test.mask),
             "iterations": fitted.iterations,
+            "skipped_steps": fitted.skipped_steps,
             "seconds": seconds,
             "settings": settings[name],
         }

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from scorelab.determinism import deterministic
 from scorelab.errors import ScorelabError
 
+from ..train.guard import NonFiniteGuard, all_finite
 from .cameras import Cameras
 from .dmtet import DMTet, laplacian_smoothing, marching_tets, normal_consistency, sdf_sign_loss
 from .gaussians import Gaussians
@@ -64,6 +65,20 @@ class Fitted:
     render: Callable[[Cameras], tuple[torch.Tensor, torch.Tensor]]  # cameras -> colour (N,3,H,W), mask (N,1,H,W)
     iterations: int
     mesh: Mesh | None = None
+    skipped_steps: int = 0  # non-finite steps skipped (scorelab.train.guard)
+
+
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, guard: NonFiniteGuard, step: int) -> None:
+    """Backward and one optimiser step, unless the loss or a gradient is not finite: then the step is skipped and
+    counted, and MAX_BAD_STEPS in a row stop the fit (scorelab.train.guard)."""
+    opt.zero_grad(set_to_none=True)
+    if bool(torch.isfinite(loss)):
+        loss.backward()
+    if all_finite(loss, (p for group in opt.param_groups for p in group["params"])):
+        opt.step()
+        guard.good()
+    else:
+        guard.bad(step)
 
 
 def _loss(color, mask, views: Views) -> torch.Tensor:
@@ -120,6 +135,7 @@ def fit_voxels(
 ) -> Fitted:
     """A `VoxelGrid` rendered by `ray_march` on `rays` random pixels per step, plus a squared-TV prior on the raw
     density and colour. Its 'surface' is not extracted (no mesh)."""
+    guard = NonFiniteGuard("fit voxels", log=tqdm.write)
     g = generator or torch.Generator().manual_seed(0)
     grid = VoxelGrid(resolution, density_raw=torch.full((1, resolution, resolution, resolution), -3.0))
     opt = torch.optim.Adam(grid.parameters(), lr=lr)
@@ -133,16 +149,14 @@ def fit_voxels(
         idx3, idx1 = pix[:, None].expand(-1, 3, -1), pix[:, None]
         loss = F.mse_loss(out["color"], colors.gather(2, idx3)) + F.mse_loss(out["mask"], masks.gather(2, idx1))
         loss = loss + tv * (_tv(grid.density_raw) + _tv(grid.color_raw))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _update(opt, loss, guard, step)
 
     @torch.no_grad()
     def render(cameras: Cameras):
         out = grid.render(cameras, samples=samples, normals=False, background=WHITE)
         return out["color"], out["mask"]
 
-    return Fitted(render, steps)
+    return Fitted(render, steps, skipped_steps=guard.skipped)
 
 
 @_deterministic
@@ -167,6 +181,7 @@ def fit_splats(
     The grid starts at `init_density` everywhere. Cells below `min_density` are not drawn; after the first
     `prune_after` of the steps the threshold rises to `prune_density`, which removes the faint haze in free space
     and most of the drawing cost (pruning, as in Plenoxels). Undrawn cells get no gradient, so they stay empty."""
+    guard = NonFiniteGuard("fit voxel splats", log=tqdm.write)
     g = generator or torch.Generator().manual_seed(0)
     raw = math.log(math.expm1(init_density))  # softplus^-1
     grid = VoxelGrid(resolution, density_raw=torch.full((1, resolution, resolution, resolution), raw))
@@ -181,16 +196,14 @@ def fit_splats(
         batch = train.pick(idx)
         out = grid.splat(batch.cameras, **opts)
         loss = _loss(out["color"], out["mask"], batch) + tv * (_tv(grid.density_raw) + _tv(grid.color_raw))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _update(opt, loss, guard, step)
 
     @torch.no_grad()
     def render(cameras: Cameras):
         out = grid.splat(cameras, **opts)
         return out["color"], out["mask"]
 
-    return Fitted(render, steps)
+    return Fitted(render, steps, skipped_steps=guard.skipped)
 
 
 @_deterministic
@@ -205,6 +218,7 @@ def fit_gaussians(
 ) -> Fitted:
     """3D Gaussians (degree-1 SH) initialised uniformly in the box, no densification; learning rates per parameter
     group as in Kerbl et al. 2023 (sec. 7.1), raised for a short schedule."""
+    guard = NonFiniteGuard("fit Gaussians", log=tqdm.write)
     g = generator or torch.Generator().manual_seed(0)
     model = Gaussians.random_in_box(count, half=0.45, scale=0.02, opacity=0.1, degree=1, generator=g)
     groups = [
@@ -223,16 +237,14 @@ def fit_gaussians(
         batch = train.pick(idx)
         out = model.render(batch.cameras, background=WHITE)
         loss = _loss(out["color"], out["alpha"], batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _update(opt, loss, guard, step)
 
     @torch.no_grad()
     def render(cameras: Cameras):
         out = model.render(cameras, background=WHITE)
         return out["color"], out["alpha"]
 
-    return Fitted(render, steps)
+    return Fitted(render, steps, skipped_steps=guard.skipped)
 
 
 class TexturedDMTet(torch.nn.Module):
@@ -280,6 +292,7 @@ def fit_dmtet(
 ) -> Fitted:
     """DMTet on a regular tet grid, initialised as a sphere, rendered by the rasterizer (antialiased silhouettes give
     the shape gradient), with a colour volume, the SDF sign-flip regulariser and optional mesh smoothness terms."""
+    guard = NonFiniteGuard("fit DMTet", log=tqdm.write)
     g = generator or torch.Generator().manual_seed(0)
     model = TexturedDMTet(resolution, color_resolution, init_radius, coarse)
     opt = torch.optim.Adam(
@@ -303,9 +316,7 @@ def fit_dmtet(
             loss = loss + smooth_weight * laplacian_smoothing(mesh.vertices, mesh.faces)
         if normal_weight:
             loss = loss + normal_weight * normal_consistency(mesh.vertices, mesh.faces)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _update(opt, loss, guard, step)
 
     with torch.no_grad():
         final = model.mesh()
@@ -316,7 +327,7 @@ def fit_dmtet(
         out = render_mesh(final, cameras, background=WHITE)
         return out["color"], out["mask"]
 
-    return Fitted(render, steps, final)
+    return Fitted(render, steps, final, guard.skipped)
 
 
 FITTERS = {"voxels": fit_voxels, "voxel_splats": fit_splats, "gaussians": fit_gaussians, "dmtet": fit_dmtet}

@@ -22,8 +22,7 @@ from ..objectives.score_matching import ncsn_loss
 from ..schedules import alphas_cumprod, beta_schedule, geometric_sigmas
 from .checkpoint import _atomic_write, load_latest, save_checkpoint
 from .ema import EMA
-
-MAX_BAD_STEPS = 20
+from .guard import NonFiniteGuard
 
 
 def save_run_config(run_dir: Path, cfg: Config) -> None:
@@ -52,8 +51,8 @@ class Trainer:
         else:
             self.alpha_bar = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
         self.step = 0
-        self.bad_steps = 0
-        self.skipped_steps = 0
+        after = f" with the last good checkpoint in {self.run_dir / 'checkpoints'}"
+        self.guard = NonFiniteGuard("training", log=log, after=after)
         self._stop_signal: int | None = None
 
     # ---- state -------------------------------------------------------------------------------
@@ -78,10 +77,10 @@ class Trainer:
         self.generator.set_state(t["rng.train"])
         self.source.load_state(t)
         self.step = record["step"]
-        self.skipped_steps = record.get("skipped_steps", 0)
+        self.guard.skipped = record.get("skipped_steps", 0)
 
     def save(self) -> None:
-        meta = {"config": config_to_dict(self.cfg), "skipped_steps": self.skipped_steps}
+        meta = {"config": config_to_dict(self.cfg), "skipped_steps": self.guard.skipped}
         save_checkpoint(
             self.run_dir / "checkpoints", self.step, self.state_tensors(), meta, self.cfg.train.keep_checkpoints
         )
@@ -147,16 +146,9 @@ class Trainer:
             while self.step < cfg.steps:
                 loss = self.train_step()
                 if loss is None:
-                    self.bad_steps += 1
-                    self.skipped_steps += 1
-                    self.log(f"warning: non-finite loss or gradient at step {self.step}; step skipped")
-                    if self.bad_steps >= MAX_BAD_STEPS:
-                        raise ScorelabError(
-                            f"{MAX_BAD_STEPS} consecutive non-finite steps at step {self.step}; "
-                            f"stopping with the last good checkpoint in {self.run_dir / 'checkpoints'}"
-                        )
+                    self.guard.bad(self.step)
                     continue
-                self.bad_steps = 0
+                self.guard.good()
                 self.step += 1
                 losses.append(loss)
                 bar.update()
@@ -180,7 +172,7 @@ class Trainer:
             "step": self.step,
             "seconds": round(time.time() - start, 1),
             "final_loss": (sum(losses[-100:]) / len(losses[-100:])) if losses else math.nan,
-            "skipped_steps": self.skipped_steps,
+            "skipped_steps": self.guard.skipped,
         }
         _atomic_write(self.run_dir / "train.json", json.dumps(summary, indent=2).encode())
         return summary
