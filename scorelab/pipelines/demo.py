@@ -19,11 +19,11 @@ from .sample import generate, load_run, sample_labels, sample_run
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
-# demo size: a few minutes in all on 2 cores; the configs' own settings are the full runs
+# demo size: under 10 minutes in all on 2 cores; the configs' own settings are the full runs
 DEMO_OVERRIDES = {
     "ncsn-toy2d": {"train": {"steps": 4000}, "sample": {"n": 5000}},
-    "ncsn-digits": {"train": {"steps": 1500}, "sample": {"n": 400}},
-    "ddpm-digits": {"train": {"steps": 2000}, "sample": {"n": 400}},
+    "ncsn-digits": {"train": {"steps": 1000}, "sample": {"n": 400}},
+    "ddpm-digits": {"train": {"steps": 1500}, "sample": {"n": 400}},
 }
 DEMO_GUIDANCE = (0.0, 1.0, 3.0)
 DEMO_SAMPLERS = ("dpmpp_2m", "unipc")
