@@ -95,3 +95,24 @@ def test_fault_script_entry_point_rejects_bad_arguments():
         [sys.executable, "-m", "scorelab.train.faults", "--kills", "0"], capture_output=True, text=True
     )
     assert res.returncode == 2 and "--kills must be >= 1" in res.stderr
+
+
+def test_checkpoints_carry_the_global_random_states(tmp_path):
+    """torch's global generator, numpy's and Python's `random` are saved and restored with the rest of the state."""
+    import random
+
+    import numpy as np
+
+    from scorelab.train.trainer import rng_states, set_rng_states
+
+    torch.manual_seed(5)
+    np.random.seed(6)
+    random.seed(7)
+    random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
+    saved = rng_states()
+    first = (torch.rand(3), np.random.rand(3), random.random(), random.gauss(0, 1))
+    set_rng_states(saved)
+    again = (torch.rand(3), np.random.rand(3), random.random(), random.gauss(0, 1))
+    assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2:] == again[2:]
+    trainer = _trainer(tmp_path)
+    assert {"rng.torch", "rng.numpy", "rng.python"} <= trainer.state_tensors().keys()

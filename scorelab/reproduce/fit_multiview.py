@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..metrics.geometry import surface_metrics
 from ..plots import image_grid
 from ..three.cameras import orbit_cameras
-from ..three.export import export_mesh
+from ..three.export import export_mesh, turntable
 from ..three.fitting import FITTERS, Views
 from ..three.objects import Snowman
 from ..three.raster import render_mesh
@@ -101,6 +101,9 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
             row.update({k: v for k, v in surface_metrics(fitted.mesh, reference).items() if k != "normal_consistency"})
             row["faces"] = int(fitted.mesh.faces.shape[0])
             export_mesh(fitted.mesh, out_dir / f"{name}.glb")
+        # a turntable of every fit at 75 degrees from the top: GIF, 24 frames
+        spin = lambda phi, f=fitted: f.render(orbit_cameras(1.31, phi, RADIUS, width=SIZE))[0][0]  # noqa: E731
+        turntable(spin, 24, out_dir / f"{name}_turntable.gif")
         results[name] = row
         renders.append(color.clamp(0, 1))
     figure = image_grid(torch.cat(renders) * 2 - 1, out_dir / "fit_multiview.png", nrow=len(TEST_PHI), scale=3)

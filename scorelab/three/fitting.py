@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from scorelab.determinism import deterministic
 from scorelab.errors import ScorelabError
+from scorelab.train.guard import NonFiniteGuard, all_finite
 
-from ..train.guard import NonFiniteGuard, all_finite
 from .cameras import Cameras
 from .dmtet import DMTet, laplacian_smoothing, marching_tets, normal_consistency, sdf_sign_loss
 from .gaussians import Gaussians

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import signal
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from tqdm.auto import tqdm
@@ -37,6 +39,37 @@ def load_run_config(run_dir: Path) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text()))
 
 
+def rng_states() -> dict[str, torch.Tensor]:
+    """The global random states as tensors: torch's CPU generator, numpy's legacy MT19937 and Python's `random`.
+    Training draws its own randomness from `Trainer.generator`; these are saved too, so that code which reaches for a
+    global generator (a user's model with dropout, say) still resumes exactly."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "rng.torch": torch.get_rng_state(),
+        "rng.numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "rng.numpy_extra": torch.tensor([pos, has_gauss], dtype=torch.int64),
+        "rng.numpy_gauss": torch.tensor([gauss], dtype=torch.float64),
+        "rng.python": torch.tensor(internal, dtype=torch.int64),
+        "rng.python_extra": torch.tensor([version, 0 if gauss_next is None else 1], dtype=torch.int64),
+        "rng.python_gauss": torch.tensor([0.0 if gauss_next is None else gauss_next], dtype=torch.float64),
+    }
+
+
+def set_rng_states(t: dict[str, torch.Tensor]) -> None:
+    """Restore what `rng_states` saved (checkpoints from before it existed have none: then nothing changes)."""
+    if "rng.torch" not in t:
+        return
+    torch.set_rng_state(t["rng.torch"])
+    pos, has_gauss = t["rng.numpy_extra"].tolist()
+    np.random.set_state(
+        ("MT19937", t["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, t["rng.numpy_gauss"].item())
+    )
+    version, has_next = t["rng.python_extra"].tolist()
+    gauss_next = t["rng.python_gauss"].item() if has_next else None
+    random.setstate((version, tuple(t["rng.python"].tolist()), gauss_next))
+
+
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True, log=print):
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
@@ -63,6 +96,7 @@ class Trainer:
             for k, v in self.opt.state.get(p, {}).items():
                 t[f"optim.{i}.{k}"] = torch.as_tensor(v)
         t["rng.train"] = self.generator.get_state()
+        t.update(rng_states())
         t.update(self.source.state())
         return t
 
@@ -75,6 +109,7 @@ class Trainer:
                 _, i, name = k.split(".", 2)
                 self.opt.state[params[int(i)]][name] = v
         self.generator.set_state(t["rng.train"])
+        set_rng_states(t)
         self.source.load_state(t)
         self.step = record["step"]
         self.guard.skipped = record.get("skipped_steps", 0)
