@@ -116,3 +116,19 @@ def test_checkpoints_carry_the_global_random_states(tmp_path):
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1]) and first[2:] == again[2:]
     trainer = _trainer(tmp_path)
     assert {"rng.torch", "rng.numpy", "rng.python"} <= trainer.state_tensors().keys()
+
+
+def test_a_fresh_run_seeds_every_global_generator(tmp_path):
+    """Unseeded, numpy and Python start from OS entropy, so two fresh runs of one config would save different global
+    states and a killed-and-resumed run could never match a straight one: the trainer seeds them from train.seed."""
+    import random
+
+    import numpy as np
+
+    random.seed(None)
+    np.random.seed(None)
+    first = {k: v for k, v in _trainer(tmp_path / "a").state_tensors().items() if k.startswith("rng.")}
+    random.seed(None)
+    np.random.seed(None)
+    second = {k: v for k, v in _trainer(tmp_path / "b").state_tensors().items() if k.startswith("rng.")}
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

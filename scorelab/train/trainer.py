@@ -39,6 +39,14 @@ def load_run_config(run_dir: Path) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text()))
 
 
+def seed_global_rngs(seed: int) -> None:
+    """Seed torch's, numpy's and Python's global generators: a fresh run starts from states that depend on the seed
+    alone (unseeded, numpy and `random` start from OS entropy, and a resumed run could not match a straight one)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def rng_states() -> dict[str, torch.Tensor]:
     """The global random states as tensors: torch's CPU generator, numpy's legacy MT19937 and Python's `random`.
     Training draws its own randomness from `Trainer.generator`; these are saved too, so that code which reaches for a
@@ -73,7 +81,7 @@ def set_rng_states(t: dict[str, torch.Tensor]) -> None:
 class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True, log=print):
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
-        torch.manual_seed(cfg.train.seed)  # parameter initialisation
+        seed_global_rngs(cfg.train.seed)  # parameter initialisation, and any global draws a user's model makes
         self.denoiser = build_denoiser(cfg)
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
         self.opt = torch.optim.Adam(self.denoiser.parameters(), lr=cfg.train.lr)
