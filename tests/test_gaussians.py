@@ -62,6 +62,29 @@ def test_projection_on_axis_matches_closed_form():
     assert z.item() == pytest.approx(2.0, rel=1e-14)
 
 
+def test_jacobian_is_clamped_to_the_widened_frustum_outside_the_view():
+    """A Gaussian far to the side gets the footprint of one at the clamp boundary, 1.3 tan(fov/2) off the axis for a
+    centred principal point (Kerbl et al.'s reference rasterizer); the mean itself still projects exactly."""
+    cov = covariance_3d(torch.log(torch.tensor([[0.05, 0.02, 0.03]], dtype=F64)), _identity_quats(1))
+    w2c = CAM.world_to_cam[0]
+    rot, trans = w2c[:3, :3], w2c[:3, 3]
+    fx, cx = CAM.focal[0, 0], CAM.principal[0, 0]
+    z = 2.0
+    lim = 1.3 * (CAM.width / 2) / fx  # tan(fov_x / 2) = (W / 2) / fx for this centred camera
+    assert cx == CAM.width / 2
+
+    def at(u):  # the world point at camera coordinates (u z, 0, z)
+        return ((torch.tensor([u * z, 0.0, z], dtype=F64) - trans) @ rot)[None]
+
+    far_mean2d, far_cov2d, _ = project(at(5 * lim), cov, CAM)
+    _, edge_cov2d, _ = project(at(lim), cov, CAM)
+    torch.testing.assert_close(far_cov2d, edge_cov2d, rtol=1e-12, atol=1e-12)
+    assert far_mean2d[0, 0].item() == pytest.approx((fx * 5 * lim + cx).item(), rel=1e-12)
+    # just inside the widened frustum nothing is clamped: the footprint still changes with the position
+    _, inside_cov2d, _ = project(at(0.9 * lim), cov, CAM)
+    assert not torch.allclose(inside_cov2d, edge_cov2d)
+
+
 def test_projection_off_axis_uses_the_jacobian_of_the_pinhole_map():
     """Off the axis, Sigma' - 0.3 I = (dp/dx) Sigma (dp/dx)^T with dp/dx the autograd Jacobian of the world-to-pixel
     map at the mean (EWA's local affine approximation); the covariance comes from a random rotation."""

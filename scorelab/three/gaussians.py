@@ -31,6 +31,7 @@ SH_C0 = 0.28209479177387814  # real SH normalisation, degree 0: 1 / (2 sqrt(pi))
 SH_C1 = 0.4886025119029199  # degree 1: sqrt(3 / (4 pi))
 ALPHA_MAX, ALPHA_MIN, T_MIN = 0.99, 1 / 255, 1e-4  # Kerbl et al. 2023, sec. 6 / the reference rasterizer
 DILATION = 0.3  # px^2 added to the 2D covariance (Kerbl et al. 2023, sec. 4 / the reference rasterizer)
+FRUSTUM_MARGIN = 0.15  # J is taken no further out than the image widened by this share per side (1.3 tan(fov/2))
 TILE = 8  # pixels; on a CPU 8 x 8 tiles waste fewer (pixel, Gaussian) pairs than 16 x 16 (measured 1.7x faster)
 
 
@@ -152,7 +153,10 @@ def project(means, cov3d, cameras: Cameras, view: int = 0, near: float = 1e-6):
 
     Sigma' = J W Sigma W^T J^T + 0.3 I (Zwicker et al. 2001, eq. 31; Kerbl et al. 2023, eq. 5), J the Jacobian of
     (fx x / z + cx, fy y / z + cy) at the camera-space mean. Depths below `near` are clamped inside the divisions only,
-    so Gaussians behind the camera (culled by the renderer) keep finite values and gradients."""
+    so Gaussians behind the camera (culled by the renderer) keep finite values and gradients. J is evaluated at the
+    mean's direction clamped to the image widened by 15% of its size on each side (1.3 tan(fov/2) for a centred
+    principal point, as in Kerbl et al.'s reference rasterizer), so Gaussians far outside the view do not get the
+    huge, nearly singular footprints the affine approximation gives there; inside that frustum J is exact."""
     w2c = cameras.world_to_cam[view].to(means.dtype)
     rot, trans = w2c[:3, :3], w2c[:3, 3]
     t = means @ rot.T + trans
@@ -162,8 +166,12 @@ def project(means, cov3d, cameras: Cameras, view: int = 0, near: float = 1e-6):
     zc = tz.clamp(min=near)
     mean2d = torch.stack([fx * tx / zc + cx, fy * ty / zc + cy], -1)  # pinhole projection, docs/cameras.md
     zeros = torch.zeros_like(zc)
+    # normalised image coordinates x/z, y/z limited to the widened frustum (reference rasterizer's computeCov2D)
+    w, h = cameras.width, cameras.height
+    ux = (tx / zc).clamp((-cx - FRUSTUM_MARGIN * w) / fx, (w - cx + FRUSTUM_MARGIN * w) / fx)
+    uy = (ty / zc).clamp((-cy - FRUSTUM_MARGIN * h) / fy, (h - cy + FRUSTUM_MARGIN * h) / fy)
     jac = torch.stack(
-        [torch.stack([fx / zc, zeros, -fx * tx / zc**2], -1), torch.stack([zeros, fy / zc, -fy * ty / zc**2], -1)], -2
+        [torch.stack([fx / zc, zeros, -fx * ux / zc], -1), torch.stack([zeros, fy / zc, -fy * uy / zc], -1)], -2
     )  # fmt: skip  (G, 2, 3), Zwicker et al. 2001, eq. 29 (the affine approximation of the projection)
     jw = jac @ rot
     cov2d = jw @ cov3d @ jw.transpose(-1, -2) + DILATION * torch.eye(2, dtype=means.dtype, device=means.device)
