@@ -23,7 +23,7 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb_dim, 2 * cout)  # scale and shift (adaptive GroupNorm, Dhariwal & Nichol 2021)
         self.norm2 = nn.GroupNorm(_groups(cout), cout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
@@ -32,7 +32,11 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
+        # adaptive GroupNorm (GN(h)·γ + β)·(1 + s) + t (Dhariwal & Nichol 2021, Sec. 3) as one multiply-add over h
+        # with per-sample, per-channel factors: one pass over the activations fewer, forward and backward
+        n = self.norm2
+        gain = n.weight[:, None, None] * (1 + scale)
+        h = torch.addcmul(n.bias[:, None, None] * (1 + scale) + shift, F.group_norm(h, n.num_groups, eps=n.eps), gain)
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
@@ -47,13 +51,42 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        # (3, B, heads, HW, head_dim) with a unit-stride last dimension: PyTorch's fused (flash) CPU kernel needs it
+        # and otherwise falls back to the unfused math path
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w)
+        q, k, v = qkv.permute(1, 0, 2, 4, 3).contiguous().unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class CrossAttention(nn.Module):
+    """x + W_o softmax(Q Kᵀ / √d) V with queries from the image and keys and values from a conditioning sequence
+    (Rombach et al. 2022, Sec. 3.3, eq. 3), per head. The output projection starts at zero, so a network gains it as
+    an identity and learns to use the context from there."""
+
+    def __init__(self, ch: int, context_dim: int, heads: int = 4):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(ch), ch)
+        self.q = nn.Conv2d(ch, ch, 1)
+        self.kv = nn.Linear(context_dim, 2 * ch)
+        self.proj = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        d = c // self.heads
+        q = self.q(self.norm(x)).reshape(b, self.heads, d, h * w).transpose(-1, -2).contiguous()  # (B, heads, HW, d)
+        k, v = self.kv(context).reshape(b, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
         return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
 
 
 class UNet(nn.Module):
-    """Called as F(x_in, c_noise, cond); cond is an optional LongTensor of class labels (-1 = none)."""
+    """Called as F(x_in, c_noise, cond). cond is None, a LongTensor (B,) of class labels (-1 = no label; needs
+    num_classes), or a float tensor (B, L, context_dim), a conditioning sequence that every attention level and the
+    middle block cross-attend to (needs context_dim). With no context the cross-attention layers are skipped."""
 
     def __init__(
         self,
@@ -64,9 +97,15 @@ class UNet(nn.Module):
         attention_levels: tuple[int, ...] = (1,),
         num_classes: int = 0,
         dropout: float = 0.0,
+        context_dim: int = 0,
     ):
         super().__init__()
         emb_dim = 4 * channels
+        self.num_classes, self.context_dim = num_classes, context_dim
+
+        def attention(ch: int) -> list[nn.Module]:
+            return [SelfAttention(ch)] + ([CrossAttention(ch, context_dim)] if context_dim else [])
+
         self.factor = 2 ** (len(channel_mult) - 1)
         self.embed = NoiseEmbedding(channels, emb_dim)
         self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
@@ -79,20 +118,20 @@ class UNet(nn.Module):
                 block = nn.ModuleList([ResBlock(ch, channels * mult, emb_dim, dropout)])
                 ch = channels * mult
                 if level in attention_levels:
-                    block.append(SelfAttention(ch))
+                    block.extend(attention(ch))
                 self.down.append(block)
                 skips.append(ch)
             if level < len(channel_mult) - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), SelfAttention(ch), ResBlock(ch, ch, emb_dim)])
+        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), *attention(ch), ResBlock(ch, ch, emb_dim)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(blocks_per_level + 1):
                 block = nn.ModuleList([ResBlock(ch + skips.pop(), channels * mult, emb_dim, dropout)])
                 ch = channels * mult
                 if level in attention_levels:
-                    block.append(SelfAttention(ch))
+                    block.extend(attention(ch))
                 self.up.append(block)
             if level > 0:
                 self.up.append(
@@ -102,26 +141,46 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def _run(self, layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run(self, layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, context) -> torch.Tensor:
         for layer in layers:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            if isinstance(layer, ResBlock):
+                h = layer(h, emb)
+            elif isinstance(layer, CrossAttention):
+                h = h if context is None else layer(h, context)
+            else:
+                h = layer(h)
         return h
+
+    def _split_cond(self, cond, batch: int, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(labels or None, context or None) from cond, with one-line errors for what the network cannot take."""
+        if cond is None or not torch.is_floating_point(cond):
+            if cond is not None and not self.num_classes:
+                raise ValueError("this UNet has no class labels (num_classes = 0); cond must be None or a context")
+            if self.num_classes and cond is None:
+                cond = torch.full((batch,), -1, device=device)
+            return cond, None
+        if not self.context_dim:
+            raise ValueError("this UNet takes no context sequence (context_dim = 0); cond must be labels or None")
+        if cond.ndim != 3 or cond.shape[0] != batch or cond.shape[2] != self.context_dim:
+            raise ValueError(f"context must have shape ({batch}, L, {self.context_dim}), got {tuple(cond.shape)}")
+        labels = torch.full((batch,), -1, device=device) if self.num_classes else None
+        return labels, cond
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(f"UNet expects (B, C, H, W) with H and W divisible by {self.factor}, got {tuple(x.shape)}")
+        labels, context = self._split_cond(cond, x.shape[0], x.device)
         emb = self.embed(c_noise)
-        if self.label_embed is not None:
-            labels = torch.full((x.shape[0],), -1, device=x.device) if cond is None else cond
+        if labels is not None:
             emb = emb + self.label_embed(labels + 1)  # index 0 is the null label
         h = self.inp(x)
         hs = [h]
         for layers in self.down:
-            h = self._run(layers, h, emb)
+            h = self._run(layers, h, emb, context)
             hs.append(h)
-        h = self._run(self.mid, h, emb)
+        h = self._run(self.mid, h, emb, context)
         for layers in self.up:
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, hs.pop()], dim=1)
-            h = self._run(layers, h, emb)
+            h = self._run(layers, h, emb, context)
         return self.out(h)

@@ -1,0 +1,112 @@
+"""The U-Net's blocks against their textbook formulas, and its shape contract."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scorelab.denoisers import Preconditioned
+from scorelab.guidance import ClassifierFreeGuidance
+from scorelab.models.unet import CrossAttention, ResBlock, SelfAttention, UNet
+
+
+def _randomise(net):
+    for m in net.modules():  # undo the zero initialisations, which hide the condition until training moves them
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.normal_(m.weight, std=0.1)
+    return net
+
+
+def test_resblock_equals_the_unfused_adaptive_group_norm():
+    """The folded multiply-add equals (GN(h)·γ + β)·(1 + s) + t (Dhariwal & Nichol 2021, Sec. 3)."""
+    torch.manual_seed(0)
+    block = ResBlock(8, 16, emb_dim=12)
+    for p in (block.conv2.weight, block.norm2.weight, block.norm2.bias):
+        torch.nn.init.normal_(p)  # away from the zero / identity initialisation, so every term matters
+    x, emb = torch.randn(3, 8, 4, 4), torch.randn(3, 12)
+    h = block.conv1(F.silu(block.norm1(x)))
+    scale, shift = block.emb(emb)[:, :, None, None].chunk(2, dim=1)
+    expected = block.skip(x) + block.conv2(F.silu(block.norm2(h) * (1 + scale) + shift))
+    torch.testing.assert_close(block(x, emb), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_self_attention_equals_softmax_attention_per_head():
+    """x + W_o · softmax(QᵀK / √d) V per head (Vaswani et al. 2017, eq. 1) over the H·W positions."""
+    torch.manual_seed(1)
+    attn = SelfAttention(16, heads=4)
+    x = torch.randn(2, 16, 4, 4)
+    q, k, v = attn.qkv(attn.norm(x)).reshape(2, 3, 4, 4, 16).unbind(1)  # (B, heads, head_dim, HW)
+    weights = torch.softmax(q.transpose(-1, -2) @ k / math.sqrt(4), dim=-1)  # (B, heads, HW, HW)
+    out = (weights @ v.transpose(-1, -2)).transpose(-1, -2).reshape(2, 16, 4, 4)
+    torch.testing.assert_close(attn(x), x + attn.proj(out), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (16, 8), (12, 20)])
+def test_unet_runs_at_any_size_divisible_by_its_factor(size):
+    net = UNet(in_channels=3, channels=8, channel_mult=(1, 2, 2), attention_levels=(2,), num_classes=4)
+    x = torch.randn(2, 3, *size)
+    out = net(x, torch.zeros(2), torch.tensor([1, -1]))
+    assert out.shape == x.shape
+    # the output layer starts at zero, so an untrained network predicts 0 and trains from there
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_unet_refuses_sizes_not_divisible_by_its_factor():
+    net = UNet(in_channels=1, channels=8, channel_mult=(1, 2, 2))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(1, 1, 8, 6), torch.zeros(1))
+
+
+def test_class_label_changes_the_output_and_minus_one_is_the_null_label():
+    torch.manual_seed(2)
+    net = _randomise(UNet(in_channels=1, channels=8, channel_mult=(1, 2), num_classes=3))
+    x, t = torch.randn(2, 1, 8, 8), torch.zeros(2)
+    null = net(x, t, torch.tensor([-1, -1]))
+    torch.testing.assert_close(net(x, t, None), null)  # no labels means the null label
+    assert not torch.allclose(net(x, t, torch.tensor([0, 2])), null)
+
+
+def test_cross_attention_equals_softmax_attention_over_the_context():
+    """x + W_o · softmax(Q Kᵀ / √d) V with Q from the image, K and V from the context (Rombach et al. 2022, eq. 3)."""
+    torch.manual_seed(3)
+    attn = CrossAttention(16, context_dim=6, heads=4)
+    torch.nn.init.normal_(attn.proj.weight)
+    x, ctx = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 6)
+    q = attn.q(attn.norm(x)).reshape(2, 4, 4, 16).transpose(-1, -2)  # (B, heads, HW, head_dim)
+    k, v = attn.kv(ctx).reshape(2, 5, 2, 4, 4).permute(2, 0, 3, 1, 4)  # (B, heads, L, head_dim) each
+    out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(4), dim=-1) @ v
+    expected = x + attn.proj(out.transpose(-1, -2).reshape(2, 16, 4, 4))
+    torch.testing.assert_close(attn(x, ctx), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_cross_attends_to_a_context_sequence_and_works_under_guidance():
+    torch.manual_seed(4)
+    net = _randomise(UNet(in_channels=1, channels=8, channel_mult=(1, 2), attention_levels=(1,), context_dim=6))
+    for m in net.modules():
+        if isinstance(m, CrossAttention):
+            torch.nn.init.normal_(m.proj.weight, std=0.1)
+    x, t = torch.randn(2, 1, 8, 8), torch.zeros(2)
+    a, b = torch.randn(2, 3, 6), torch.randn(2, 7, 6)  # sequences of any length
+    assert not torch.allclose(net(x, t, a), net(x, t, b))
+    assert not torch.allclose(net(x, t, a), net(x, t, None))  # no context skips the cross-attention
+    # one row of the batch sees only its own context
+    torch.testing.assert_close(net(x[:1], t[:1], a[:1]), net(x, t, a)[:1], rtol=1e-5, atol=1e-5)
+    # classifier-free guidance with a zero sequence as the null context: one batched call, D_u + s (D_c - D_u)
+    den = Preconditioned(net, "eps", 1.0)
+    sigma = torch.full((2,), 0.7)
+    null = torch.zeros(3, 6)
+    guided = ClassifierFreeGuidance(den, 3.0, null)(x, sigma, a)
+    d_c, d_u = den(x, sigma, a), den(x, sigma, null.expand_as(a))
+    torch.testing.assert_close(guided, d_u + 3.0 * (d_c - d_u), rtol=1e-4, atol=1e-5)
+
+
+def test_unet_refuses_a_condition_it_cannot_take():
+    plain = UNet(in_channels=1, channels=8, channel_mult=(1, 2))
+    with pytest.raises(ValueError, match="no class labels"):
+        plain(torch.randn(1, 1, 8, 8), torch.zeros(1), torch.tensor([3]))
+    with pytest.raises(ValueError, match="no context sequence"):
+        plain(torch.randn(1, 1, 8, 8), torch.zeros(1), torch.randn(1, 2, 4))
+    ctx_net = UNet(in_channels=1, channels=8, channel_mult=(1, 2), context_dim=4)
+    with pytest.raises(ValueError, match=r"context must have shape \(1, L, 4\)"):
+        ctx_net(torch.randn(1, 1, 8, 8), torch.zeros(1), torch.randn(1, 2, 5))
