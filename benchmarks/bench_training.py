@@ -1,8 +1,13 @@
 """Training throughput on CPU: scorelab's U-Net beside lucidrains' denoising-diffusion-pytorch Unet and diffusers'
-UNet2DModel at (nearly) equal parameter counts, 1x16x16 images, batch 64, Adam, MSE to a noise target.
+UNet2DModel, 1x16x16 images, batch 64, MSE to a noise target, the same optimiser (torch's fused Adam) for every model.
 
     python benchmarks/bench_training.py      (writes benchmarks/results/training.json)
 
+Each peer is compared with a scorelab U-Net of the same level structure at (nearly) equal parameters: two levels of
+32 and 64 channels with attention at the second (diffusers), and three levels (x1, x2, x4) with attention only at the
+lowest resolution (diffusers at 16/32/64, lucidrains' own dim 20 layout). Shape decides most of the cost (a
+three-level net spends far fewer FLOPs per parameter), so like is measured against like, and every model's FLOPs per
+step are in the JSON beside its speed.
 FLOPs per step (forward + backward, convolution, matmul and attention) come from torch.utils.flop_counter; the share
 of peak divides the achieved FLOP/s by this machine's measured fp32 matmul rate (2048^3 GEMMs).
 lucidrains' package imports torchvision at module level for its data pipeline; the PyPI torchvision does not import
@@ -38,26 +43,44 @@ def peers():
     sys.modules.setdefault("torchvision.utils", stub.utils)
     from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Unet
 
-    diff = UNet2DModel(
-        sample_size=SIZE,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8,
-    )
+    def diffusers(channels):
+        levels = len(channels)
+        return UNet2DModel(
+            sample_size=SIZE,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=channels,
+            layers_per_block=2,
+            down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
+            up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
+            norm_num_groups=8,
+        ), lambda m, x, t: m(x, t).sample
+
     lucid = Unet(dim=20, dim_mults=(1, 2, 4), channels=1)
     return {
-        "diffusers_UNet2DModel": (diff, lambda m, x, t: m(x, t).sample),
+        "diffusers_UNet2DModel_2level": diffusers((32, 64)),
+        "diffusers_UNet2DModel_3level": diffusers((16, 32, 64)),
         "lucidrains_Unet": (lucid, lambda m, x, t: m(x, t)),
     }
 
 
+# (scorelab model, peer of the same level structure and nearly equal parameters)
+PAIRS = [
+    ("scorelab_UNet_2level", "diffusers_UNet2DModel_2level"),
+    ("scorelab_UNet_3level", "diffusers_UNet2DModel_3level"),
+    ("scorelab_UNet_3level", "lucidrains_Unet"),
+]
+
+
 def models():
-    ours = UNet(in_channels=1, channels=32, channel_mult=(1, 2), blocks_per_level=2, attention_levels=(1,))
-    return {"scorelab_UNet": (ours, lambda m, x, t: m(x, t / 250.0)), **peers()}
+    def ours(**kw):
+        return UNet(in_channels=1, blocks_per_level=2, **kw), lambda m, x, t: m(x, t / 250.0)
+
+    return {
+        "scorelab_UNet_2level": ours(channels=32, channel_mult=(1, 2), attention_levels=(1,)),
+        "scorelab_UNet_3level": ours(channels=16, channel_mult=(1, 2, 4), attention_levels=(2,)),
+        **peers(),
+    }
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -71,12 +94,13 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / min(times)
 
 
-def bench(model, call, steps: int = 20, warmup: int = 3) -> dict:
+def stepper(model, call):
+    """One training step of `model` (forward, MSE to a noise target, backward, Adam), and its FLOPs."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(BATCH, 1, SIZE, SIZE, generator=g)
     target = torch.randn(BATCH, 1, SIZE, SIZE, generator=g)
     t = torch.randint(0, 1000, (BATCH,), generator=g).float()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # scorelab's trainer's optimiser, for every model
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -84,39 +108,50 @@ def bench(model, call, steps: int = 20, warmup: int = 3) -> dict:
         loss.backward()
         opt.step()
 
-    for _ in range(warmup):
+    for _ in range(3):  # warm-up
         step()
     with FlopCounterMode(display=False) as counter:
         step()
-    flops = counter.get_total_flops()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "seconds_per_step": sec,
-        "images_per_second": BATCH / sec,
-        "flops_per_step": flops,
-        "achieved_flops": flops / sec,
-    }
+    return step, counter.get_total_flops()
 
 
-def main() -> None:
+def main(rounds: int = 6, steps_per_round: int = 5) -> None:
+    """Models take turns, `steps_per_round` steps each, for `rounds` rounds, so that a slow spell on a shared machine
+    falls on all of them; each model's time per step is the median over all its timed steps."""
     peak = matmul_peak()
+    built = {name: (model, *stepper(model, call)) for name, (model, call) in models().items()}
+    times = {name: [] for name in built}
+    for _ in range(rounds):
+        for name, (_, step, _) in built.items():
+            for _ in range(steps_per_round):
+                t0 = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - t0)
     rows = {}
-    for name, (model, call) in models().items():
-        rows[name] = bench(model, call)
-        rows[name]["share_of_matmul_peak"] = rows[name]["achieved_flops"] / peak
+    for name, (model, _, flops) in built.items():
+        sec = statistics.median(times[name])
+        rows[name] = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "seconds_per_step": sec,
+            "seconds_per_step_quartiles": statistics.quantiles(times[name], n=4),
+            "images_per_second": BATCH / sec,
+            "flops_per_step": flops,
+            "achieved_flops": flops / sec,
+            "share_of_matmul_peak": flops / sec / peak,
+        }
         print(
-            f"{name:24s} {rows[name]['params'] / 1e6:.2f}M params  {rows[name]['images_per_second']:7.1f} img/s  "
-            f"{100 * rows[name]['share_of_matmul_peak']:.0f}% of peak",
+            f"{name:24s} {rows[name]['params'] / 1e6:.2f}M params  {flops / 1e9:5.1f} GFLOP/step  "
+            f"{rows[name]['images_per_second']:7.1f} img/s  {100 * rows[name]['share_of_matmul_peak']:.0f}% of peak",
             flush=True,
         )
-    ours = rows["scorelab_UNet"]["images_per_second"]
+    speedups = {
+        f"{ours}_vs_{peer}": rows[ours]["images_per_second"] / rows[peer]["images_per_second"] for ours, peer in PAIRS
+    }
+    for ours, peer in PAIRS:
+        ratio = rows[ours]["params"] / rows[peer]["params"]
+        assert 0.9 <= ratio <= 1.1, f"{ours} has {ratio:.2f}x the parameters of {peer}: not an equal-size comparison"
     result = {
+        "optimizer": "torch.optim.Adam(fused=True), every model",
         "batch": BATCH,
         "size": SIZE,
         "threads": torch.get_num_threads(),
@@ -124,15 +159,11 @@ def main() -> None:
         "machine": platform.machine(),
         "matmul_peak_flops": peak,
         "models": rows,
-        "speedup_vs_lucidrains": ours / rows["lucidrains_Unet"]["images_per_second"],
-        "speedup_vs_diffusers": ours / rows["diffusers_UNet2DModel"]["images_per_second"],
+        "speedups": speedups,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
-    print(
-        f"speed-up vs lucidrains {result['speedup_vs_lucidrains']:.2f}x, vs diffusers "
-        f"{result['speedup_vs_diffusers']:.2f}x; wrote {OUT}"
-    )
+    print(", ".join(f"{k} {v:.2f}x" for k, v in speedups.items()) + f"; wrote {OUT}")
 
 
 if __name__ == "__main__":
