@@ -84,7 +84,7 @@ class Trainer:
         seed_global_rngs(cfg.train.seed)  # parameter initialisation, and any global draws a user's model makes
         self.denoiser = build_denoiser(cfg)
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
-        # fused: one kernel for all parameters instead of several per parameter (about a tenth of a U-Net step)
+        # fused: one kernel updates every parameter, instead of several kernels per parameter
         self.opt = torch.optim.Adam(self.denoiser.parameters(), lr=cfg.train.lr, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.source = BatchSource(cfg.data.name, cfg.train.batch_size)
