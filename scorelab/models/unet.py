@@ -34,9 +34,10 @@ class ResBlock(nn.Module):
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)
         # adaptive GroupNorm (GN(h)·γ + β)·(1 + s) + t (Dhariwal & Nichol 2021, Sec. 3) as one multiply-add over h
         # with per-sample, per-channel factors: one pass over the activations fewer, forward and backward
-        n = self.norm2
-        gain = n.weight[:, None, None] * (1 + scale)
-        h = torch.addcmul(n.bias[:, None, None] * (1 + scale) + shift, F.group_norm(h, n.num_groups, eps=n.eps), gain)
+        n, s1 = self.norm2, 1 + scale
+        h = torch.addcmul(
+            n.bias[:, None, None] * s1 + shift, F.group_norm(h, n.num_groups, eps=n.eps), n.weight[:, None, None] * s1
+        )
         h = self.conv2(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
