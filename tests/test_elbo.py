@@ -126,3 +126,52 @@ def test_bound_above_true_nll_and_approaches_it():
     assert paired.mean() > 3 * paired.std() / math.sqrt(n)
     # the gap at T = 1000 measured 0.04 nats (SE 0.03); it must be far below the T = 10 gap of 0.13
     assert means[1000] - entropy < 0.5 * (means[10] - entropy)
+
+
+def test_decoder_gradient_is_finite_far_from_the_mean_and_matches_finite_differences():
+    # torch.where evaluates both branches: the unselected one must not turn inf * 0 into a NaN gradient
+    levels = 256
+    grid = torch.linspace(-1, 1, levels, dtype=torch.float64)
+    mean = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    ll = discretized_gaussian_log_likelihood(grid, mean, torch.tensor(1e-4, dtype=torch.float64), levels)
+    (grad,) = torch.autograd.grad(ll.sum(), mean)
+    assert torch.isfinite(grad)
+    x, m, var, h = torch.tensor(0.25, dtype=torch.float64), 0.3, torch.tensor(0.01, dtype=torch.float64), 1e-6
+    mean = torch.tensor(m, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(discretized_gaussian_log_likelihood(x, mean, var, levels), mean)
+
+    def f(v):
+        return discretized_gaussian_log_likelihood(x, torch.tensor(v, dtype=torch.float64), var, levels).item()
+
+    assert grad.item() == pytest.approx((f(m + h) - f(m - h)) / (2 * h), rel=1e-6)
+
+
+def test_prior_term_matches_monte_carlo():
+    ab = torch.tensor([0.9, 0.5], dtype=torch.float64)  # alpha_bar_T = 0.5: a prior term far from zero
+    x0 = torch.tensor([[0.6, -0.2, 1.0]], dtype=torch.float64)
+    exact = VariationalBound(ab).prior_term(x0)
+    g = torch.Generator().manual_seed(0)
+    n = 200_000
+    xt = ab[-1].sqrt() * x0 + (1 - ab[-1]).sqrt() * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    log_ratio = (_log_normal(xt, ab[-1].sqrt() * x0, 1 - ab[-1]) - _log_normal(xt, 0.0, torch.tensor(1.0))).sum(1)
+    se = log_ratio.std() / math.sqrt(n)
+    assert abs(exact.item() - log_ratio.mean().item()) < 3 * se
+    assert exact.item() > 10 * se  # the test can tell the term from zero
+
+
+def test_bits_per_dim_of_a_one_step_chain_with_a_perfect_denoiser_in_closed_form():
+    # T = 1: the bound is L_T + L_0, and a denoiser that returns x0 exactly puts the decoder's mean on the data, so
+    # L_0 is minus the log mass of a N(x0, beta_1) bin of half-width 1/(L-1) around x0 (edge bins open)
+    levels, ab = 17, 0.99
+    x0 = torch.tensor([[-1.0, -0.5, 0.25, 1.0]], dtype=torch.float64)
+
+    def oracle(x, sigma, cond=None):
+        return x0.to(x.dtype)
+
+    std, half = math.sqrt(1 - ab), 1 / (levels - 1)
+    phi = 0.5 * (1 + math.erf(half / std / math.sqrt(2)))
+    log_mass = [math.log(phi) if abs(v) == 1 else math.log(2 * phi - 1) for v in x0[0].tolist()]
+    prior = sum(0.5 * (-math.log(1 - ab) + (1 - ab) + ab * v * v - 1) for v in x0[0].tolist())
+    expected = (prior - sum(log_mass)) / (4 * math.log(2))
+    bpd = VariationalBound(torch.tensor([ab], dtype=torch.float64), levels=levels).bits_per_dim(oracle, x0)
+    assert bpd.item() == pytest.approx(expected, rel=1e-9)

@@ -27,8 +27,12 @@ def normal_kl(mean1, var1, mean2, var2) -> torch.Tensor:
 
 
 def _log1mexp(a: torch.Tensor) -> torch.Tensor:
-    # log(1 - exp(a)) for a <= 0, stable on both sides of -ln 2 (Maechler 2012)
-    return torch.where(a > -math.log(2), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+    # log(1 - exp(a)) for a < 0, stable on both sides of -ln 2 (Maechler 2012); each branch sees only arguments
+    # it is finite on, so that torch.where's unselected branch cannot put inf * 0 = NaN into the gradient; a bin
+    # whose mass underflows (a = 0) gets log(tiny) rather than -inf
+    a = a.clamp(max=-torch.finfo(a.dtype).tiny)
+    near = a > -math.log(2)
+    return torch.where(near, torch.log(-torch.expm1(torch.where(near, a, -1.0))), torch.log1p(-torch.exp(a)))
 
 
 def discretized_gaussian_log_likelihood(x, mean, var, levels: int) -> torch.Tensor:
@@ -40,8 +44,12 @@ def discretized_gaussian_log_likelihood(x, mean, var, levels: int) -> torch.Tens
     log_cdf_hi, log_cdf_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
     log_sf_lo, log_sf_hi = torch.special.log_ndtr(-lo), torch.special.log_ndtr(-hi)
     # log(Phi(hi) - Phi(lo)), written with survival functions when both are near 1
+    # (the branch not taken gets a harmless argument: where's unselected branch still reaches the gradient)
+    upper = lo > 0
     mid = torch.where(
-        lo > 0, log_sf_lo + _log1mexp(log_sf_hi - log_sf_lo), log_cdf_hi + _log1mexp(log_cdf_lo - log_cdf_hi)
+        upper,
+        log_sf_lo + _log1mexp(torch.where(upper, log_sf_hi - log_sf_lo, -1.0)),
+        log_cdf_hi + _log1mexp(torch.where(upper, -1.0, log_cdf_lo - log_cdf_hi)),
     )
     edge = 1 - half / 2
     return torch.where(x < -edge, log_cdf_hi, torch.where(x > edge, log_sf_lo, mid))
