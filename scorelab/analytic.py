@@ -27,8 +27,9 @@ class GaussianMixture:
         k, d = mu.shape
         if w.shape != (k,):
             raise ValueError(f"weights must have shape ({k},), got {tuple(w.shape)}")
-        if (w < 0).any() or not math.isclose(float(w.sum()), 1.0, rel_tol=1e-9):
-            raise ValueError("weights must be non-negative and sum to 1")
+        if (w < 0).any() or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-6):
+            raise ValueError(f"weights must be non-negative and sum to 1 (within 1e-6), got sum {float(w.sum())}")
+        w = w / w.sum()  # float32 weights sum to 1 only within their rounding
         if std.ndim == 0:  # one std for every component and dimension
             std = std.expand(k, d)
         elif std.ndim == 1:  # one std per component: isotropic components
@@ -43,11 +44,13 @@ class GaussianMixture:
     def dim(self) -> int:
         return self.means.shape[1]
 
+    def _log_joint(self, x: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        # log N(x; mu_k, var_k) + log w_k, (B, K); x (B, D), var (B or 1, K, D)
+        diff = x[:, None, :] - self.means.to(x.device)[None]
+        return -0.5 * ((diff**2) / var + torch.log(2 * math.pi * var)).sum(-1) + torch.log(self.weights.to(x.device))
+
     def _responsibilities(self, x: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        # log N(x; mu_k, var_k) + log w_k, normalised over k; x (B, D), var (B, K, D)
-        diff = x[:, None, :] - self.means[None]
-        logp = -0.5 * ((diff**2) / var + torch.log(2 * math.pi * var)).sum(-1) + torch.log(self.weights)
-        return torch.softmax(logp, dim=1)
+        return torch.softmax(self._log_joint(x, var), dim=1)
 
     def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
@@ -55,9 +58,9 @@ class GaussianMixture:
         s2 = expand_sigma(sigma, xf).to(torch.float64) ** 2  # (B, 1)
         var0 = self.stds.to(xf.device)[None] ** 2  # (1, K, D)
         var = var0 + s2[:, :, None]
-        self.means, self.weights = self.means.to(xf.device), self.weights.to(xf.device)
+        means = self.means.to(xf.device)
         r = self._responsibilities(xf, var)
-        post = self.means[None] + var0 / var * (xf[:, None, :] - self.means[None])
+        post = means[None] + var0 / var * (xf[:, None, :] - means[None])
         return (r[:, :, None] * post).sum(1).to(dtype).reshape(shape)
 
     def score(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
@@ -67,16 +70,18 @@ class GaussianMixture:
         s2 = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).reshape(-1, 1, 1) ** 2
         var = self.stds.to(xf.device)[None] ** 2 + s2
         r = self._responsibilities(xf, var)
-        per = (self.means[None].to(xf.device) - xf[:, None, :]) / var
+        per = (self.means.to(xf.device)[None] - xf[:, None, :]) / var
         return (r[:, :, None] * per).sum(1).to(dtype).reshape(shape)
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """log p_sigma(x) for a scalar sigma or one per sample (B,)."""
         xf = x.reshape(x.shape[0], -1).to(torch.float64)
-        s2 = torch.as_tensor(sigma, dtype=torch.float64) ** 2
-        var = self.stds[None] ** 2 + s2
-        diff = xf[:, None, :] - self.means[None]
-        logp = -0.5 * ((diff**2) / var + torch.log(2 * math.pi * var)).sum(-1) + torch.log(self.weights)
-        return torch.logsumexp(logp, dim=1).to(x.dtype)
+        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).reshape(-1, 1, 1) ** 2
+        if s2.shape[0] not in (1, xf.shape[0]):
+            got = tuple(torch.as_tensor(sigma).shape)
+            raise ValueError(f"sigma must be a scalar or have shape ({xf.shape[0]},), got {got}")
+        var = self.stds.to(xf.device)[None] ** 2 + s2
+        return torch.logsumexp(self._log_joint(xf, var), dim=1).to(x.dtype)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         k = torch.multinomial(self.weights.float(), n, replacement=True, generator=generator)

@@ -21,14 +21,14 @@ def test_single_gaussian_denoiser_is_linear_shrinkage():
     # N(mu, s0^2 I): E[x0|x] = mu + s0^2/(s0^2+sigma^2) (x - mu)
     mu, s0, sigma = torch.tensor([1.0, -2.0]), 0.7, 1.3
     gm = GaussianMixture([1.0], mu[None], [s0])
-    x = torch.randn(10, 2, dtype=torch.float64)
+    x = torch.randn(10, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     expect = mu + s0**2 / (s0**2 + sigma**2) * (x - mu)
     torch.testing.assert_close(gm(x, torch.tensor(sigma)), expect)
 
 
 def test_score_is_gradient_of_log_density():
     gm = _mixture()
-    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_()
     for sigma in (0.0, 0.3, 2.0):
         (grad,) = torch.autograd.grad(gm.log_prob(x, sigma).sum(), x)
         torch.testing.assert_close(gm.score(x.detach(), sigma), grad)
@@ -36,7 +36,7 @@ def test_score_is_gradient_of_log_density():
 
 def test_denoiser_and_score_agree_through_tweedie():
     gm = _mixture()
-    x = torch.randn(8, 3, dtype=torch.float64) * 2
+    x = torch.randn(8, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2
     for sigma in (0.1, 1.0, 5.0):
         s = torch.tensor(sigma, dtype=torch.float64)
         torch.testing.assert_close(score_from_denoised(x, gm(x, s), s), gm.score(x, sigma))
@@ -66,7 +66,7 @@ def test_log_prob_normalised_in_1d():
 
 
 def test_finite_dataset_limits():
-    data = torch.randn(20, 2, dtype=torch.float64)
+    data = torch.randn(20, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     fd = FiniteDataset(data)
     # tiny sigma: the nearest data point; huge sigma: the data mean
     x = data[:5] + 1e-4
@@ -74,6 +74,28 @@ def test_finite_dataset_limits():
     torch.testing.assert_close(
         fd(torch.zeros(1, 2, dtype=torch.float64), torch.tensor(1e4)), data.mean(0, keepdim=True), atol=1e-6, rtol=0
     )
+
+
+def test_log_prob_takes_one_sigma_per_sample():
+    gm = _mixture()
+    x = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    sigma = torch.tensor([0.1, 3.0], dtype=torch.float64)
+    rows = torch.cat([gm.log_prob(x[i : i + 1], sigma[i]) for i in range(2)])
+    torch.testing.assert_close(gm.log_prob(x, sigma), rows)
+    with pytest.raises(ValueError, match="sigma must be a scalar or have shape"):
+        gm.log_prob(x, torch.ones(3))
+
+
+def test_a_call_on_another_device_leaves_the_mixture_usable_on_the_cpu():
+    gm = _mixture()
+    gm(torch.zeros(2, 3, device="meta"), torch.ones(2, device="meta"))  # the meta device stands in for a GPU
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    assert torch.isfinite(gm.log_prob(x)).all() and gm.sample(4).shape == (4, 3)
+
+
+def test_float32_weights_are_accepted_and_renormalised():
+    gm = GaussianMixture(torch.softmax(torch.tensor([0.3, -1.2, 2.0, 0.1, 0.7]), 0), torch.zeros(5, 1), 1.0)
+    assert math.isclose(gm.weights.sum().item(), 1.0, abs_tol=1e-15)
 
 
 def test_bad_mixture_arguments():

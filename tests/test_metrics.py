@@ -278,3 +278,41 @@ def test_training_is_deterministic(tmp_path):
     assert r1["weights_sha256"] == r2["weights_sha256"]
     assert (tmp_path / "a" / dm.WEIGHTS_NAME).read_bytes() == (tmp_path / "b" / dm.WEIGHTS_NAME).read_bytes()
     assert r1["training"]["seed"] == 3 and "train_classifier(" in r1["command"]
+
+
+def test_moment_z_scores_of_exact_samples_are_standard_normal_and_a_wrong_spread_is_caught():
+    from scorelab.metrics.moments import moment_z_scores
+    from scorelab.reproduce.sampler_accuracy import mixtures
+
+    ring = mixtures()["ring"]
+    zs = []
+    for seed in range(10):
+        out = moment_z_scores(ring.sample(20_000, torch.Generator().manual_seed(seed)).double(), ring)
+        zs += out["weight_z"] + out["mean_z"] + out["std_z"]
+    zs = torch.tensor(zs)
+    assert len(zs) == 10 * 40  # 8 weights, 16 means, 16 stds per run
+    assert abs(zs.mean().item()) < 0.15 and 0.85 < zs.std().item() < 1.15
+    # 5% too much spread around every mean: the std z-scores see it (about 0.05 / sqrt(1 / (2 * 2500)) = 3.5 each)
+    x = ring.sample(20_000, torch.Generator().manual_seed(0)).double()
+    nearest = torch.cdist(x, ring.means).argmin(1)
+    wide = ring.means[nearest] + 1.05 * (x - ring.means[nearest])
+    assert moment_z_scores(wide, ring)["max_z"] > 3
+
+
+def test_moment_z_scores_of_a_zero_weight_component():
+    from scorelab.analytic import GaussianMixture
+    from scorelab.metrics.moments import moment_z_scores
+
+    mix = GaussianMixture([1.0, 0.0], [[0.0], [10.0]], 1.0)
+    x = torch.randn(1000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert math.isfinite(moment_z_scores(x, mix)["max_z"])
+    assert moment_z_scores(x + 10, mix)["max_z"] == math.inf  # every sample lands on the impossible component
+
+
+def test_conditional_report_on_held_out_digits_and_bad_label_shapes():
+    x, y = load_digits_split("test")
+    report = dm.conditional_report(x, y)
+    assert report["conditional_accuracy"] > 0.95  # the classifier agrees with the true labels of real digits
+    assert report["within_class_diversity"] == pytest.approx(report["held_out_within_class_diversity"])
+    with pytest.raises(ValueError, match=r"labels must have shape \(\d+,\)"):
+        dm.conditional_report(x, y[:, None])

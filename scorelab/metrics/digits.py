@@ -49,7 +49,7 @@ def _check_digits(x, name: str = "digits") -> torch.Tensor:
     if t.ndim != 4 or tuple(t.shape[1:]) != (1, 8, 8) or t.shape[0] < 1:
         shape = tuple(t.shape)
         raise DigitsShapeError(f"{name} must have shape (N, 1, 8, 8) (values in [-1, 1]), got {shape}")
-    return t.to(torch.float32)
+    return t.detach().to("cpu", torch.float32)  # the classifier runs on the CPU
 
 
 class DigitsClassifier(nn.Module):
@@ -395,15 +395,14 @@ def main(argv: list[str] | None = None) -> dict:
     return record
 
 
-if __name__ == "__main__":
-    main()
-
 
 def conditional_report(samples, labels) -> dict:
     """For class-conditional samples: the share the classifier assigns to the requested class, and the diversity
     within each class (mean pairwise pixel distance between samples of one class, averaged over classes) beside
     the same figure for the held-out digits (guidance trades diversity for accuracy)."""
-    x, y = _check_digits(samples), torch.as_tensor(labels).long()
+    x, y = _check_digits(samples), torch.as_tensor(labels).long().cpu()
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape ({x.shape[0]},), one per sample, got {tuple(y.shape)}")
     pred = classifier_probs(x).argmax(1)
 
     def diversity(images, classes) -> float:
@@ -421,3 +420,7 @@ def conditional_report(samples, labels) -> dict:
         "within_class_diversity": diversity(x, y),
         "held_out_within_class_diversity": diversity(real_x, real_y),
     }
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,8 @@ def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
     """Assign each sample to its nearest component mean; per component compare weight, per-coordinate mean and
     per-coordinate std with the exact values as z-scores under sampling error at this n:
     weight sqrt(w (1 - w) / n), mean s / sqrt(n_k), std ratio - 1 sqrt(1 / (2 (n_k - 1))) (normal-theory SE of a
-    sample std). Returns {'max_z', 'weight_z', 'mean_z', 'std_z', 'weights'}; an empty component gives max_z = inf.
+    sample std). Returns {'max_z', 'weight_z', 'mean_z', 'std_z', 'weights'}; a component with weight that fewer
+    than two samples reach gives max_z = inf.
     """
     x = samples.detach().to(torch.float64).cpu()
     n = x.shape[0]
@@ -24,11 +25,18 @@ def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
     weight_z, mean_z, std_z, weights = [], [], [], []
     for k in range(means.shape[0]):
         xk = x[nearest == k]
-        nk = xk.shape[0]
+        nk, wk = xk.shape[0], w[k].item()
         weights.append(nk / n)
-        weight_z.append((nk / n - w[k].item()) / math.sqrt(w[k].item() * (1 - w[k].item()) / n) if w[k] < 1 else 0.0)
-        if nk < 2:
-            return {"max_z": math.inf, "weights": weights}
+        if 0 < wk < 1:
+            weight_z.append((nk / n - wk) / math.sqrt(wk * (1 - wk) / n))
+        else:  # a certain or impossible component: any deviation is infinitely unlikely
+            weight_z.append(0.0 if nk / n == wk else math.inf)
+        if wk == 0:
+            continue
+        if nk < 2:  # a component with weight that (almost) no sample reached
+            mean_z.append(math.inf)
+            std_z.append(math.inf)
+            continue
         mean_z += ((xk.mean(0) - means[k]) / (stds[k] / math.sqrt(nk))).tolist()
         std_z += ((xk.std(0) / stds[k] - 1) / math.sqrt(1 / (2 * (nk - 1)))).tolist()
     every = [abs(v) for v in weight_z + mean_z + std_z]

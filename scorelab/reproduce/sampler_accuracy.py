@@ -118,7 +118,7 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
         m: min(
             r["max_z"]
             for r in results
-            if r["mixture"] == m and r["schedule"] == "lognormal" and r["nfe"] <= 20 and r["sampler"] == "unipc"
+            if r["mixture"] == m and r["schedule"] == "lognormal" and r["nfe"] == 20 and r["sampler"] == "unipc"
         )
         for m in mixes
     }
