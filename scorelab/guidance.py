@@ -6,9 +6,11 @@ eps = (x - D) / sigma and score consistently: clipping x0_hat can never leave a 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .denoisers import Denoiser
+from .denoisers import Denoiser, expand_sigma
 
 
 class ClassifierFreeGuidance:
@@ -21,6 +23,8 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, null_cond):
+        if not math.isfinite(scale) or scale < 0:
+            raise ValueError(f"guidance scale must be finite and >= 0, got {scale}")
         self.denoiser, self.scale, self.null_cond = denoiser, float(scale), null_cond
 
     def _null_like(self, cond):
@@ -35,6 +39,7 @@ class ClassifierFreeGuidance:
         null = self._null_like(cond)
         if self.scale == 0.0:
             return self.denoiser(x, sigma, null)
+        sigma = expand_sigma(sigma, x).reshape(-1)  # a scalar sigma is allowed, as for any Denoiser
         both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([cond, null]))
         d_c, d_u = both.chunk(2)
         return d_u + self.scale * (d_c - d_u)

@@ -41,11 +41,14 @@ def beta_schedule(
     """
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
-    if name == "linear":
-        b0, b1 = beta_start or 1e-4, beta_end or 0.02
-        return torch.linspace(b0, b1, T, dtype=torch.float64)
-    if name == "scaled_linear":
-        b0, b1 = beta_start or 0.00085, beta_end or 0.012
+    if name in ("linear", "scaled_linear"):
+        default = (1e-4, 0.02) if name == "linear" else (0.00085, 0.012)
+        b0 = default[0] if beta_start is None else beta_start
+        b1 = default[1] if beta_end is None else beta_end
+        if not 0 < b0 <= b1 < 1:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {b0}, {b1}")
+        if name == "linear":
+            return torch.linspace(b0, b1, T, dtype=torch.float64)
         return torch.linspace(b0**0.5, b1**0.5, T, dtype=torch.float64) ** 2
     if name == "cosine":
         s = 0.008
@@ -82,6 +85,8 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, 
 
 def loglinear_sigmas(sigma_min: float, sigma_max: float, n: int, *, dtype=torch.float32):
     """n sigmas uniform in log sigma, i.e. uniform in half-log-SNR lambda (Lu et al. 2022, 'time uniform' in lambda)."""
+    if n < 1:
+        raise ValueError(f"need n >= 1, got {n}")
     return geometric_sigmas(sigma_max, sigma_min, n, dtype=dtype) if n > 1 else torch.tensor([sigma_max], dtype=dtype)
 
 
@@ -94,9 +99,13 @@ def timesteps(T: int, n: int, spacing: str = "trailing", *, offset: int = 0) -> 
     if not 1 <= n <= T:
         raise ValueError(f"need 1 <= n <= T, got n={n}, T={T}")
     if spacing == "leading":
+        top = T - 1 - (n - 1) * (T // n)  # the largest offset that keeps every timestep <= T - 1
+        if not 0 <= offset <= top:
+            raise ValueError(f"leading offset must be in [0, {top}] for T={T}, n={n}, got {offset}")
         t = torch.arange(n, dtype=torch.float64) * (T // n) + offset
     elif spacing == "trailing":
-        t = torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)) - 1
+        # arange over a float step can pick up one extra entry from round-off (T=1000, n=61 ends ..., 15, -1)
+        t = (torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)) - 1)[:n]
     elif spacing == "linspace":
         t = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64))
     else:

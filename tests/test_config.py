@@ -76,3 +76,16 @@ def test_config_loader_never_crashes_otherwise(raw):
         config_from_dict(raw)
     except ConfigError as e:
         assert "\n" not in str(e)
+
+
+def test_sampler_names_in_config_and_cli_are_the_samplers_that_exist():
+    # config.py and cli.py stay free of torch imports, so they spell the names out; they must not drift
+    from scorelab.cli import cli
+    from scorelab.config import CHOICES
+    from scorelab.sampling import SAMPLERS
+
+    assert CHOICES["sample.sampler"] == ("annealed_langevin", *SAMPLERS)
+    options = {p.name: p for p in cli.commands["sample"].params}
+    assert tuple(options["sampler"].type.choices) == ("annealed_langevin", *SAMPLERS)
+    options = {p.name: p for p in cli.commands["evaluate"].params}
+    assert tuple(options["samplers"].type.choices) == tuple(SAMPLERS)

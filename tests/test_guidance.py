@@ -75,8 +75,25 @@ def test_high_guidance_stays_in_range_and_finite(sampler):
     model = Clamped(ClassifierFreeGuidance(oracle, 8.0, null_cond=-1))
     sig = append_zero(loglinear_sigmas(0.01, 40.0, 15, dtype=torch.float64))
     x = initial_noise((200, 2), 40.0, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    out = sampler(model, x, sig, cond=torch.arange(200) % 2)
-    assert torch.isfinite(out).all() and out.abs().max() <= 1.0
+    labels = torch.arange(200) % 2
+    states = {}
+    out = sampler(model, x, sig, cond=labels, callback=lambda i, xi, d: states.__setitem__(i, xi))
+    assert torch.isfinite(out).all() and torch.isfinite(states[len(sig) - 3]).all()  # the state before the last step
+    # guidance pulls every sample to its own class's component
+    nearest = torch.cdist(out, torch.stack([c.means[0] for c in COMPONENTS])).argmin(1)
+    assert (nearest == labels).float().mean() > 0.99
+
+
+def test_cfg_takes_a_scalar_sigma_and_rejects_a_bad_scale():
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    cond = torch.tensor([0, 1, 1, 0])
+    cfg = ClassifierFreeGuidance(LabelledOracle(), 3.0, null_cond=-1)
+    torch.testing.assert_close(
+        cfg(x, torch.tensor(0.7), cond), cfg(x, torch.full((4,), 0.7, dtype=torch.float64), cond)
+    )
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="guidance scale must be finite and >= 0"):
+            ClassifierFreeGuidance(LabelledOracle(), bad, null_cond=-1)
 
 
 def test_dynamic_threshold():

@@ -9,6 +9,7 @@ from scorelab.schedules import (
     beta_schedule,
     discrete_sigmas,
     karras_sigmas,
+    loglinear_sigmas,
     lognormal_sigmas,
     sigma_from_alpha_bar,
     timesteps,
@@ -89,3 +90,26 @@ def test_karras_and_lognormal():
     # equal quantile steps: the normal CDF of the standardised log sigmas is evenly spaced
     u = torch.special.ndtr((ln.log() - math.log(0.7)) / 2.0)
     torch.testing.assert_close(u.diff(), u.diff()[0].expand(19))
+
+
+@pytest.mark.parametrize("T", [37, 50, 1000])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_every_step_count_gives_n_distinct_timesteps_in_range(T, spacing):
+    # float round-off in arange once gave trailing spacing an extra entry, -1 (T = 1000, n = 61)
+    for n in range(1, T + 1):
+        t = timesteps(T, n, spacing)
+        assert len(t) == n and len(t.unique()) == n and t.min() >= 0 and t.max() <= T - 1, n
+        if spacing == "trailing":
+            assert t[0] == T - 1
+
+
+def test_bad_schedule_arguments_rejected():
+    with pytest.raises(ValueError, match="leading offset must be in"):
+        timesteps(1000, 1000, "leading", offset=1)
+    with pytest.raises(ValueError, match="leading offset must be in"):
+        timesteps(1000, 10, "leading", offset=-1)
+    with pytest.raises(ValueError, match="n >= 1"):
+        loglinear_sigmas(0.1, 10.0, 0)
+    with pytest.raises(ValueError, match="beta_start <= beta_end"):
+        beta_schedule("linear", 10, beta_start=0.0)
+    assert beta_schedule("linear", 3, beta_start=1e-3, beta_end=1e-3).tolist() == [1e-3] * 3

@@ -395,7 +395,6 @@ def main(argv: list[str] | None = None) -> dict:
     return record
 
 
-
 def conditional_report(samples, labels) -> dict:
     """For class-conditional samples: the share the classifier assigns to the requested class, and the diversity
     within each class (mean pairwise pixel distance between samples of one class, averaged over classes) beside

@@ -18,7 +18,7 @@ from ..metrics.samples import component_stats, mmd_rbf, sliced_wasserstein2
 from ..models.build import build_denoiser
 from ..plots import image_grid, scatter
 from ..resources import activation_bytes_per_sample, check_budget
-from ..sampling import ddim, ddpm, dpmpp_2m, dpmpp_3m, euler, heun, unipc
+from ..sampling import SAMPLERS
 from ..sampling.common import initial_noise
 from ..sampling.langevin import annealed_langevin
 from ..schedules import (
@@ -35,15 +35,6 @@ from ..schedules import (
 from ..train.checkpoint import load_latest
 from ..train.trainer import load_run_config
 
-DIFFUSION_SAMPLERS = {
-    "ddpm": ddpm,
-    "ddim": ddim,
-    "euler": euler,
-    "heun": heun,
-    "dpmpp_2m": dpmpp_2m,
-    "dpmpp_3m": dpmpp_3m,
-    "unipc": unipc,
-}
 EVAL_SEED = 10_000  # fresh reference sets are drawn from seeds the training never uses
 
 
@@ -139,11 +130,11 @@ def generate(
             callback=callback,
             progress=progress,
         )
-    if sampler not in DIFFUSION_SAMPLERS:
-        raise ScorelabError(f"unknown sampler {sampler!r}; allowed: annealed_langevin, {', '.join(DIFFUSION_SAMPLERS)}")
+    if sampler not in SAMPLERS:
+        raise ScorelabError(f"unknown sampler {sampler!r}; allowed: annealed_langevin, {', '.join(SAMPLERS)}")
     sigmas, vp = diffusion_sigmas(cfg, steps or cfg.sample.steps, schedule or cfg.sample.schedule)
     x = initial_noise(shape, float(sigmas[0]), vp_prior=vp, generator=g)
-    return DIFFUSION_SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, callback=callback, progress=progress)
+    return SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, callback=callback, progress=progress)
 
 
 def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None) -> int:

@@ -15,14 +15,12 @@ from tqdm.auto import tqdm
 from ..analytic import GaussianMixture
 from ..metrics.moments import moment_z_scores
 from ..metrics.samples import SlicedW2Reference
-from ..pipelines.sample import DIFFUSION_SAMPLERS
 from ..plots import line_panels
-from ..sampling import evaluations
+from ..sampling import SAMPLERS, evaluations
 from ..sampling.common import initial_noise
 from ..schedules import alphas_cumprod, append_zero, beta_schedule, discrete_sigmas, lognormal_sigmas, timesteps
 
 TITLE = "Sampler accuracy against an exact score: moment max_z at 5-50 evaluations (target <= 3 at 20)"
-SAMPLERS = DIFFUSION_SAMPLERS
 NFES = (5, 10, 20, 50)
 # recommended: log-normal quantile schedule centred at sigma_data / 4, width 2, from 500 to 0.02 (see README)
 SIGMA_MIN, SIGMA_MAX, WIDTH = 0.02, 500.0, 2.0

@@ -34,8 +34,8 @@ def ddim(
     c^2 = eta^2 (1 - ab_s)/(1 - ab_t) (1 - ab_t/ab_s) (eq. 16). In sigma-space:
     x_s = x0 + sqrt(sigma_s^2 - c^2/ab_s) eps + (c / sqrt(ab_s)) z. eta = 0 is deterministic (and equals Euler on
     the probability-flow ODE in sigma); eta = 1 is DDPM ancestral with the fixed-small variance."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
+    if not 0 <= eta <= 1:  # above 1 the noise added would exceed the next noise level
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
     for i, (s, s_next) in steps(sigmas, "ddim", progress):
         d = denoise(denoiser, x, s, cond)
         eps = (x - d) / s

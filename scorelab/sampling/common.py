@@ -20,8 +20,13 @@ def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"sigmas must be a 1-D schedule of at least 2 entries, got shape {tuple(sigmas.shape)}")
-    if sigmas[-1] != 0 or (sigmas[:-1] <= 0).any() or (sigmas[1:] >= sigmas[:-1]).any():
-        raise ValueError("sigmas must be strictly decreasing, positive, and end in 0")
+    if (
+        not torch.isfinite(sigmas).all()
+        or sigmas[-1] != 0
+        or (sigmas[:-1] <= 0).any()
+        or (sigmas[1:] >= sigmas[:-1]).any()
+    ):
+        raise ValueError("sigmas must be finite, strictly decreasing, positive, and end in 0")
     return sigmas
 
 

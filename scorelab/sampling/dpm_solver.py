@@ -3,7 +3,8 @@
 In sigma-space alpha = 1 and the half-log-SNR is lambda = -log sigma, so the data-prediction exponential
 integrator reads x_next = (sigma_next / sigma) x - expm1(-h) * (Taylor terms of D in lambda), h = lambda_next - lambda.
 Earlier denoiser outputs are reused, so each step costs one evaluation. The first steps use the orders their
-history allows; the last step to sigma = 0 (h = infinity) is x = D, the limit of every order.
+history allows; the last step to sigma = 0 (h = infinity) is first order, x = D (the higher-order corrections'
+coefficients diverge there), as k-diffusion does.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ def langevin(
     return x
 
 
+@torch.no_grad()
 def annealed_langevin(
     denoiser: Denoiser,
     x: torch.Tensor,

@@ -21,8 +21,9 @@ def euler(denoiser, x, sigmas, *, cond=None, generator=None, callback: Callback 
 
 @torch.no_grad()
 def heun(denoiser, x, sigmas, *, cond=None, generator=None, callback: Callback | None = None, progress=False):
-    """Heun's second-order method (Karras et al. 2022, Algorithm 1 without churn): trapezoidal correction on every
-    step except the last one to sigma = 0, which is an Euler step. 2 evaluations per step, 1 on the last."""
+    """Heun's second-order method (Karras et al. 2022, Algorithm 1, i.e. Algorithm 2 with S_churn = 0): trapezoidal
+    correction on every step except the last one to sigma = 0, which is an Euler step. 2 evaluations per step, 1 on
+    the last."""
     for i, (s, s_next) in steps(sigmas, "heun", progress):
         d_x0 = denoise(denoiser, x, s, cond)
         d = (x - d_x0) / s
