@@ -40,13 +40,26 @@ def test_parameterisations_recover_x0_from_their_targets(param):
     torch.testing.assert_close(net.seen, alpha * x0 + sigma_vp * eps)
 
 
-def test_snr_weights():
+def test_snr_weights_turn_the_eps_error_into_each_parameterisation_error():
+    """For any estimate x0_hat at x = x0 + sigma eps, the weighted eps error equals the error measured directly in
+    x0 (weight 1/SNR), in v = alpha eps - sigma_vp x0 (Salimans & Ho 2022, sec. 4) and, for min-SNR, the x0 error
+    weighted by min(SNR, gamma) (Hang et al. 2023, eq. 8)."""
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(3, 5, generator=g, dtype=torch.float64), torch.randn(3, 5, generator=g, dtype=torch.float64)
     sigma = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
-    snr = 1 / sigma**2
-    torch.testing.assert_close(snr_weight(sigma, "x0"), 1 / snr)
-    torch.testing.assert_close(snr_weight(sigma, "v"), 1 + 1 / snr)
-    torch.testing.assert_close(snr_weight(sigma, "min_snr", gamma=5.0), snr.clamp(max=5.0) / snr)
-    with pytest.raises(ValueError):
+    s = sigma[:, None]
+    x = x0 + s * eps
+    x0_hat = 0.5 * x + torch.randn(3, 5, generator=g, dtype=torch.float64)  # any estimate, far from exact
+    eps_hat = (x - x0_hat) / s
+    eps_err = ((eps - eps_hat) ** 2).sum(1)
+    x0_err = ((x0 - x0_hat) ** 2).sum(1)
+    alpha, sigma_vp = 1 / (1 + s**2).sqrt(), s / (1 + s**2).sqrt()
+    v_err = (((alpha * eps - sigma_vp * x0) - (alpha * eps_hat - sigma_vp * x0_hat)) ** 2).sum(1)
+    torch.testing.assert_close(snr_weight(sigma, "eps") * eps_err, eps_err)
+    torch.testing.assert_close(snr_weight(sigma, "x0") * eps_err, x0_err)
+    torch.testing.assert_close(snr_weight(sigma, "v") * eps_err, v_err)
+    torch.testing.assert_close(snr_weight(sigma, "min_snr", gamma=5.0) * eps_err, (s[:, 0] ** -2).clamp(max=5) * x0_err)
+    with pytest.raises(ValueError, match="weighting must be one of"):
         snr_weight(sigma, "p2")
 
 

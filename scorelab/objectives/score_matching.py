@@ -98,8 +98,9 @@ def denoising_score_matching(
     sigma = _check_sigma(sigma)
     z = _randn(x.shape, x, generator)
     x_noisy = x + sigma * z
-    # ∇_x̃ log q_σ(x̃ | x) = (x − x̃)/σ² for q_σ(x̃|x) = N(x, σ²I)  (Vincent 2011, eq. 8)
-    target = (x - x_noisy) / sigma**2
+    # ∇_x̃ log q_σ(x̃ | x) = (x − x̃)/σ² = −z/σ for q_σ(x̃|x) = N(x, σ²I)  (Vincent 2011, eq. 8), from the drawn z:
+    # (x − x̃)/σ² would round x̃ and lose digits at small σ
+    target = -z / sigma
     s = _call_score(score, x_noisy)
     # J_DSM(θ) = E ½‖s(x̃) − ∇_x̃ log q_σ(x̃|x)‖²  (Vincent 2011, eq. 7)
     per_sample = 0.5 * (s - target).pow(2).reshape(x.shape[0], -1).sum(1)
@@ -192,6 +193,6 @@ def ncsn_loss(
     x_noisy = x + s_b * z
     score = score_from_denoised(x_noisy, denoiser(x_noisy, sigma, cond), sigma)
     # ℓ(θ; σ) = ½ E‖s(x̃, σ) + (x̃ − x)/σ²‖² (Song & Ermon 2019, eq. 5); times λ(σ) = σ² (eq. 6)
-    per_sample = 0.5 * (s_b * score + (x_noisy - x) / s_b).pow(2).reshape(b, -1).sum(1)
+    per_sample = 0.5 * (s_b * score + z).pow(2).reshape(b, -1).sum(1)  # (x̃ − x)/σ = z exactly
     # L = (1/L) Σᵢ λ(σᵢ) ℓ(θ; σᵢ) (Song & Ermon 2019, eq. 6): uniform level draws make the mean unbiased
     return per_sample.mean()
