@@ -89,14 +89,20 @@ RANGES = {
     "train.steps": (1, None),
     "train.batch_size": (1, None),
     "train.lr": (0.0, None),
-    "train.ema_decay": (0.0, 1.0),
+    "train.grad_clip": (0.0, None),
+    "train.lr_warmup": (0, None),
+    "train.seed": (0, 2**32),
     "train.checkpoint_every": (1, None),
     "train.keep_checkpoints": (1, None),
-    "sample.n": (1, None),
+    "sample.n": (2, None),  # the sample metrics compare sets, which needs two points
     "sample.step_size": (0.0, None),
     "sample.steps_per_level": (1, None),
     "model.sigma_data": (0.0, None),
     "model.num_classes": (0, None),
+    "model.width": (1, None),
+    "model.depth": (1, None),
+    "model.channels": (4, None),
+    "model.blocks_per_level": (1, None),
     "noise.timesteps": (2, None),
     "sample.steps": (1, None),
 }
@@ -130,6 +136,11 @@ def _convert(value, tp, key: str):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot in the mantissa) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if not math.isfinite(value):
@@ -183,6 +194,29 @@ def validate(cfg: Config) -> Config:
     if cfg.noise.sigma_min >= cfg.noise.sigma_max:
         raise ConfigError(
             f"noise.sigma_min ({cfg.noise.sigma_min}) must be below noise.sigma_max ({cfg.noise.sigma_max})"
+        )
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
+    m = cfg.model
+    if m.channels % 4:
+        raise ConfigError(f"model.channels: must be a multiple of 4 (the attention heads), got {m.channels}")
+    if not m.channel_mult or any(k < 1 for k in m.channel_mult):
+        raise ConfigError(f"model.channel_mult: must be a non-empty list of integers >= 1, got {m.channel_mult}")
+    if cfg.data.name == "digits" and len(m.channel_mult) > 4:
+        raise ConfigError(
+            f"model.channel_mult: 8x8 digits allow at most 4 levels (3 halvings), got {len(m.channel_mult)}"
+        )
+    if any(not 0 <= a < len(m.channel_mult) for a in m.attention_levels):
+        raise ConfigError(
+            f"model.attention_levels: each must be a level index in [0, {len(m.channel_mult) - 1}], "
+            f"got {m.attention_levels}"
+        )
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if cfg.sample.schedule == "trailing" and cfg.sample.steps > cfg.noise.timesteps:
+        raise ConfigError(
+            f"sample.steps: the trailing schedule takes at most noise.timesteps ({cfg.noise.timesteps}) steps, "
+            f"got {cfg.sample.steps}"
         )
     if not 0.0 <= cfg.train.cond_dropout < 1.0:
         raise ConfigError(f"train.cond_dropout: must be in [0, 1), got {cfg.train.cond_dropout}")

@@ -32,6 +32,31 @@ def test_shipped_configs_load(path):
         ({"sample": {"final_denoise": "yes"}}, "sample.final_denoise"),
         ({"data": {"name": "digits"}}, "model.kind"),
         ({"data": 3}, "data"),
+        ({"train": {"grad_clip": -1.0}}, "train.grad_clip"),
+        ({"train": {"grad_clip": 0.0}}, "train.grad_clip"),
+        ({"train": {"seed": -1}}, "train.seed"),
+        ({"train": {"lr_warmup": -10}}, "train.lr_warmup"),
+        ({"train": {"lr": "nan"}}, "train.lr"),
+        ({"sample": {"n": 1}}, "sample.n"),
+        ({"model": {"width": 0}}, "model.width"),
+        ({"model": {"kind": "unet", "channels": 7}, "data": {"name": "digits"}}, "model.channels"),
+        ({"model": {"kind": "unet", "channel_mult": []}, "data": {"name": "digits"}}, "model.channel_mult"),
+        ({"model": {"kind": "unet", "channel_mult": [1, 0]}, "data": {"name": "digits"}}, "model.channel_mult"),
+        (
+            {"model": {"kind": "unet", "channel_mult": [1, 2, 2, 2, 2]}, "data": {"name": "digits"}},
+            "model.channel_mult",
+        ),
+        ({"model": {"kind": "unet", "attention_levels": [9]}, "data": {"name": "digits"}}, "model.attention_levels"),
+        ({"model": {"kind": "unet", "dropout": 1.5}, "data": {"name": "digits"}}, "model.dropout"),
+        ({"model": {"kind": "unet", "dropout": -0.5}, "data": {"name": "digits"}}, "model.dropout"),
+        (
+            {
+                "train": {"objective": "ddpm"},
+                "noise": {"schedule": "linear", "timesteps": 10},
+                "sample": {"schedule": "trailing", "steps": 20},
+            },
+            "sample.steps",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(raw, key):
@@ -39,6 +64,13 @@ def test_bad_configs_name_the_key(raw, key):
         config_from_dict(raw)
     msg = str(e.value)
     assert key in msg and "\n" not in msg
+
+
+def test_exponent_floats_without_a_dot_and_zero_ema_are_accepted(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  ema_decay: 0\n")  # YAML 1.1 reads 1e-3 as a string
+    cfg = load_config(path)
+    assert cfg.train.lr == 1e-3 and cfg.train.ema_decay == 0.0
 
 
 def test_bad_files(tmp_path):
