@@ -1,4 +1,4 @@
-"""The `scorelab` command: train, sample, reproduce, demo."""
+"""The `scorelab` command: train, sample, evaluate, reproduce, demo."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ def _echo_table(rows: list[list[str]]) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="scorelab")
 def cli() -> None:
     """scorelab: learn, follow, compose and distill scores, in pure PyTorch."""
 
@@ -36,7 +37,10 @@ def cli() -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> None:
-    """Train the score model CONFIG describes; checkpoints go to RUN_DIR/checkpoints."""
+    """Train the model CONFIG describes.
+
+    Checkpoints go to RUN_DIR/checkpoints; Ctrl-C saves one and stops. To continue: train CONFIG --resume RUN_DIR.
+    """
     from .config import load_config
     from .train.trainer import Trainer
 
@@ -50,13 +54,17 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
     if resume is not None:
         trainer.resume()
     summary = trainer.run()
-    click.echo(f"trained {summary['step']} steps in {summary['seconds']} s; run directory: {run_dir}")
+    if summary["session_steps"]:
+        click.echo(
+            f"trained {summary['session_steps']} steps in {summary['session_seconds']} s, now at step "
+            f"{summary['step']}; run directory: {run_dir}"
+        )
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--n", type=click.IntRange(min=1), default=None, help="Number of samples (default: the config's).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--n", type=click.IntRange(min=2), default=None, help="Number of samples (default: the config's).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Random seed.")
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default RUN_DIR/samples)."
 )
@@ -85,7 +93,10 @@ def sample(
     max_memory: str | None,
     quiet: bool,
 ) -> None:
-    """Draw samples from a trained run; writes a PNG grid, the samples and metrics.json."""
+    """Draw samples from a trained run.
+
+    Writes the samples, a PNG grid and metrics.json to OUT, all at once when every file is ready.
+    """
     from .pipelines.sample import sample_run
     from .resources import parse_bytes
 
@@ -123,17 +134,25 @@ def sample(
     type=click.Choice(["ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]),
     help="Samplers (repeatable; default dpmpp_2m).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--n", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Sampler steps (positive sigmas)."
+)
+@click.option(
+    "--n", type=click.IntRange(min=2), default=1000, show_default=True, help="Samples per sampler and guidance."
+)
 @click.option("--no-bpd", is_flag=True, help="Skip the held-out bits per dimension.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(run_dir: Path, guidances, samplers, steps: int, n: int, no_bpd: bool, quiet: bool) -> None:
-    """Evaluate a digits run: held-out bits/dim and per-guidance accuracy, diversity and Frechet distance."""
+    """Evaluate a digits run into RUN_DIR/eval.
+
+    Held-out bits/dim (DDPM runs; two 1,000-step passes), then per sampler and guidance scale: conditional
+    accuracy, diversity within a class and Frechet distance.
+    """
     from .pipelines.evaluate import evaluate_run
 
     evaluate_run(
         run_dir,
-        guidances=guidances or (0.0, 1.0, 3.0),
+        guidances=guidances or None,
         samplers=samplers or ("dpmpp_2m",),
         steps=steps,
         n=n,
@@ -153,7 +172,7 @@ def evaluate(run_dir: Path, guidances, samplers, steps: int, n: int, no_bpd: boo
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Figure directory (default runs/reproduce/NAME)."
 )
 def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None, out: Path | None) -> None:
-    """Reproduce a paper's figure or table: scorelab reproduce NAME [--quick] [--json PATH]."""
+    """Reproduce a paper's figure or table (--list shows them)."""
     from .reproduce import REPRODUCTIONS
 
     if list_ or name is None:
@@ -163,13 +182,19 @@ def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None
     if name not in REPRODUCTIONS:
         raise ScorelabError(f"unknown reproduction {name!r}; allowed: {', '.join(REPRODUCTIONS)}")
     module = REPRODUCTIONS[name]
-    result = module.run(out or Path("runs") / "reproduce" / name, quick=quick)
+    out = out or Path("runs") / "reproduce" / name
+    from .outputs import ensure_writable_dir
+
+    for folder in [out] + ([json_path.parent] if json_path is not None else []):
+        ensure_writable_dir(folder)  # refuse a place that cannot be written before the work, not after it
+    result = module.run(out, quick=quick)
     click.echo(module.TITLE)
     _echo_table(result["table"])
     click.echo(f"figure: {result['figure']}")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2))
+        from .train.checkpoint import _atomic_write
+
+        _atomic_write(json_path, json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2).encode())
         click.echo(f"results: {json_path}")
     if not result["passed"]:
         click.echo("the result does not show what the paper shows", err=True)
@@ -180,7 +205,10 @@ def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out: Path, quiet: bool) -> None:
-    """Train the 2D and digits models at demo size, sample, and write OUT/index.html."""
+    """Train the 2D and digits models at demo size and write a report.
+
+    Samples, figures and metrics go under OUT; the report is OUT/index.html.
+    """
     from .pipelines.demo import run_demo
 
     index = run_demo(out, progress=not quiet, log=click.echo)
@@ -207,4 +235,8 @@ def main() -> None:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # a folder that cannot be created, a full disk: the OS's reason and the path
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"error: {e.strerror or e}{where}", err=True)
+        sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -256,4 +256,7 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
-    return config_from_dict(raw)
+    try:
+        return config_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

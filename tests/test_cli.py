@@ -195,3 +195,71 @@ def test_sample_refuses_requests_beyond_the_memory_budget(tmp_path):
     per = sampling_bytes(conf, denoiser, 1)
     # the MLP's outputs per sample: at least its hidden activations (width 32, float32) and at most a few KB
     assert 32 * 4 <= per <= 8192 and sampling_bytes(conf, denoiser, 1000) == 1000 * per
+
+
+def test_a_run_whose_files_were_edited_or_damaged(tmp_path):
+    cfg = _tiny_config(tmp_path, steps=20)
+    run = tmp_path / "run"
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    good = (run / "config.yaml").read_text()
+    # an edited config.yaml no longer describes the checkpoint's network
+    (run / "config.yaml").write_text(good.replace("width: 32", "width: 64"))
+    res = r.invoke(cli, ["sample", str(run), "--quiet"])
+    assert isinstance(res.exception, ScorelabError) and "model.width: 64 vs 32" in str(res.exception)
+    (run / "config.yaml").write_text("data: [\n")
+    res = r.invoke(cli, ["sample", str(run), "--quiet"])
+    assert isinstance(res.exception, ScorelabError) and "config.yaml: not valid YAML" in str(res.exception)
+    (run / "config.yaml").write_text(good)
+    # a checkpoint record that is valid JSON of the wrong shape: fall back to the older checkpoint
+    list_checkpoints(run / "checkpoints")[-1].write_text("[1, 2]")
+    res = r.invoke(cli, ["sample", str(run), "--n", "16", "--quiet"])
+    assert res.exit_code == 0 and "not a checkpoint record" in res.output, res.output
+    assert json.loads((run / "samples" / "metrics.json").read_text())["step"] == 10
+
+
+def test_sample_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    cfg = _tiny_config(tmp_path, steps=10)
+    run = tmp_path / "run"
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "held_out.png").write_bytes(b"stale")  # a file of this command's, from an earlier digits sampling
+    assert r.invoke(cli, ["sample", str(run), "--n", "16", "--out", str(out), "--quiet"]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "samples.png", "samples.safetensors"]
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the figures are written
+
+    monkeypatch.setattr("scorelab.pipelines.sample.scatter", fail)
+    res = r.invoke(cli, ["sample", str(run), "--n", "16", "--seed", "1", "--out", str(out), "--quiet"])
+    assert res.exit_code != 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier outputs, untouched
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder left
+    monkeypatch.undo()
+    (out / "notes.txt").write_text("mine")
+    res = r.invoke(cli, ["sample", str(run), "--n", "16", "--out", str(out), "--quiet"])
+    assert isinstance(res.exception, ScorelabError) and "did not write (notes.txt)" in str(res.exception)
+    assert (out / "notes.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("")
+    for args in (
+        ["sample", str(run), "--out", str(tmp_path / "afile" / "sub")],
+        ["reproduce", "sampler-accuracy", "--quick", "--json", str(tmp_path / "afile" / "x.json")],
+    ):
+        p = _run(*args)
+        assert p.returncode == 2 and p.stderr.startswith("error:") and p.stderr.count("\n") == 1, (args, p.stderr)
+
+
+def test_resuming_a_finished_run_changes_nothing_and_steps_apply_to_diffusion_samplers_only(tmp_path):
+    cfg = _tiny_config(tmp_path, steps=10)
+    run = tmp_path / "run"
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    summary = (run / "train.json").read_text()
+    res = r.invoke(cli, ["train", str(cfg), "--resume", str(run), "--quiet"])
+    assert res.exit_code == 0 and "already at step 10 of 10" in res.output, res.output
+    assert (run / "train.json").read_text() == summary
+    res = r.invoke(cli, ["sample", str(run), "--steps", "7", "--quiet"])
+    assert isinstance(res.exception, ScorelabError) and "--steps is for diffusion samplers" in str(res.exception)

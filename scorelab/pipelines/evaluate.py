@@ -12,9 +12,10 @@ import torch
 from ..data.digits import load_digits_split
 from ..errors import ScorelabError
 from ..objectives.elbo import VariationalBound
+from ..outputs import check_output_dir, staged_output
 from ..plots import image_grid
 from ..schedules import alphas_cumprod, beta_schedule
-from .sample import evaluate, generate, load_run, sample_labels
+from .sample import check_guidance, evaluate, generate, load_run, sample_labels
 
 DIGIT_LEVELS = 17  # the 8x8 digits take the integer values 0..16
 
@@ -33,7 +34,7 @@ def held_out_bits_per_dim(cfg, denoiser, *, conditional: bool, seed: int = 0, pr
 def evaluate_run(
     run_dir: Path,
     *,
-    guidances=(0.0, 1.0, 3.0),
+    guidances=None,
     samplers=("dpmpp_2m",),
     steps: int = 20,
     n: int = 1000,
@@ -45,8 +46,13 @@ def evaluate_run(
     cfg, denoiser, record = load_run(run_dir, log=log)
     if cfg.data.name != "digits":
         raise ScorelabError(f"evaluate works on digits runs; {run_dir} trains on {cfg.data.name!r}")
+    if guidances is None:  # 0, 1 and 3 for a class-conditional run; an unconditional one has only its own model
+        guidances = (0.0, 1.0, 3.0) if cfg.model.num_classes else (1.0,)
+    for g in guidances:
+        check_guidance(cfg, g)
     out_dir = Path(run_dir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out_dir, _owns)
+    grids = {}
     result = {"run": str(run_dir), "step": record["step"], "n": n, "steps": steps, "rows": []}
     if bpd and cfg.train.objective == "ddpm":
         result["bits_per_dim"] = held_out_bits_per_dim(cfg, denoiser, conditional=True, progress=progress)
@@ -56,7 +62,7 @@ def evaluate_run(
             )
         log(f"held-out bits/dim: {result['bits_per_dim']:.3f}")
     for sampler in samplers:
-        for guidance in guidances if cfg.model.num_classes else (1.0,):
+        for guidance in guidances:
             samples = generate(
                 cfg, denoiser, n, seed, sampler=sampler, steps=steps, guidance=guidance, progress=progress
             )
@@ -64,7 +70,7 @@ def evaluate_run(
             m = evaluate(cfg, samples, labels)
             row = {"sampler": sampler, "guidance": guidance, **{k: v for k, v in m.items() if not isinstance(v, list)}}
             result["rows"].append(row)
-            image_grid(samples[:100], out_dir / f"{sampler}_g{guidance:g}.png", nrow=10)
+            grids[f"{sampler}_g{guidance:g}.png"] = samples[:100]
             log(
                 f"{sampler} guidance {guidance:g}: "
                 + ", ".join(
@@ -73,5 +79,12 @@ def evaluate_run(
                     if k in row
                 )
             )
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    with staged_output(out_dir, _owns) as stage:  # written at once: an interrupted evaluation leaves the old one
+        for name, images in grids.items():
+            image_grid(images, stage / name, nrow=10)
+        (stage / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _owns(name: str) -> bool:
+    return name == "eval.json" or name.endswith(".png")

@@ -9,13 +9,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..config import Config
+from ..config import Config, config_from_dict
 from ..data.digits import load_digits_split
 from ..data.toys import ring8_mixture, sample_toy
 from ..errors import ScorelabError
 from ..guidance import Clamped, ClassifierFreeGuidance
 from ..metrics.samples import component_stats, mmd_rbf, sliced_wasserstein2
 from ..models.build import build_denoiser
+from ..outputs import check_output_dir, staged_output
 from ..plots import image_grid, scatter
 from ..resources import activation_bytes_per_sample, check_budget
 from ..sampling import SAMPLERS
@@ -33,9 +34,10 @@ from ..schedules import (
     timesteps,
 )
 from ..train.checkpoint import load_latest
-from ..train.trainer import load_run_config
+from ..train.trainer import config_differences, load_run_config
 
 EVAL_SEED = 10_000  # fresh reference sets are drawn from seeds the training never uses
+SAMPLE_OUTPUTS = {"samples.safetensors", "samples.png", "held_out.png", "metrics.json"}
 
 
 def load_run(run_dir: Path, log=print) -> tuple[Config, torch.nn.Module, dict]:
@@ -45,6 +47,12 @@ def load_run(run_dir: Path, log=print) -> tuple[Config, torch.nn.Module, dict]:
         raise ScorelabError(f"run directory {str(run_dir)!r} does not exist")
     cfg = load_run_config(run_dir)
     tensors, record = load_latest(run_dir / "checkpoints", warn=log)
+    differ = config_differences(cfg, config_from_dict(record["config"]))
+    if differ:  # the network and its noise range are the checkpoint's; config.yaml was edited or replaced
+        raise ScorelabError(
+            f"{run_dir / 'config.yaml'} does not match the run's checkpoint ({'; '.join(differ[:3])}); "
+            "restore it, or train a new run"
+        )
     denoiser = build_denoiser(cfg)
     denoiser.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     return cfg, denoiser.eval().requires_grad_(False), record
@@ -60,6 +68,8 @@ def diffusion_sigmas(cfg: Config, steps: int, schedule: str) -> tuple[torch.Tens
     if cfg.train.objective == "ddpm":
         ab = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
         if schedule == "trailing":
+            if steps > cfg.noise.timesteps:
+                raise ScorelabError(f"the trailing schedule takes at most {cfg.noise.timesteps} steps, got {steps}")
             return discrete_sigmas(ab, timesteps(cfg.noise.timesteps, steps, "trailing")), True
         s_min, s_max, vp = float(sigma_from_alpha_bar(ab[0])), float(sigma_from_alpha_bar(ab[-1])), True
     else:
@@ -73,6 +83,15 @@ def diffusion_sigmas(cfg: Config, steps: int, schedule: str) -> tuple[torch.Tens
     else:
         sig = karras_sigmas(s_min, s_max, steps, rho=7.0)
     return append_zero(sig), vp
+
+
+def check_guidance(cfg: Config, guidance: float | None) -> None:
+    if guidance is None:
+        return
+    if guidance < 0:
+        raise ScorelabError(f"--guidance must be >= 0, got {guidance}")
+    if guidance != 1.0 and not cfg.model.num_classes:
+        raise ScorelabError(f"--guidance needs a class-conditional run (model.num_classes > 0), got {guidance}")
 
 
 def sampling_denoiser(cfg: Config, denoiser, guidance: float):
@@ -203,12 +222,18 @@ def sample_run(
     whose memory estimate exceeds max_memory bytes (default: the available memory)."""
     cfg, denoiser, record = load_run(run_dir, log=log)
     n = n or cfg.sample.n
+    if n < 2:
+        raise ScorelabError(f"--n must be >= 2 (the metrics compare sets of samples), got {n}")
     if steps is not None and steps < 1:
         raise ScorelabError(f"--steps must be >= 1, got {steps}")
-    if guidance is not None and (guidance < 0 or (guidance != 1.0 and not cfg.model.num_classes)):
-        raise ScorelabError(f"--guidance must be >= 0 and needs a class-conditional run, got {guidance}")
+    if steps is not None and (sampler or cfg.sample.sampler) == "annealed_langevin":
+        raise ScorelabError(
+            "--steps is for diffusion samplers; annealed_langevin runs noise.levels x sample.steps_per_level steps"
+        )
+    check_guidance(cfg, guidance)
     check_budget(f"sampling {n} samples", sampling_bytes(cfg, denoiser, n, guidance), max_memory, option="--max-memory")
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
+    check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__)
     labels = sample_labels(cfg, n, label)
     samples = generate(
         cfg, denoiser, n, seed, sampler=sampler, steps=steps, guidance=guidance, label=label, progress=progress
@@ -219,21 +244,22 @@ def sample_run(
         "n": n,
         "seed": seed,
         "sampler": sampler or cfg.sample.sampler,
-        **evaluate(cfg, samples, labels),
     }
+    log(f"computing the metrics of {n} samples")
+    metrics.update(evaluate(cfg, samples, labels))
     if metrics["sampler"] != "annealed_langevin":
         metrics["steps"] = steps or cfg.sample.steps
         metrics["guidance"] = cfg.sample.guidance if guidance is None else guidance
-    out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {"samples": samples.contiguous()}
     if labels is not None:
         tensors["labels"] = labels
-    save_file(tensors, out_dir / "samples.safetensors")
-    if cfg.data.name == "digits":
-        image_grid(samples[:100], out_dir / "samples.png", nrow=10)
-        image_grid(load_digits_split("test")[0][:100], out_dir / "held_out.png", nrow=10)
-    else:
-        ref = sample_toy(cfg.data.name, n, torch.Generator().manual_seed(EVAL_SEED))
-        scatter({"data": ref, "samples": samples}, out_dir / "samples.png", lim=3, s=1)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with staged_output(out_dir, SAMPLE_OUTPUTS.__contains__) as stage:
+        save_file(tensors, stage / "samples.safetensors")
+        if cfg.data.name == "digits":
+            image_grid(samples[:100], stage / "samples.png", nrow=10)
+            image_grid(load_digits_split("test")[0][:100], stage / "held_out.png", nrow=10)
+        else:
+            ref = sample_toy(cfg.data.name, n, torch.Generator().manual_seed(EVAL_SEED))
+            scatter({"data": ref, "samples": samples}, stage / "samples.png", lim=3, s=1)
+        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -66,6 +66,8 @@ def load_checkpoint(record_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         blob = blob_path.read_bytes()
     except (OSError, ValueError) as e:
         raise ScorelabError(f"checkpoint {record_path} is unreadable ({e.__class__.__name__})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "sha256" not in record:
+        raise ScorelabError(f"checkpoint {record_path} is not a checkpoint record (needs 'step' and 'sha256')")
     if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
         raise ScorelabError(f"checkpoint {blob_path} is corrupt (content hash does not match its record)")
     return load_file(blob_path), record

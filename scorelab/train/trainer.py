@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import threading
@@ -15,7 +14,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import Config, config_from_dict, config_to_dict
+from ..config import Config, config_from_dict, config_to_dict, load_config
 from ..data.sources import BatchSource
 from ..errors import ScorelabError
 from ..models.build import build_denoiser
@@ -36,7 +35,18 @@ def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ScorelabError(f"{run_dir} is not a run directory (no config.yaml)")
-    return config_from_dict(yaml.safe_load(path.read_text()))
+    return load_config(path)
+
+
+def config_differences(a: Config, b: Config, sections=("data", "model", "noise")) -> list[str]:
+    """'section.key: A vs B' for every setting in `sections` where the two configs differ."""
+    da, db = config_to_dict(a), config_to_dict(b)
+    return [
+        f"{section}.{key}: {da[section][key]!r} vs {db[section][key]!r}"
+        for section in sections
+        for key in da[section]
+        if da[section][key] != db[section][key]
+    ]
 
 
 def seed_global_rngs(seed: int) -> None:
@@ -131,10 +141,11 @@ class Trainer:
 
     def resume(self) -> None:
         t, record = load_latest(self.run_dir / "checkpoints", warn=self.log)
-        saved = config_from_dict(record["config"])
-        for section in ("data", "model", "noise"):
-            if getattr(saved, section) != getattr(self.cfg, section):
-                raise ScorelabError(f"cannot resume {self.run_dir}: config section '{section}' differs from the run's")
+        differ = config_differences(self.cfg, config_from_dict(record["config"]))
+        if differ:
+            raise ScorelabError(
+                f"cannot resume {self.run_dir}: the config differs from the run's ({'; '.join(differ[:3])})"
+            )
         self.load_state(t, record)
         self.log(f"resumed {self.run_dir} at step {self.step}")
 
@@ -177,8 +188,19 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
+    def _previous_summary(self) -> dict:
+        try:
+            return json.loads((self.run_dir / "train.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
     def run(self) -> dict:
         cfg = self.cfg.train
+        previous = self._previous_summary() if self.step > 0 else {}
+        if self.step >= cfg.steps:
+            self.log(f"{self.run_dir} is already at step {self.step} of {cfg.steps}; raise train.steps to train on")
+            return {**previous, "step": self.step, "session_steps": 0}
+        first_step = self.step
         save_run_config(self.run_dir, self.cfg)
         handlers = {}
         if threading.current_thread() is threading.main_thread():
@@ -212,10 +234,13 @@ class Trainer:
             bar.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
+        session = time.time() - start
         summary = {
             "step": self.step,
-            "seconds": round(time.time() - start, 1),
-            "final_loss": (sum(losses[-100:]) / len(losses[-100:])) if losses else math.nan,
+            "seconds": round(previous.get("seconds", 0.0) + session, 1),  # over every session of the run
+            "session_steps": self.step - first_step,
+            "session_seconds": round(session, 1),
+            "final_loss": (sum(losses[-100:]) / len(losses[-100:])) if losses else None,
             "skipped_steps": self.guard.skipped,
         }
         _atomic_write(self.run_dir / "train.json", json.dumps(summary, indent=2).encode())

@@ -1,0 +1,69 @@
+"""Output folders that are never half-written: checked before the work starts, filled in a hidden staging folder
+beside them, and swapped into place only when every file is written."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import ScorelabError
+
+
+def check_output_dir(out: Path, owns: Callable[[str], bool]) -> None:
+    """Raise ScorelabError now, before any work, if `out` cannot receive this command's outputs: its parent cannot
+    be created or written, it is a file, or it holds files this command did not write (`owns(name)` says which
+    names are its own; a folder of only those is replaced whole)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ScorelabError(f"output folder {out} is a file; choose a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and owns(p.name)))
+        if foreign:
+            raise ScorelabError(
+                f"output folder {out} holds files this command did not write ({', '.join(foreign[:3])}); "
+                "choose a new or empty folder"
+            )
+    ensure_writable_dir(out.parent)
+
+
+def ensure_writable_dir(folder: Path) -> None:
+    """Create `folder` if needed and check it can be written; ScorelabError naming the obstacle otherwise."""
+    folder = Path(folder)
+    for above in [folder, *folder.parents]:
+        if above.exists():
+            if not above.is_dir():
+                raise ScorelabError(f"cannot create folder {folder}: {above} is a file")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ScorelabError(f"cannot create folder {folder}: {e.strerror or e}") from None
+    try:  # a real write: permissions alone miss read-only and pseudo file systems
+        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".scorelab-probe-"))
+    except OSError as e:
+        raise ScorelabError(f"cannot write to {folder}: {e.strerror or e}") from None
+
+
+@contextmanager
+def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
+    """Yield a staging folder to write every output into; on success it replaces `out`, on any error or Ctrl-C it
+    is deleted and `out` is left as it was."""
+    out = Path(out)
+    check_output_dir(out, owns)
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    stage.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
