@@ -178,6 +178,8 @@ def test_conditional_ddpm_train_sample_evaluate(tmp_path):
     assert isinstance(res.exception, ScorelabError) and "--label must be in 0..9" in str(res.exception)
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "nope"])
     assert res.exit_code == 2 and "nope" in res.output
+    res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "annealed_langevin"])
+    assert isinstance(res.exception, ScorelabError) and "this run is DDPM-trained" in str(res.exception)
 
 
 def test_sample_refuses_requests_beyond_the_memory_budget(tmp_path):

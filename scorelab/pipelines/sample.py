@@ -137,6 +137,8 @@ def generate(
     cond = sample_labels(cfg, n, label)
     model = sampling_denoiser(cfg, denoiser, cfg.sample.guidance if guidance is None else guidance)
     if sampler == "annealed_langevin":
+        if cfg.train.objective != "ncsn":
+            raise ScorelabError("annealed_langevin steps over an NCSN run's noise levels; this run is DDPM-trained")
         x = torch.randn(shape, generator=g) * cfg.noise.sigma_max  # the sigma_max-perturbed data is ~ N(0, sigma_max^2)
         return annealed_langevin(
             model,

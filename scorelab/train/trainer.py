@@ -227,7 +227,7 @@ class Trainer:
                     name = signal.Signals(self._stop_signal).name
                     self.log(
                         f"{name} received: saved checkpoint at step {self.step} in {self.run_dir}; "
-                        f"continue with --resume {self.run_dir}"
+                        f"continue with: scorelab train CONFIG --resume {self.run_dir}"
                     )
                     raise SystemExit(128 + self._stop_signal)
         finally:
