@@ -71,3 +71,29 @@ def test_bad_cameras(bad):
     args = dict(theta=1.0, phi=0.0, radius=2.0) | bad
     with pytest.raises(ScorelabError):
         orbit_cameras(args["theta"], args["phi"], args["radius"])
+
+
+def test_indexing_one_camera_keeps_a_batch_of_one():
+    import numpy as np
+
+    cams = orbit_cameras(torch.tensor([0.5, 1.0, 1.5]), torch.tensor([0.0, 1.0, 2.0]), 2.0, width=8)
+    for idx, want in ((-1, 2), (np.int64(1), 1), (0, 0)):
+        one = cams[idx]
+        assert len(one) == 1 and one.world_to_cam.shape == (1, 4, 4)
+        torch.testing.assert_close(one.world_to_cam[0], cams.world_to_cam[want])
+    with pytest.raises(IndexError):
+        cams[3]
+
+
+def test_the_pole_pose_is_the_limit_along_phi_three_halves_pi():
+    pole = orbit_cameras(0.0, 0.0, 2.0, width=8, dtype=torch.float64).world_to_cam[0, :3, :3]
+    near = orbit_cameras(1e-7, 1.5 * math.pi, 2.0, width=8, dtype=torch.float64).world_to_cam[0, :3, :3]
+    torch.testing.assert_close(pole, near, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pole[0], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))  # x axis +x at the pole
+
+
+def test_phi_stays_below_two_pi_and_sizes_are_whole_pixels():
+    _, phi, _ = cartesian_to_spherical(torch.tensor([[1.0, -1e-17, 0.0]], dtype=torch.float64))
+    assert 0 <= phi.item() < 2 * math.pi
+    with pytest.raises(ScorelabError, match="whole pixels"):
+        orbit_cameras(1.0, 0.0, 2.0, width=7.5)

@@ -362,3 +362,19 @@ def test_npz_round_trip_and_bad_grids(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ScorelabError, match="not a readable npz"):
         load_tet_grid(tmp_path / "junk.npz")
+
+
+def test_a_grid_and_a_dmtet_move_between_devices():
+    grid = regular_grid(2)
+    grid.cell_size  # noqa: B018 -- caches a Python float beside the tensors
+    moved = grid.to("meta")  # the meta device stands in for a GPU
+    assert moved.tets.device.type == "meta" and moved.cell_size == grid.cell_size
+    dm = DMTet(regular_grid(2)).to("meta")
+    assert dm.grid.tets.device.type == "meta" and dm.base.device.type == "meta"
+
+
+def test_normal_consistency_gradient_is_finite_with_a_zero_area_face():
+    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0.5, 0, 0]], dtype=torch.float64, requires_grad=True)
+    f = torch.tensor([[0, 1, 2], [0, 3, 1]])  # the second face is collinear, sharing edge 0-1
+    normal_consistency(v, f).backward()
+    assert torch.isfinite(v.grad).all() and v.grad.abs().max() < 10

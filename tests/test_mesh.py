@@ -207,3 +207,17 @@ def test_mesh_loader_never_crashes_otherwise(tmp_path, lines, suffix, junk):
             assert "\n" not in str(e)
             continue
         validate_mesh(mesh)
+
+
+def test_a_prediction_with_no_area_scores_the_worst_value():
+    flat = Mesh(torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0]]), torch.tensor([[0, 1, 2]]))  # collinear
+    ref = icosphere(2)
+    m = surface_metrics(flat, ref, n=1000)
+    assert m["chamfer_l1"] == math.inf and m["fscore"] == 0.0
+    assert mean_distance_to_surface(flat, lambda p: distance_to_sphere(p, 1.0)) == math.inf
+    # one zero-area face among good ones (marching tets makes them) is measured, not refused
+    v = torch.cat([ref.vertices, ref.vertices[:1]])
+    f = torch.cat([ref.faces, torch.tensor([[0, 0, v.shape[0] - 1]])])
+    assert mean_distance_to_surface(Mesh(v, f), lambda p: distance_to_sphere(p, 1.0), n=2000) < 0.05
+    with pytest.raises(ScorelabError, match="zero total area"):
+        sample_surface(flat, 10)

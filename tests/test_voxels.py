@@ -258,3 +258,12 @@ def test_ray_march_on_chosen_pixels_equals_the_full_render_there():
         ray_march(dens, col, cam, pixels=torch.tensor([[0, 100], [0, 1]]))
     with pytest.raises(ScorelabError, match="pixels must be int64"):
         ray_march(dens, col, cam, pixels=torch.zeros(1, 3, dtype=torch.int64))
+
+
+def test_normals_backpropagate_finite_small_gradients_through_constant_density():
+    # F.normalize's eps once gave 1 / eps = 1e30 gradients wherever the density gradient is exactly zero
+    d = torch.full((1, 8, 8, 8), 2.0, dtype=F64, requires_grad=True)
+    c = torch.full((3, 8, 8, 8), 0.5, dtype=F64)
+    out = ray_march(d, c, orbit_cameras(1.0, 0.3, 2.0, width=8, dtype=F64), samples=32)
+    out["normals"].sum().backward()
+    assert torch.isfinite(d.grad).all() and d.grad.abs().max() < 10

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ..three.mesh import Mesh, sample_surface, validate_mesh
+from ..three.mesh import Mesh, face_areas, sample_surface, validate_mesh
 
 
 def nearest(a: torch.Tensor, b: torch.Tensor, *, block: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,13 +53,18 @@ def _samples(mesh: Mesh, n: int, seed: int):
     return sample_surface(mesh, n, torch.Generator().manual_seed(seed))
 
 
+def _no_area(mesh: Mesh) -> bool:
+    return face_areas(mesh.vertices.detach(), mesh.faces).sum().item() == 0
+
+
 def surface_metrics(pred: Mesh, ref: Mesh, *, n: int = 100_000, tau: float | None = None, seed: int = 0) -> dict:
     """Chamfer-L1, Chamfer-L2, F-score at tau (default 1% of the reference's largest bounding-box side) and normal
     consistency from n samples on each surface."""
     validate_mesh(ref, name="reference mesh")
     if tau is None:
         tau = 0.01 * (ref.vertices.max(0).values - ref.vertices.min(0).values).max().item()
-    if validate_mesh(pred, name="predicted mesh", allow_empty=True, allow_degenerate=True).is_empty:
+    pred = validate_mesh(pred, name="predicted mesh", allow_empty=True, allow_degenerate=True)
+    if pred.is_empty or _no_area(pred):  # nothing to sample: the worst value, not a crash
         return {"chamfer_l1": math.inf, "chamfer_l2": math.inf, "fscore": 0.0, "normal_consistency": 0.0, "tau": tau}
     pa, na = _samples(pred, n, seed)
     pb, nb = _samples(ref, n, seed + 1)
@@ -126,6 +131,7 @@ def mean_distance_to_surface(mesh: Mesh, distance, *, n: int = 100_000, seed: in
     """Mean exact distance from n area-weighted samples of the mesh to an analytic surface, `distance(points) -> (P,)`
     (e.g. lambda p: distance_to_sphere(p, 0.6)). Unlike sampled Chamfer it has no floor from sampling the reference:
     its only error is the Monte Carlo error of the mean over the mesh. inf for an empty mesh."""
-    if validate_mesh(mesh, name="mesh", allow_empty=True).is_empty:
+    mesh = validate_mesh(mesh, name="mesh", allow_empty=True, allow_degenerate=True)
+    if mesh.is_empty or _no_area(mesh):
         return math.inf
     return distance(_samples(mesh, n, seed)[0]).mean().item()

@@ -100,7 +100,8 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
         if fitted.mesh is not None:
             row.update({k: v for k, v in surface_metrics(fitted.mesh, reference).items() if k != "normal_consistency"})
             row["faces"] = int(fitted.mesh.faces.shape[0])
-            export_mesh(fitted.mesh, out_dir / f"{name}.glb")
+            if not fitted.mesh.is_empty:  # a collapsed fit scores the worst value above; there is nothing to export
+                export_mesh(fitted.mesh, out_dir / f"{name}.glb")
         # a turntable of every fit at 75 degrees from the top: GIF, 24 frames
         spin = lambda phi, f=fitted: f.render(orbit_cameras(1.31, phi, RADIUS, width=SIZE))[0][0]  # noqa: E731
         turntable(spin, 24, out_dir / f"{name}_turntable.gif")

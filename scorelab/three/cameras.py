@@ -11,6 +11,8 @@ Camera space: OpenCV, x right, y down, z forward (depth > 0 in front). Pixel (i,
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +40,11 @@ class Cameras:
         return self.world_to_cam.shape[0]
 
     def __getitem__(self, idx) -> Cameras:
-        if isinstance(idx, int):
-            idx = slice(idx, idx + 1)
+        if isinstance(idx, numbers.Integral):  # one camera, still a batch of one (numpy integers too)
+            i = operator.index(idx)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"camera index {i} out of range for {len(self)} cameras")
+            idx = slice(i % len(self), i % len(self) + 1)
         return Cameras(self.world_to_cam[idx], self.focal[idx], self.principal[idx], self.width, self.height)
 
     @property
@@ -90,14 +95,16 @@ def cartesian_to_spherical(position: torch.Tensor) -> tuple[torch.Tensor, torch.
     radius = position.norm(dim=-1)
     theta = torch.acos((position[..., 2] / radius.clamp_min(1e-300)).clamp(-1, 1))
     phi = torch.atan2(position[..., 1], position[..., 0]) % (2 * math.pi)
+    phi = torch.where(phi >= 2 * math.pi, phi - 2 * math.pi, phi)  # -1e-17 % 2 pi rounds to 2 pi itself
     return theta, phi, radius
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor | None = None, up=(0.0, 0.0, 1.0)) -> torch.Tensor:
     """World-to-camera (N, 4, 4), OpenCV axes, camera at eye looking at target with world up `up`.
 
-    When the view direction is parallel to `up` (a pole), the camera's x axis falls back to +y x forward,
-    so poses stay continuous in phi around theta = 0 and pi is a documented special case.
+    When the view direction is parallel to `up` (a pole), the camera's x axis falls back to forward x (+y): at
+    theta = 0 that is +x, the limit of the pose as theta -> 0 along phi = 3 pi / 2 (no single choice is the limit
+    along every phi).
     """
     eye = torch.as_tensor(eye, dtype=torch.float64).reshape(-1, 3)
     target = torch.zeros_like(eye) if target is None else torch.as_tensor(target, dtype=torch.float64).expand_as(eye)
@@ -140,6 +147,8 @@ def orbit_cameras(
 ) -> Cameras:
     """Cameras on spheres around the origin, looking at it, z up; fov spans the image width."""
     height = width if height is None else height
+    if not isinstance(width, numbers.Integral) or not isinstance(height, numbers.Integral):
+        raise ScorelabError(f"image size must be whole pixels, got {width}x{height}")
     if width <= 0 or height <= 0:
         raise ScorelabError(f"image size must be positive, got {width}x{height}")
     eye = spherical_to_cartesian(theta, phi, radius).reshape(-1, 3)

@@ -14,6 +14,7 @@ from torch import nn
 
 from scorelab.errors import ScorelabError
 
+from .mesh import face_normals
 from .tets import TET_EDGES, TetGrid
 
 # Marching-tetrahedra case table (Shen et al. 2021, sec. 3.1; Doi & Koide 1991). Case code = sum of 2^i over the
@@ -279,6 +280,13 @@ class DMTet(nn.Module):
         """(V, 3) deformed grid vertices."""
         return self.base + self.offset_scale * torch.tanh(self.deform)
 
+    def _apply(self, fn, *args, **kwargs):
+        # the grid's index tensors are not parameters or buffers: move them with the module (.to, .cuda, ...)
+        out = super()._apply(fn, *args, **kwargs)
+        if self.grid.vertices.device != self.base.device:
+            self.grid = self.grid.to(self.base.device)
+        return out
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The extracted mesh (vertices (M, 3), faces (F, 3))."""
         return marching_tets(self.grid, self.positions(), self.sdf)
@@ -300,11 +308,6 @@ def sdf_sign_loss(grid: TetGrid, sdf: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _face_normals(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    p = verts[faces]
-    return F.normalize(torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), dim=1)
-
-
 def normal_consistency(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Mean of 1 - cos between the normals of the two faces on each interior edge."""
     f = faces.shape[0]
@@ -315,7 +318,7 @@ def normal_consistency(verts: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
     order = key.argsort()
     key, face_of = key[order], (torch.arange(3 * f, device=faces.device) // 3)[order]
     pair = (key[1:] == key[:-1]).nonzero().squeeze(1)
-    n = _face_normals(verts, faces)
+    n = face_normals(verts, faces)  # zero-area faces (an SDF value exactly 0) get 0 and no 1 / eps gradient
     return (1 - (n[face_of[pair]] * n[face_of[pair + 1]]).sum(1)).mean()
 
 

@@ -78,6 +78,13 @@ def drop_degenerate_faces(mesh: Mesh) -> Mesh:
     return Mesh(mesh.vertices, mesh.faces[keep], mesh.vertex_colors)
 
 
+def safe_normalize(v: torch.Tensor, tiny: float = 1e-12) -> torch.Tensor:
+    """v / |v| along the last dimension, and 0 (with a zero gradient, not 1 / eps) where |v| <= tiny."""
+    norm = v.norm(dim=-1, keepdim=True)
+    ok = norm > tiny
+    return torch.where(ok, v / torch.where(ok, norm, 1.0), 0.0)
+
+
 def face_areas(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """(F,) triangle areas: half the norm of (v1 - v0) x (v2 - v0)."""
     p = vertices[faces]
@@ -85,9 +92,9 @@ def face_areas(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 
 def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """(F, 3) unit outward normals (v1 - v0) x (v2 - v0) / |...|."""
+    """(F, 3) unit outward normals (v1 - v0) x (v2 - v0) / |...|; 0 for a zero-area face."""
     p = vertices[faces]
-    return F.normalize(torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), dim=1)
+    return safe_normalize(torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]))
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
@@ -95,7 +102,7 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     p = vertices[faces]
     n = torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
     out = torch.zeros_like(vertices).index_add(0, faces.reshape(-1), n.repeat_interleave(3, 0))
-    return F.normalize(out, dim=1)
+    return safe_normalize(out)
 
 
 def sample_surface(mesh: Mesh, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +112,8 @@ def sample_surface(mesh: Mesh, n: int, generator: torch.Generator | None = None)
     random numbers are drawn on CPU (float32) from `generator`, so a seed gives the same points on any device."""
     v, f = mesh.vertices, mesh.faces
     area = face_areas(v.detach(), f).double().cpu()
+    if not area.sum() > 0:
+        raise ScorelabError("cannot sample a surface with zero total area")
     idx = torch.multinomial(area / area.sum(), n, replacement=True, generator=generator).to(v.device)
     r1, r2 = torch.rand(2, n, 1, generator=generator).double().to(v.device)
     s = r1.sqrt()

@@ -128,7 +128,7 @@ class TetGrid:
         return self._cache
 
     def to(self, device) -> TetGrid:
-        cache = {k: t.to(device) for k, t in self._cache.items()}
+        cache = {k: (t.to(device) if torch.is_tensor(t) else t) for k, t in self._cache.items()}
         hanging = tuple(h.to(device) for h in self.hanging)
         return TetGrid(self.vertices.to(device), self.tets.to(device), self.cube_resolution, hanging, cache)
 

@@ -26,6 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from scorelab.errors import ScorelabError
 
 from .cameras import Cameras, generate_rays
+from .mesh import safe_normalize
 
 
 def _check_volume(name: str, volume: torch.Tensor, channels: int) -> None:
@@ -212,7 +213,7 @@ def _march_chunk(volume, o, d, fz, bg, low, high, samples):
     depth = (weight * t).sum(1) * (d * fz).sum(-1)  # camera z of o + t d is z_o + t (d . forward), z_o = 0
     out = [col, acc[:, None], depth[:, None]]
     if vals.shape[-1] == 7:
-        out.append((weight[..., None] * -F.normalize(vals[..., 4:7], dim=-1, eps=1e-30)).sum(1))
+        out.append((weight[..., None] * -safe_normalize(vals[..., 4:7])).sum(1))
     return torch.cat(out, 1)
 
 
