@@ -20,8 +20,9 @@ depends on the order. So on a smooth volume the two renderers differ by (a) Gaus
 (b) the low-pass blur, (c) the affine projection, (d) sorting kernels by centre depth, and (e) quadrature.
 
 Culling: voxels with density <= `min_density` are skipped; kernels are cut at 4 standard deviations (the mass beyond
-is exp(-8) = 3.4e-4 of each footprint); kernels whose centre is nearer than `near` are dropped. No early stop at low
-transmittance (every kernel gets its exact gradient).
+is exp(-8) = 3.4e-4 of each footprint); kernels whose centre is nearer than `near` (1e-3, in `project_kernels`) are
+dropped. No early stop at low transmittance (every kernel gets its exact gradient). The affine (EWA) projection is
+poor for cells close to the camera: keep cameras well outside the grid (the ray marcher has no such limit).
 
 Memory. (kernel, tile) pairs are sorted by (tile, depth); tiles are processed in chunks, and a tile's kernel list in
 blocks, so that one block holds at most about `max_work` (tile pixels x kernels) values; under autograd each block is
