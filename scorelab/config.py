@@ -229,6 +229,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.num_classes: only the digits data has labels, got data {cfg.data.name!r}")
     if cfg.sample.guidance != 1.0 and not cfg.model.num_classes:
         raise ConfigError("sample.guidance: guidance needs a class-conditional model (model.num_classes > 0)")
+    if cfg.sample.guidance != 1.0 and cfg.train.cond_dropout == 0:
+        raise ConfigError("sample.guidance: guidance needs a trained null label (train.cond_dropout > 0)")
     if cfg.sample.schedule == "trailing" and cfg.train.objective != "ddpm":
         raise ConfigError("sample.schedule: 'trailing' needs DDPM timesteps (train.objective: ddpm)")
     if (cfg.data.name == "digits") != (cfg.model.kind == "unet"):

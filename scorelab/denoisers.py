@@ -100,6 +100,9 @@ class Preconditioned(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         s = expand_sigma(sigma, x)
+        clean = s == 0  # no noise: D(x, 0) = x, where log(0) would make c_noise -inf and the output NaN
+        s = torch.where(clean, torch.finfo(s.dtype).tiny, s)
         c_skip, c_out, c_in = self.coefficients(s)
         c_noise = torch.log(s.reshape(-1)) / 4
-        return c_skip * x + c_out * self.net(c_in * x, c_noise, cond)
+        out = c_skip * x + c_out * self.net(c_in * x, c_noise, cond)
+        return torch.where(clean, x, out)

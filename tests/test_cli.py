@@ -191,12 +191,13 @@ def test_sample_refuses_requests_beyond_the_memory_budget(tmp_path):
     assert not (tmp_path / "run" / "samples").exists()  # refused before anything was written
     p = _run("sample", str(tmp_path / "run"), "--max-memory", "lots")
     assert p.returncode == 2 and "memory size must be" in p.stderr
-    from scorelab.pipelines.sample import load_run, sampling_bytes
+    from scorelab.pipelines.sample import load_run, metrics_bytes, sampling_bytes
 
     conf, denoiser, _ = load_run(tmp_path / "run", log=lambda *_: None)
-    per = sampling_bytes(conf, denoiser, 1)
+    per = sampling_bytes(conf, denoiser, 1) - metrics_bytes(conf, 1)
     # the MLP's outputs per sample: at least its hidden activations (width 32, float32) and at most a few KB
-    assert 32 * 4 <= per <= 8192 and sampling_bytes(conf, denoiser, 1000) == 1000 * per
+    assert 32 * 4 <= per <= 8192
+    assert sampling_bytes(conf, denoiser, 1000) == 1000 * per + metrics_bytes(conf, 1000)
 
 
 def test_a_run_whose_files_were_edited_or_damaged(tmp_path):
@@ -265,3 +266,22 @@ def test_resuming_a_finished_run_changes_nothing_and_steps_apply_to_diffusion_sa
     assert (run / "train.json").read_text() == summary
     res = r.invoke(cli, ["sample", str(run), "--steps", "7", "--quiet"])
     assert isinstance(res.exception, ScorelabError) and "--steps is for diffusion samplers" in str(res.exception)
+
+
+def test_the_sampling_memory_estimate_bounds_sampling_and_metrics(tmp_path):
+    # measured in a fresh process: the peak resident memory that sampling 5,000 points and their metrics add
+    cfg = _tiny_config(tmp_path, steps=10)
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    script = (
+        "import resource, sys\n"
+        "from scorelab.pipelines.sample import evaluate, generate, load_run, sampling_bytes\n"
+        "cfg, den, _ = load_run(sys.argv[1], log=lambda *a: None)\n"
+        "est = sampling_bytes(cfg, den, 5000)\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "evaluate(cfg, generate(cfg, den, 5000, 0, progress=False))\n"
+        "print(est, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True)
+    estimate, used = map(int, p.stdout.split())
+    assert used <= estimate, (used, estimate)

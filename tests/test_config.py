@@ -33,6 +33,14 @@ def test_shipped_configs_load(path):
         ({"data": {"name": "digits"}}, "model.kind"),
         ({"data": 3}, "data"),
         ({"train": {"grad_clip": -1.0}}, "train.grad_clip"),
+        (
+            {
+                "data": {"name": "digits"},
+                "model": {"kind": "unet", "num_classes": 10},
+                "sample": {"guidance": 3.0},
+            },
+            "train.cond_dropout",
+        ),
         ({"train": {"grad_clip": 0.0}}, "train.grad_clip"),
         ({"train": {"seed": -1}}, "train.seed"),
         ({"train": {"lr_warmup": -10}}, "train.lr_warmup"),

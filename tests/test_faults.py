@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from scorelab.config import config_from_dict
+from scorelab.config import config_from_dict, config_to_dict
 from scorelab.errors import ScorelabError
 from scorelab.train import faults
 from scorelab.train.checkpoint import list_checkpoints, load_checkpoint
@@ -132,3 +132,47 @@ def test_a_fresh_run_seeds_every_global_generator(tmp_path):
     np.random.seed(None)
     second = {k: v for k, v in _trainer(tmp_path / "b").state_tensors().items() if k.startswith("rng.")}
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_signal_during_non_finite_steps_still_saves_and_stops(tmp_path):
+    trainer = _trainer(tmp_path, steps=40)
+    real_next, calls = trainer.source.next, {"n": 0}
+
+    def nan_after_six(generator):
+        calls["n"] += 1
+        x, y = real_next(generator)
+        if calls["n"] == 7:
+            trainer._stop_signal = signal.SIGTERM  # as the handler would set it
+        return (x * float("nan") if calls["n"] > 6 else x), y
+
+    trainer.source.next = nan_after_six
+    with pytest.raises(SystemExit) as stop:
+        trainer.run()
+    assert stop.value.code == 128 + signal.SIGTERM
+    _, record = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    assert record["step"] == 6  # the last completed step, saved although the steps after it were skipped
+
+
+def test_resume_refuses_a_changed_training_setting_but_takes_more_steps(tmp_path):
+    trainer = _trainer(tmp_path, steps=4)
+    trainer.run()
+    raw = config_to_dict(trainer.cfg)
+    raw["train"]["steps"] = 8
+    longer = Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
+    longer.resume()
+    assert longer.run()["step"] == 8
+    raw["train"]["lr"] = 0.5
+    changed = Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
+    with pytest.raises(ScorelabError, match=r"train.lr: 0.5 vs 0.001"):
+        changed.resume()
+
+
+def test_a_save_after_a_fallback_drops_the_abandoned_newer_records(tmp_path):
+    from scorelab.train.checkpoint import save_checkpoint
+
+    d = tmp_path / "ck"
+    for step in (10, 20, 30):
+        save_checkpoint(d, step, {"w": torch.zeros(1)}, {}, keep=5)
+    # the run fell back from 30 to 20 and goes on: 30's record is from a timeline that no longer exists
+    save_checkpoint(d, 25, {"w": torch.ones(1)}, {}, keep=5)
+    assert [p.stem for p in list_checkpoints(d)] == ["ckpt_00000010", "ckpt_00000020", "ckpt_00000025"]

@@ -173,3 +173,10 @@ def test_loaders_never_crash_on_random_or_cut_bytes(tmp_path, junk, cut):
         path.write_bytes(data)
         _check_result(load_image, path)
         _check_result(load_mask, path)
+
+
+def test_full_scale_32_bit_images_load_as_white(tmp_path):
+    # Pillow's "I" mode is signed: full scale is 2^31 - 1, not 2^32 - 1 (which gave white at 0.5)
+    path = tmp_path / "white.tif"
+    Image.fromarray(np.full((4, 4), 2**31 - 1, np.int32), "I").save(path)
+    assert load_image(path, channels=1).max().item() == pytest.approx(1.0)

@@ -107,3 +107,26 @@ def test_unet_refuses_a_condition_it_cannot_take():
     ctx_net = UNet(in_channels=1, channels=8, channel_mult=(1, 2), context_dim=4)
     with pytest.raises(ValueError, match=r"context must have shape \(1, L, 4\)"):
         ctx_net(torch.randn(1, 1, 8, 8), torch.zeros(1), torch.randn(1, 2, 5))
+
+
+def test_labels_are_checked_and_sigma_zero_returns_x():
+    net = UNet(in_channels=1, channels=8, channel_mult=(1, 2), attention_levels=(), num_classes=10)
+    x, t = torch.randn(2, 1, 8, 8), torch.zeros(2)
+    for bad, why in (
+        (torch.tensor([3]), "shape"),
+        (torch.tensor([[1], [2]]), "shape"),
+        (torch.tensor([True, False]), "integer"),
+        (torch.tensor([10, 0]), "-1..9"),
+        (torch.tensor([-2, 0]), "-1..9"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            net(x, t, bad)
+    assert net(x, t, torch.tensor([-1, 9])).shape == x.shape
+    for param in ("eps", "x0", "v", "edm"):
+        d = Preconditioned(net, param, 0.5)(x, torch.tensor([0.0, 1.0]), torch.tensor([1, 2]))
+        assert torch.isfinite(d).all() and torch.equal(d[0], x[0])  # D(x, 0) = x: no noise to remove
+
+
+def test_embedding_follows_the_model_dtype():
+    net = UNet(in_channels=1, channels=8, channel_mult=(1, 2), attention_levels=()).double()
+    assert net(torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.rand(2, dtype=torch.float64)).dtype == torch.float64

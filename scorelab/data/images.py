@@ -61,7 +61,7 @@ def _to_array(img: Image.Image) -> np.ndarray:
         return (np.asarray(img, dtype=np.float64) / 65535.0)[..., None]
     elif img.mode == "I":
         a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if a.max(initial=0) <= 65535 else 4294967295.0
+        top = 65535.0 if a.max(initial=0) <= 65535 else 2147483647.0  # Pillow's "I" is signed 32-bit
         return (np.clip(a, 0, None) / top)[..., None]
     elif img.mode == "F":
         a = np.asarray(img, dtype=np.float64)

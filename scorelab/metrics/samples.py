@@ -10,7 +10,7 @@ import math
 
 import torch
 
-_CHUNK = 2048  # rows of a pairwise kernel block held in memory at once
+BLOCK_ELEMENTS = 2**22  # pairwise-kernel values held in memory at once (32 MB in float64), whatever the set sizes
 
 
 def _as_points(x, name: str) -> torch.Tensor:
@@ -121,8 +121,9 @@ def median_bandwidth(x, y=None, *, max_points: int = 2000, seed: int = 0) -> flo
 def _kernel_sum(a: torch.Tensor, b: torch.Tensor, inv_two_h2: torch.Tensor, *, drop_diagonal: bool) -> float:
     """Sum over pairs of sum_h exp(-|a_i - b_j|^2 / (2 h^2)), in row blocks; optionally without i == j."""
     total = torch.zeros((), dtype=torch.float64, device=a.device)
-    for start in range(0, a.shape[0], _CHUNK):
-        d2 = _sq_dists(a[start : start + _CHUNK], b)
+    rows = max(1, BLOCK_ELEMENTS // (b.shape[0] * inv_two_h2.numel()))
+    for start in range(0, a.shape[0], rows):
+        d2 = _sq_dists(a[start : start + rows], b)
         k = torch.exp(-d2.unsqueeze(-1) * inv_two_h2).sum(-1)
         total = total + k.sum()
     if drop_diagonal:  # k(a_i, a_i) = 1 for every bandwidth

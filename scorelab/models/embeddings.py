@@ -20,7 +20,7 @@ class FourierEmbedding(nn.Module):
         self.scale = scale  # c_noise = ln(sigma)/4 lies in about [-1.5, 1]: frequencies 0.064 ... 64 per unit
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        arg = (self.scale * t.float())[:, None] * self.freqs[None]
+        arg = (self.scale * t.to(self.freqs.dtype))[:, None] * self.freqs[None]
         return torch.cat([arg.cos(), arg.sin()], dim=1)
 
 

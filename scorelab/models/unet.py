@@ -125,7 +125,9 @@ class UNet(nn.Module):
             if level < len(channel_mult) - 1:
                 self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
                 skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, dropout), *attention(ch), ResBlock(ch, ch, emb_dim)])
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, emb_dim, dropout), *attention(ch), ResBlock(ch, ch, emb_dim, dropout)]
+        )
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for _ in range(blocks_per_level + 1):
@@ -159,6 +161,16 @@ class UNet(nn.Module):
                 raise ValueError("this UNet has no class labels (num_classes = 0); cond must be None or a context")
             if self.num_classes and cond is None:
                 cond = torch.full((batch,), -1, device=device)
+            if cond is not None:
+                if cond.dtype in (torch.bool, torch.uint8) or cond.shape != (batch,):
+                    raise ValueError(
+                        f"labels must be an integer tensor of shape ({batch},), got {cond.dtype} {tuple(cond.shape)}"
+                    )
+                if cond.numel() and not -1 <= int(cond.min()) <= int(cond.max()) < self.num_classes:
+                    raise ValueError(
+                        f"labels must be in -1..{self.num_classes - 1} (-1 = no label), "
+                        f"got {int(cond.min())}..{int(cond.max())}"
+                    )
             return cond, None
         if not self.context_dim:
             raise ValueError("this UNet takes no context sequence (context_dim = 0); cond must be labels or None")

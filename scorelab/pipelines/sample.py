@@ -14,7 +14,7 @@ from ..data.digits import load_digits_split
 from ..data.toys import ring8_mixture, sample_toy
 from ..errors import ScorelabError
 from ..guidance import Clamped, ClassifierFreeGuidance
-from ..metrics.samples import component_stats, mmd_rbf, sliced_wasserstein2
+from ..metrics.samples import BLOCK_ELEMENTS, component_stats, mmd_rbf, sliced_wasserstein2
 from ..models.build import build_denoiser
 from ..outputs import check_output_dir, staged_output
 from ..plots import image_grid, scatter
@@ -92,6 +92,10 @@ def check_guidance(cfg: Config, guidance: float | None) -> None:
         raise ScorelabError(f"--guidance must be >= 0, got {guidance}")
     if guidance != 1.0 and not cfg.model.num_classes:
         raise ScorelabError(f"--guidance needs a class-conditional run (model.num_classes > 0), got {guidance}")
+    if guidance != 1.0 and cfg.train.cond_dropout == 0:
+        raise ScorelabError(
+            f"--guidance needs a run trained with a null label (train.cond_dropout > 0), got {guidance}"
+        )
 
 
 def sampling_denoiser(cfg: Config, denoiser, guidance: float):
@@ -159,8 +163,9 @@ def generate(
 
 
 def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None) -> int:
-    """Upper bound on the memory of sampling n at once: every module output of one (guided) model call per sample,
-    plus 8 sample-sized tensors of sampler state (x, denoised, multistep history, noise)."""
+    """Upper bound on the memory of sampling n at once and measuring them: every module output of one (guided)
+    model call per sample, plus 8 sample-sized tensors of sampler state (x, denoised, multistep history, noise),
+    plus the metrics (`metrics_bytes`)."""
     shape = (2,) if cfg.data.name != "digits" else (1, 8, 8)
     model = sampling_denoiser(cfg, denoiser, cfg.sample.guidance if guidance is None else guidance)
 
@@ -169,7 +174,18 @@ def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None)
         model(torch.zeros(b, *shape), torch.full((b,), float(cfg.noise.sigma_max)), cond)
 
     per_sample = activation_bytes_per_sample(denoiser, probe) + 8 * 4 * math.prod(shape)
-    return n * per_sample
+    return n * per_sample + metrics_bytes(cfg, n)
+
+
+def metrics_bytes(cfg: Config, n: int) -> int:
+    """Upper bound on the memory the metrics of n samples take. 2D toys: sliced W2 holds float64 projections of
+    two sets onto 1,000 directions, sorted, with sort indices and differences (6 x n x 1000 x 8 bytes), and MMD a
+    few pairwise-kernel blocks of BLOCK_ELEMENTS values and the median-heuristic's 2,000-point distance matrix.
+    Digits: the classifier runs in fixed batches, so features (n x 64) and the within-class distance blocks."""
+    blocks = 8 * BLOCK_ELEMENTS * 8 + 3 * 2000**2 * 8
+    if cfg.data.name == "digits":
+        return n * 64 * 8 * 4 + blocks
+    return n * 6 * 1000 * 8 + blocks
 
 
 def toy_metrics(name: str, samples: torch.Tensor, *, floor_pairs: int = 5) -> dict:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from ..errors import ScorelabError
 
@@ -47,7 +47,10 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, torch.Tensor]
     _atomic_write(stem.with_suffix(".safetensors"), blob)
     record = {"step": step, "sha256": hashlib.sha256(blob).hexdigest(), **meta}
     _atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=2).encode())
-    for old in list_checkpoints(directory)[:-keep]:
+    records = list_checkpoints(directory)
+    # records past this step belong to a timeline abandoned by a fallback resume: they go, then all but the newest keep
+    later = [p for p in records if p.name > stem.with_suffix(".json").name]
+    for old in later + [p for p in records if p not in later][:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".safetensors").unlink(missing_ok=True)
     return stem.with_suffix(".safetensors")
@@ -70,7 +73,7 @@ def load_checkpoint(record_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise ScorelabError(f"checkpoint {record_path} is not a checkpoint record (needs 'step' and 'sha256')")
     if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
         raise ScorelabError(f"checkpoint {blob_path} is corrupt (content hash does not match its record)")
-    return load_file(blob_path), record
+    return load(blob), record  # the very bytes that were hashed
 
 
 def load_latest(directory: Path, warn=print) -> tuple[dict[str, torch.Tensor], dict]:

@@ -38,14 +38,18 @@ def load_run_config(run_dir: Path) -> Config:
     return load_config(path)
 
 
+RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.keep_checkpoints"}
+
+
 def config_differences(a: Config, b: Config, sections=("data", "model", "noise")) -> list[str]:
-    """'section.key: A vs B' for every setting in `sections` where the two configs differ."""
+    """'section.key: A vs B' for every setting in `sections` where the two configs differ (leaving out the
+    settings a resumed run may change: its length and checkpoint cadence)."""
     da, db = config_to_dict(a), config_to_dict(b)
     return [
         f"{section}.{key}: {da[section][key]!r} vs {db[section][key]!r}"
         for section in sections
         for key in da[section]
-        if da[section][key] != db[section][key]
+        if da[section][key] != db[section][key] and f"{section}.{key}" not in RESUMABLE_CHANGES
     ]
 
 
@@ -141,7 +145,8 @@ class Trainer:
 
     def resume(self) -> None:
         t, record = load_latest(self.run_dir / "checkpoints", warn=self.log)
-        differ = config_differences(self.cfg, config_from_dict(record["config"]))
+        # everything that shapes the updates must match for the resumed run to be the run the checkpoint records
+        differ = config_differences(self.cfg, config_from_dict(record["config"]), ("data", "model", "noise", "train"))
         if differ:
             raise ScorelabError(
                 f"cannot resume {self.run_dir}: the config differs from the run's ({'; '.join(differ[:3])})"
@@ -188,6 +193,15 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
+    def _stop(self) -> None:
+        self.save()
+        name = signal.Signals(self._stop_signal).name
+        self.log(
+            f"{name} received: saved checkpoint at step {self.step} in {self.run_dir}; "
+            f"continue with: scorelab train CONFIG --resume {self.run_dir}"
+        )
+        raise SystemExit(128 + self._stop_signal)
+
     def _previous_summary(self) -> dict:
         try:
             return json.loads((self.run_dir / "train.json").read_text())
@@ -213,6 +227,8 @@ class Trainer:
                 loss = self.train_step()
                 if loss is None:
                     self.guard.bad(self.step)
+                    if self._stop_signal is not None:
+                        self._stop()  # a skipped step changed nothing: the state is still the last good one
                     continue
                 self.guard.good()
                 self.step += 1
@@ -223,13 +239,7 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
                 if self._stop_signal is not None:
-                    self.save()
-                    name = signal.Signals(self._stop_signal).name
-                    self.log(
-                        f"{name} received: saved checkpoint at step {self.step} in {self.run_dir}; "
-                        f"continue with: scorelab train CONFIG --resume {self.run_dir}"
-                    )
-                    raise SystemExit(128 + self._stop_signal)
+                    self._stop()
         finally:
             bar.close()
             for s, h in handlers.items():
