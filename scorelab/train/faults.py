@@ -49,7 +49,8 @@ def tiny_config(path: Path, steps: int = STEPS) -> Path:
 def _train(config: Path, run: Path, resume: bool) -> subprocess.Popen:
     where = ["--resume", str(run)] if resume else ["--out", str(run)]
     cmd = [sys.executable, "-m", "scorelab", "train", str(config), *where, "--quiet"]
-    env = {**os.environ, "SCORELAB_FAULT_SLOW_WRITES": str(SLOW_WRITE_S)}
+    # unbuffered, so that what a life printed before its SIGKILL (the step it resumed from) is not lost
+    env = {**os.environ, "SCORELAB_FAULT_SLOW_WRITES": str(SLOW_WRITE_S), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
@@ -94,7 +95,9 @@ def run(work: Path, *, kills: int = 10, seed: int = 0, log=print) -> dict:
         if proc.poll() is not None:
             raise RuntimeError(f"training finished before kill {k}; raise STEPS")
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        said = proc.communicate()[0]
+        if k > 0 and f"at step {newest}\n" not in said.split("resumed", 1)[-1][:200]:
+            raise AssertionError(f"life {k} did not resume from the newest good checkpoint (step {newest}):\n{said}")
         audit = _audit(ckpt, born)  # every complete checkpoint must load with a matching hash
         resumed_from = max(audit["steps"])
         if resumed_from < newest:
