@@ -97,7 +97,7 @@ def test_mmd_matches_written_out_formula(monkeypatch):
     x, y = randn(40, 3, seed=1), randn(30, 3, seed=2) + 0.5
     for bw in ([0.7], [0.3, 1.0, 3.0]):
         assert mmd_rbf(x, y, bandwidths=bw) == pytest.approx(mmd_reference(x, y, bw), rel=1e-10)
-    monkeypatch.setattr(sm, "_CHUNK", 7)  # the row-blocked sums give the same figure
+    monkeypatch.setattr(sm, "BLOCK_ELEMENTS", 7 * 30 * 2)  # blocks of 7 rows: the row-blocked sums give the same figure
     assert mmd_rbf(x, y, bandwidths=[0.3, 1.0]) == pytest.approx(mmd_reference(x, y, [0.3, 1.0]), rel=1e-10)
 
 
