@@ -88,6 +88,14 @@ def test_train_and_sample_write_grid_and_metrics(tmp_path, data):
     )
 
 
+def _trained(tmp_path, steps=10, data="ring8"):
+    """A tiny run trained through the command line: (config path, run directory)."""
+    cfg = _tiny_config(tmp_path, data=data, steps=steps)
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    return cfg, run
+
+
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "scorelab", *args], capture_output=True, text=True)
 
@@ -201,10 +209,8 @@ def test_sample_refuses_requests_beyond_the_memory_budget(tmp_path):
 
 
 def test_a_run_whose_files_were_edited_or_damaged(tmp_path):
-    cfg = _tiny_config(tmp_path, steps=20)
-    run = tmp_path / "run"
+    cfg, run = _trained(tmp_path, steps=20)
     r = CliRunner()
-    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
     good = (run / "config.yaml").read_text()
     # an edited config.yaml no longer describes the checkpoint's network
     (run / "config.yaml").write_text(good.replace("width: 32", "width: 64"))
@@ -222,10 +228,8 @@ def test_a_run_whose_files_were_edited_or_damaged(tmp_path):
 
 
 def test_sample_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    cfg = _tiny_config(tmp_path, steps=10)
-    run = tmp_path / "run"
+    cfg, run = _trained(tmp_path, steps=10)
     r = CliRunner()
-    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
     out = tmp_path / "out"
     out.mkdir()
     (out / "held_out.png").write_bytes(b"stale")  # a file of this command's, from an earlier digits sampling
@@ -256,10 +260,8 @@ def test_sample_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_resuming_a_finished_run_changes_nothing_and_steps_apply_to_diffusion_samplers_only(tmp_path):
-    cfg = _tiny_config(tmp_path, steps=10)
-    run = tmp_path / "run"
+    cfg, run = _trained(tmp_path, steps=10)
     r = CliRunner()
-    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
     summary = (run / "train.json").read_text()
     res = r.invoke(cli, ["train", str(cfg), "--resume", str(run), "--quiet"])
     assert res.exit_code == 0 and "already at step 10 of 10" in res.output, res.output
@@ -270,9 +272,7 @@ def test_resuming_a_finished_run_changes_nothing_and_steps_apply_to_diffusion_sa
 
 def test_the_sampling_memory_estimate_bounds_sampling_and_metrics(tmp_path):
     # measured in a fresh process: the peak resident memory that sampling 5,000 points and their metrics add
-    cfg = _tiny_config(tmp_path, steps=10)
-    run = tmp_path / "run"
-    assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    _, run = _trained(tmp_path, steps=10)
     script = (
         "import resource, sys\n"
         "from scorelab.pipelines.sample import evaluate, generate, load_run, sampling_bytes\n"
