@@ -166,7 +166,7 @@ def evaluate(run_dir: Path, guidances, samplers, steps: int, n: int, no_bpd: boo
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--list", "list_", is_flag=True, help="List the reproductions.")
-@click.option("--quick", is_flag=True, help="A reduced setting that runs in under a minute.")
+@click.option("--quick", is_flag=True, help="A reduced setting: about a minute.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here.")
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Figure directory (default runs/reproduce/NAME)."
