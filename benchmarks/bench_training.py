@@ -3,11 +3,13 @@ UNet2DModel, 1x16x16 images, batch 64, MSE to a noise target, the same optimiser
 
     python benchmarks/bench_training.py      (writes benchmarks/results/training.json)
 
-Each peer is compared with a scorelab U-Net of the same level structure at (nearly) equal parameters: two levels of
-32 and 64 channels with attention at the second (diffusers), and three levels (x1, x2, x4) with attention only at the
-lowest resolution (diffusers at 16/32/64, lucidrains' own dim 20 layout). Shape decides most of the cost (a
-three-level net spends far fewer FLOPs per parameter), so like is measured against like, and every model's FLOPs per
-step are in the JSON beside its speed.
+Each diffusers net is compared with a scorelab U-Net of the same level structure at (nearly) equal parameters: two
+levels of 32 and 64 channels with attention at the second, and three levels of 16/32/64 with attention only at the
+lowest resolution. lucidrains' Unet (dim 20, mults 1/2/4, its own layout: channels 20/40/80, linear attention at the
+first two levels, full attention at the third and in the middle) is set beside the three-level scorelab net at equal
+parameters but is not the same structure, so its speed-up is also given per FLOP. Shape decides most of the cost (a
+three-level net spends far fewer FLOPs per parameter), and every model's FLOPs per step are in the JSON beside its
+speed.
 FLOPs per step (forward + backward, convolution, matmul and attention) come from torch.utils.flop_counter; the share
 of peak divides the achieved FLOP/s by this machine's measured fp32 matmul rate (2048^3 GEMMs).
 lucidrains' package imports torchvision at module level for its data pipeline; the PyPI torchvision does not import
@@ -150,7 +152,14 @@ def main(rounds: int = 6, steps_per_round: int = 5) -> None:
     for ours, peer in PAIRS:
         ratio = rows[ours]["params"] / rows[peer]["params"]
         assert 0.9 <= ratio <= 1.1, f"{ours} has {ratio:.2f}x the parameters of {peer}: not an equal-size comparison"
+    speedups_per_flop = {
+        f"{ours}_vs_{peer}": rows[ours]["achieved_flops"] / rows[peer]["achieved_flops"] for ours, peer in PAIRS
+    }
+    from importlib.metadata import version
+
     result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": {p: version(p) for p in ("torch", "diffusers", "denoising_diffusion_pytorch")},
         "optimizer": "torch.optim.Adam(fused=True), every model",
         "batch": BATCH,
         "size": SIZE,
@@ -160,6 +169,7 @@ def main(rounds: int = 6, steps_per_round: int = 5) -> None:
         "matmul_peak_flops": peak,
         "models": rows,
         "speedups": speedups,
+        "speedups_in_achieved_flops": speedups_per_flop,
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))

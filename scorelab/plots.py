@@ -59,13 +59,15 @@ def scatter(sets: dict[str, torch.Tensor], path: Path, *, lim: float | None = No
     return _save(plt, fig, path)
 
 
-def quiver(fields: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, lim: float) -> Path:
-    """Quiver plots of vector fields given as (points (N, 2), vectors (N, 2)), one panel per entry."""
+def quiver(fields: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, lim: float, arrow: float) -> Path:
+    """Quiver plots of vector fields given as (points (N, 2), vectors (N, 2)), one panel per entry, all on one scale:
+    the longest vector of any panel is drawn `arrow` data units long (so lengths compare across panels)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(fields), figsize=(4.5 * len(fields), 4.5), squeeze=False)
+    longest = max(vec.norm(dim=1).max().item() for _, vec in fields.values())
     for ax, (title, (pts, vec)) in zip(axes[0], fields.items(), strict=True):
         p, v = pts.detach().cpu().numpy(), vec.detach().cpu().numpy()
-        ax.quiver(p[:, 0], p[:, 1], v[:, 0], v[:, 1], angles="xy")
+        ax.quiver(p[:, 0], p[:, 1], v[:, 0], v[:, 1], angles="xy", scale_units="xy", scale=longest / arrow)
         ax.set_title(title)
         ax.set_aspect("equal")
         ax.set_xlim(-lim, lim)

@@ -15,7 +15,7 @@ from ..metrics.digits import conditional_report
 from ..plots import image_grid, quiver, trajectories
 from ..reproduce import ncsn_toy
 from ..train.trainer import Trainer
-from .sample import generate, load_run, sample_labels, sample_run
+from .sample import generate, load_run, sample_labels, sample_run, sample_sigmas
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -51,21 +51,25 @@ def _score_field_figure(denoiser, out: Path) -> Path:
     with torch.no_grad():
         learned = score_from_denoised(pts, denoiser(pts, sigma), sigma)
     exact = ring8_mixture().score(pts, 0.3).float()
-    scale = lambda v: v / (v.norm(dim=1, keepdim=True) + 1e-8) * v.norm(dim=1, keepdim=True).sqrt()  # noqa: E731
+    compress = lambda v: v / (v.norm(dim=1, keepdim=True) + 1e-8) * v.norm(dim=1, keepdim=True).sqrt()  # noqa: E731
     return quiver(
         {
-            "learned score, sigma = 0.3": (pts, scale(learned) * 0.1),
-            "exact score, sigma = 0.3": (pts, scale(exact) * 0.1),
+            "learned score, sigma = 0.3": (pts, compress(learned)),
+            "exact score, sigma = 0.3": (pts, compress(exact)),
         },
         out,
         lim=3.2,
+        arrow=0.27,  # the grid spacing: the longest arrow of either panel spans one cell
     )
 
 
 def _trajectory_figure(cfg, denoiser, out: Path) -> Path:
+    """The last part of 16 annealed Langevin chains: every step at noise levels sigma <= 0.2 (above that the steps are
+    larger than the plot), then the final denoised sample."""
     steps = []
-    generate(cfg, denoiser, 16, seed=1, progress=False, callback=lambda i, x: steps.append(x.clone()))
-    path = torch.stack(steps[:: max(1, len(steps) // 200)])
+    final = generate(cfg, denoiser, 16, seed=1, progress=False, callback=lambda i, x: steps.append(x.clone()))
+    level = sample_sigmas(cfg)[: len(steps) // cfg.sample.steps_per_level].repeat_interleave(cfg.sample.steps_per_level)
+    path = torch.stack([x for x, s in zip(steps, level.tolist(), strict=False) if s <= 0.2] + [final])
     return trajectories(path, out, lim=4, background=ring8_mixture().sample(2000, torch.Generator().manual_seed(0)))
 
 
@@ -147,7 +151,9 @@ td{{padding:2px 10px;border-bottom:1px solid #ddd}}</style></head><body>
 <h2>1. Annealed vs plain Langevin with exact scores (Song &amp; Ermon 2019, Fig. 3)</h2>
 <img src="{rel(toy["figure"])}">{_table(metrics["ncsn_toy"])}
 <h2>2. Learned score on the ring of 8 Gaussians</h2>
-<img src="{rel(field)}"><p>Annealed Langevin trajectories (dot: start, cross: end):</p><img src="{rel(traj)}">
+<p>Learned and exact score at sigma = 0.3, arrows of length &prop; &radic;|score| on one scale in both panels:</p>
+<img src="{rel(field)}"><p>Annealed Langevin trajectories at noise levels sigma &le; 0.2 (dot: the first step at
+sigma &le; 0.2, cross: the final denoised sample):</p><img src="{rel(traj)}">
 <p>Samples beside fresh data:</p><img src="toy2d/samples/samples.png">
 {_table({k: v for k, v in toy_metrics.items() if k != "run"})}
 <h2>3. Digits (scikit-learn 8x8), noise-conditional U-Net + annealed Langevin</h2>
