@@ -4,8 +4,9 @@
 
 Accuracy: the two Gaussian mixtures of `scorelab reproduce sampler-accuracy`, exact eps-model
 eps(x_t, t) = (x - D(x, sigma_t)) / sigma_t with x = x_t / sqrt(alpha_bar_t), through diffusers' DDIM (trailing),
-DPMSolverMultistep and EulerDiscrete schedulers on the DDPM linear schedule, against scorelab's samplers on its
-recommended schedule, at the same model-evaluation counts. Overhead: a model returning zeros, 1x4x64x64, 50 steps.
+DPMSolverMultistep, EulerDiscrete and UniPCMultistep schedulers on the DDPM linear schedule (sigma up to 157), against
+scorelab's samplers on its recommended schedule (sigma up to 500) and on the same trailing DDPM timesteps, at the same
+model-evaluation counts. Overhead: a model returning zeros, 1x4x64x64, 50 steps.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ LINEAR = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
 
 
 def diffusers_schedulers():
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 
     return {
         "diffusers_ddim_trailing": lambda: DDIMScheduler(**LINEAR, timestep_spacing="trailing", clip_sample=False),
         "diffusers_dpmsolver_multistep": lambda: DPMSolverMultistepScheduler(**LINEAR),
         "diffusers_euler_discrete": lambda: EulerDiscreteScheduler(**LINEAR),
+        "diffusers_unipc_multistep": lambda: UniPCMultistepScheduler(**LINEAR),
     }
 
 
@@ -84,55 +86,77 @@ def accuracy(n: int, nfes, seed: int = 0) -> list[dict]:
                         "max_z": moment_z_scores(out, mix)["max_z"],
                     }
                 )
-            for name, fn in ours.items():
-                sig, vp = schedule("lognormal", nfe, mix)
-                g = torch.Generator().manual_seed(seed)
-                x = initial_noise((n, 2), float(sig[0]), vp_prior=vp, generator=g, dtype=torch.float64)
-                rows.append(
-                    {
-                        "mixture": mname,
-                        "sampler": name,
-                        "schedule": "lognormal (scorelab)",
-                        "nfe": nfe,
-                        "max_z": moment_z_scores(fn(mix, x, sig, generator=g), mix)["max_z"],
-                    }
-                )
-            print(*(f"{r['sampler']}:{r['max_z']:.1f}" for r in rows[-6:]), f"[{mname} nfe {nfe}]", flush=True)
+            # scorelab's samplers on its recommended schedule (sigma up to 500), and on the DDPM trailing timesteps
+            # the diffusers schedulers see (sigma up to 157): the second separates the solver from the schedule
+            for kind, label in (
+                ("lognormal", "lognormal (scorelab)"),
+                ("ddpm-linear-trailing", "ddpm-linear trailing"),
+            ):
+                for name, fn in ours.items():
+                    sig, vp = schedule(kind, nfe, mix)
+                    g = torch.Generator().manual_seed(seed)
+                    x = initial_noise((n, 2), float(sig[0]), vp_prior=vp, generator=g, dtype=torch.float64)
+                    rows.append(
+                        {
+                            "mixture": mname,
+                            "sampler": name,
+                            "schedule": label,
+                            "nfe": nfe,
+                            "max_z": moment_z_scores(fn(mix, x, sig, generator=g), mix)["max_z"],
+                        }
+                    )
+            print(*(f"{r['sampler']}:{r['max_z']:.1f}" for r in rows[-10:]), f"[{mname} nfe {nfe}]", flush=True)
     return rows
 
 
-def overhead(steps: int = 50, repeats: int = 5) -> list[dict]:
-    """Seconds per step, excluding the model, with a model that returns zeros (1x4x64x64, float32)."""
+def overhead(steps: int = 50, repeats: int = 21) -> list[dict]:
+    """Seconds per step, excluding the model, with a model that returns zeros (1x4x64x64, float32). The six runs
+    take turns, one warm-up each and then `repeats` rounds, so that a slow spell on a shared machine falls on all of
+    them; each figure is the median over its rounds."""
     shape = (1, 4, 64, 64)
-    rows = []
 
     def zeros_denoiser(x, sigma, cond=None):
         return torch.zeros_like(x)
 
     ab = alphas_cumprod(beta_schedule("linear", 1000))
     sig = discrete_sigmas(ab, timesteps(1000, steps, "trailing"))
-    for name, fn in {"ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler}.items():
-        times = []
-        for _ in range(repeats):
-            x = torch.randn(shape)
-            t0 = time.perf_counter()
-            fn(zeros_denoiser, x, sig)
-            times.append((time.perf_counter() - t0) / steps)
-        rows.append({"library": "scorelab", "algorithm": name, "us_per_step": 1e6 * statistics.median(times)})
-    peers = dict(zip(("ddim", "dpmpp_2m", "euler"), diffusers_schedulers().values(), strict=True))
-    for name, make in peers.items():
-        times = []
-        for _ in range(repeats):
+
+    def ours(fn):
+        def run():
+            fn(zeros_denoiser, torch.randn(shape), sig)
+
+        return run
+
+    def theirs(make):
+        def run():
             sched = make()
             sched.set_timesteps(steps)
             x = torch.randn(shape) * float(sched.init_noise_sigma)
-            t0 = time.perf_counter()
             for t in sched.timesteps:
                 eps = torch.zeros_like(sched.scale_model_input(x, t))
                 x = sched.step(eps, t, x).prev_sample
-            times.append((time.perf_counter() - t0) / steps)
-        rows.append({"library": "diffusers", "algorithm": name, "us_per_step": 1e6 * statistics.median(times)})
-    return rows
+
+        return run
+
+    made = diffusers_schedulers()
+    runs = {
+        ("scorelab", "ddim"): ours(ddim),
+        ("scorelab", "dpmpp_2m"): ours(dpmpp_2m),
+        ("scorelab", "euler"): ours(euler),
+        ("diffusers", "ddim"): theirs(made["diffusers_ddim_trailing"]),
+        ("diffusers", "dpmpp_2m"): theirs(made["diffusers_dpmsolver_multistep"]),
+        ("diffusers", "euler"): theirs(made["diffusers_euler_discrete"]),
+    }
+    times = {key: [] for key in runs}
+    for r in range(repeats + 1):
+        for key, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            if r:  # round 0 warms up
+                times[key].append((time.perf_counter() - t0) / steps)
+    return [
+        {"library": lib, "algorithm": alg, "us_per_step": 1e6 * statistics.median(t)} for (lib, alg), t in times.items()
+    ]
 
 
 def main() -> None:
@@ -141,13 +165,17 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="5,000 samples instead of 20,000")
     args = p.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     n = 5000 if args.quick else 20000
     acc = accuracy(n, (5, 10, 20, 50))
     summary = {}
     for m in mixtures():
         ours20 = min(
-            r["max_z"] for r in acc if r["mixture"] == m and r["sampler"].startswith("scorelab") and r["nfe"] == 20
+            r["max_z"]
+            for r in acc
+            if r["mixture"] == m
+            and r["sampler"].startswith("scorelab")
+            and r["nfe"] == 20
+            and "scorelab" in r["schedule"]
         )
         theirs50 = min(
             r["max_z"] for r in acc if r["mixture"] == m and r["sampler"].startswith("diffusers") and r["nfe"] == 50
@@ -160,6 +188,7 @@ def main() -> None:
         for a in ("ddim", "dpmpp_2m", "euler")
     }
     result = {
+        "date": time.strftime("%Y-%m-%d"),
         "n": n,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
