@@ -246,6 +246,21 @@ def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
+RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.keep_checkpoints"}
+
+
+def config_differences(a: Config, b: Config, sections=("data", "model", "noise")) -> list[str]:
+    """'section.key: A vs B' for every setting in `sections` where the two configs differ (leaving out the
+    settings a resumed run may change: its length and checkpoint cadence)."""
+    da, db = config_to_dict(a), config_to_dict(b)
+    return [
+        f"{section}.{key}: {da[section][key]!r} vs {db[section][key]!r}"
+        for section in sections
+        for key in da[section]
+        if da[section][key] != db[section][key] and f"{section}.{key}" not in RESUMABLE_CHANGES
+    ]
+
+
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():

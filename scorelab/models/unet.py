@@ -166,11 +166,9 @@ class UNet(nn.Module):
                     raise ValueError(
                         f"labels must be an integer tensor of shape ({batch},), got {cond.dtype} {tuple(cond.shape)}"
                     )
-                if cond.numel() and not -1 <= int(cond.min()) <= int(cond.max()) < self.num_classes:
-                    raise ValueError(
-                        f"labels must be in -1..{self.num_classes - 1} (-1 = no label), "
-                        f"got {int(cond.min())}..{int(cond.max())}"
-                    )
+                lo, hi = (int(v) for v in torch.aminmax(cond)) if cond.numel() else (-1, -1)  # one pass, one sync
+                if not -1 <= lo <= hi < self.num_classes:
+                    raise ValueError(f"labels must be in -1..{self.num_classes - 1} (-1 = no label), got {lo}..{hi}")
             return cond, None
         if not self.context_dim:
             raise ValueError("this UNet takes no context sequence (context_dim = 0); cond must be labels or None")

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..config import Config, config_from_dict
+from ..config import Config, config_differences, config_from_dict
 from ..data.digits import load_digits_split
 from ..data.toys import ring8_mixture, sample_toy
 from ..errors import ScorelabError
@@ -34,7 +34,7 @@ from ..schedules import (
     timesteps,
 )
 from ..train.checkpoint import load_latest
-from ..train.trainer import config_differences, load_run_config
+from ..train.trainer import load_run_config
 
 EVAL_SEED = 10_000  # fresh reference sets are drawn from seeds the training never uses
 SAMPLE_OUTPUTS = {"samples.safetensors", "samples.png", "held_out.png", "metrics.json"}

@@ -14,7 +14,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ..config import Config, config_from_dict, config_to_dict, load_config
+from ..config import Config, config_differences, config_from_dict, config_to_dict, load_config
 from ..data.sources import BatchSource
 from ..errors import ScorelabError
 from ..models.build import build_denoiser
@@ -36,21 +36,6 @@ def load_run_config(run_dir: Path) -> Config:
     if not path.is_file():
         raise ScorelabError(f"{run_dir} is not a run directory (no config.yaml)")
     return load_config(path)
-
-
-RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.keep_checkpoints"}
-
-
-def config_differences(a: Config, b: Config, sections=("data", "model", "noise")) -> list[str]:
-    """'section.key: A vs B' for every setting in `sections` where the two configs differ (leaving out the
-    settings a resumed run may change: its length and checkpoint cadence)."""
-    da, db = config_to_dict(a), config_to_dict(b)
-    return [
-        f"{section}.{key}: {da[section][key]!r} vs {db[section][key]!r}"
-        for section in sections
-        for key in da[section]
-        if da[section][key] != db[section][key] and f"{section}.{key}" not in RESUMABLE_CHANGES
-    ]
 
 
 def seed_global_rngs(seed: int) -> None:
