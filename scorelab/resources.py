@@ -33,19 +33,49 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+# (limit, usage) files of this process's memory cgroup: v2, then v1
+_CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def cgroup_headroom(files=_CGROUP_FILES) -> int | None:
+    """Bytes left under this process's memory cgroup limit (a container's limit), or None when there is none."""
+    for limit_file, usage_file in files:
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and limit < 2**60:  # v1 writes a huge number for no limit
+            return max(limit - (usage or 0), 0)
+    return None
+
+
 def available_memory() -> int:
-    """Memory the system can give this process now: MemAvailable from /proc/meminfo, else physical memory."""
+    """Memory the system can give this process now: MemAvailable from /proc/meminfo (else physical memory), and no
+    more than what is left under a container's cgroup limit."""
+    system = None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    system = int(line.split()[1]) * 1024
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+    if system is None:
+        try:
+            system = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            system = 8 * 2**30
+    headroom = cgroup_headroom()
+    return system if headroom is None else min(system, headroom)
 
 
 @torch.no_grad()

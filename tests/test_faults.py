@@ -176,3 +176,12 @@ def test_a_save_after_a_fallback_drops_the_abandoned_newer_records(tmp_path):
     # the run fell back from 30 to 20 and goes on: 30's record is from a timeline that no longer exists
     save_checkpoint(d, 25, {"w": torch.ones(1)}, {}, keep=5)
     assert [p.stem for p in list_checkpoints(d)] == ["ckpt_00000010", "ckpt_00000020", "ckpt_00000025"]
+
+
+def test_checkpoints_order_by_step_past_the_eight_padded_digits(tmp_path):
+    from scorelab.train.checkpoint import save_checkpoint
+
+    d = tmp_path / "ck"
+    for step in (99_999_999, 100_000_000, 100_000_001):  # "ckpt_100000000" sorts before "ckpt_99999999" as text
+        save_checkpoint(d, step, {"w": torch.full((1,), float(step))}, {}, keep=2)
+    assert [p.stem for p in list_checkpoints(d)] == ["ckpt_100000000", "ckpt_100000001"]

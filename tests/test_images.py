@@ -36,6 +36,12 @@ def test_rgb_greyscale_palette_alpha_and_16_bit_convert_exactly(tmp_path):
     over_black = load_image(path, background=(0, 0, 0))
     torch.testing.assert_close(over_black, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 * 0.2)
     assert load_image(path, channels=4)[3].allclose(torch.full((4, 6), 0.2))
+    # greyscale with alpha for a 1-channel model: over the background's grey, not with the alpha dropped
+    la = Image.fromarray(np.stack([rgb[..., 0], np.full((4, 6), 51, np.uint8)], -1), mode="LA")
+    la_path = _save(tmp_path, la)
+    grey_a = torch.from_numpy(rgb[..., 0]).float() / 255
+    torch.testing.assert_close(load_image(la_path, channels=1)[0], grey_a * 0.2 + 0.8)  # white background
+    torch.testing.assert_close(load_image(la_path, channels=1, background=(0, 0, 0))[0], grey_a * 0.2)
     # 16-bit greyscale: scaled by 65535, not clipped to 8 bits
     deep = np.array([[0, 1000, 65535, 40000]], dtype=np.uint16)
     out16 = load_image(_save(tmp_path, Image.fromarray(deep)), channels=1)

@@ -4,7 +4,8 @@ What is converted rather than refused (docs/bad-input.md lists every case):
 - palette (P) images are expanded to RGB(A) through their palette;
 - 16- and 32-bit integer and float greyscale images are scaled by their own range type (16-bit by 65535), never
   clipped to 8 bits;
-- an alpha channel is composited over `background` for RGB output and kept only when channels=4 is asked for;
+- an alpha channel is composited over `background` (its grey value for greyscale output) and kept only when
+  channels=4 is asked for;
 - greyscale is repeated to RGB when channels=3 is asked for (and RGB is refused for channels=1, since dropping colour
   silently is rarely what the user meant).
 Returned tensors are float32 (C, H, W) in [0, 1].
@@ -82,7 +83,8 @@ def load_image(
     path, *, channels: int = 3, multiple_of: int = 1, background=(1.0, 1.0, 1.0), what: str = "image"
 ) -> torch.Tensor:
     """An image file as a float32 (channels, H, W) tensor in [0, 1]; H and W must be multiples of `multiple_of`
-    (a model's downsampling factor). channels: 1 (greyscale), 3 (RGB, alpha composited over `background`) or 4."""
+    (a model's downsampling factor). channels: 1 (greyscale; alpha composited over `background`'s grey), 3 (RGB,
+    alpha composited over `background`) or 4."""
     if channels not in CHANNELS:
         raise ScorelabError(f"channels must be one of {CHANNELS}, got {channels}")
     if multiple_of < 1:
@@ -104,6 +106,9 @@ def load_image(
         if colour.shape[-1] == 3:
             raise ScorelabError(f"{what} {path}: has colour (RGB) but a greyscale (1-channel) image is needed")
         out = colour
+        if alpha is not None:  # over the background's grey value (ITU-R 601 luma, as Pillow's "L" conversion)
+            grey = float(np.dot(np.asarray(background, dtype=np.float64), (0.299, 0.587, 0.114)))
+            out = colour * alpha + grey * (1 - alpha)
     else:
         rgb = np.repeat(colour, 3, -1) if colour.shape[-1] == 1 else colour
         if channels == 4:

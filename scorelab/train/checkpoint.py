@@ -49,16 +49,22 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, torch.Tensor]
     _atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=2).encode())
     records = list_checkpoints(directory)
     # records past this step belong to a timeline abandoned by a fallback resume: they go, then all but the newest keep
-    later = [p for p in records if p.name > stem.with_suffix(".json").name]
+    later = [p for p in records if _step_of(p) > step]
     for old in later + [p for p in records if p not in later][:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".safetensors").unlink(missing_ok=True)
     return stem.with_suffix(".safetensors")
 
 
+def _step_of(record_path: Path) -> int:
+    digits = record_path.stem.removeprefix("ckpt_")
+    return int(digits) if digits.isdigit() else -1
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
-    """The JSON records of complete checkpoints, oldest first."""
-    return sorted(Path(directory).glob("ckpt_*.json"))
+    """The JSON records of complete checkpoints, oldest first (by the step in the name, which is zero-padded to 8
+    digits and grows past them)."""
+    return sorted(Path(directory).glob("ckpt_*.json"), key=lambda p: (_step_of(p), p.name))
 
 
 def load_checkpoint(record_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
