@@ -10,8 +10,9 @@ first two levels, full attention at the third and in the middle) is set beside t
 parameters but is not the same structure, so its speed-up is also given per FLOP. Shape decides most of the cost (a
 three-level net spends far fewer FLOPs per parameter), and every model's FLOPs per step are in the JSON beside its
 speed.
+Every model runs with the allocator setting the `scorelab` command makes (scorelab.resources.keep_freed_memory).
 FLOPs per step (forward + backward, convolution, matmul and attention) come from torch.utils.flop_counter; the share
-of peak divides the achieved FLOP/s by this machine's measured fp32 matmul rate (2048^3 GEMMs).
+of peak divides the achieved FLOP/s by this machine's measured fp32 matmul rate (2048^3 GEMMs, read around every round).
 lucidrains' package imports torchvision at module level for its data pipeline; the PyPI torchvision does not import
 beside this torch build, so a stub module stands in (the Unet itself never uses it).
 """
@@ -30,6 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from scorelab.models.unet import UNet
+from scorelab.resources import keep_freed_memory
 
 OUT = Path(__file__).parent / "results" / "training.json"
 BATCH, SIZE = 64, 16
@@ -119,31 +121,43 @@ def stepper(model, call):
 
 def main(rounds: int = 6, steps_per_round: int = 5) -> None:
     """Models take turns, `steps_per_round` steps each, for `rounds` rounds, so that a slow spell on a shared machine
-    falls on all of them; each model's time per step is the median over all its timed steps."""
-    peak = matmul_peak()
+    falls on all of them; each model's time per step is the median over all its timed steps. The matmul peak is
+    measured before and after every round (this machine's speed drifts by up to 2x within minutes, so one reading at
+    the start misstates the share): a model's share of peak in a round is its FLOP/s there over the better of the two
+    readings around it, and the share reported is the median over rounds; the share against the best reading of the
+    whole run, the most conservative figure, is given beside it."""
+    kept = keep_freed_memory()  # as the scorelab command runs; for every model alike (benchmarks/bench_allocator.py)
     built = {name: (model, *stepper(model, call)) for name, (model, call) in models().items()}
-    times = {name: [] for name in built}
-    for _ in range(rounds):
+    times = {name: [[] for _ in range(rounds)] for name in built}
+    peaks = [matmul_peak()]
+    for r in range(rounds):
         for name, (_, step, _) in built.items():
             for _ in range(steps_per_round):
                 t0 = time.perf_counter()
                 step()
-                times[name].append(time.perf_counter() - t0)
+                times[name][r].append(time.perf_counter() - t0)
+        peaks.append(matmul_peak())
+    round_peaks = [max(a, b) for a, b in zip(peaks[:-1], peaks[1:], strict=True)]
     rows = {}
     for name, (model, _, flops) in built.items():
-        sec = statistics.median(times[name])
+        every = [t for per_round in times[name] for t in per_round]
+        sec = statistics.median(every)
+        shares = [flops / statistics.median(ts) / peak for ts, peak in zip(times[name], round_peaks, strict=True)]
         rows[name] = {
             "params": sum(p.numel() for p in model.parameters()),
             "seconds_per_step": sec,
-            "seconds_per_step_quartiles": statistics.quantiles(times[name], n=4),
+            "seconds_per_step_quartiles": statistics.quantiles(every, n=4),
             "images_per_second": BATCH / sec,
             "flops_per_step": flops,
             "achieved_flops": flops / sec,
-            "share_of_matmul_peak": flops / sec / peak,
+            "share_of_matmul_peak": statistics.median(shares),
+            "share_of_matmul_peak_by_round": shares,
+            "share_of_best_matmul_peak": flops / sec / max(peaks),
         }
         print(
             f"{name:24s} {rows[name]['params'] / 1e6:.2f}M params  {flops / 1e9:5.1f} GFLOP/step  "
-            f"{rows[name]['images_per_second']:7.1f} img/s  {100 * rows[name]['share_of_matmul_peak']:.0f}% of peak",
+            f"{rows[name]['images_per_second']:7.1f} img/s  {100 * rows[name]['share_of_matmul_peak']:.1f}% of peak "
+            f"({100 * rows[name]['share_of_best_matmul_peak']:.1f}% of the best reading)",
             flush=True,
         )
     speedups = {
@@ -161,12 +175,15 @@ def main(rounds: int = 6, steps_per_round: int = 5) -> None:
         "date": time.strftime("%Y-%m-%d"),
         "versions": {p: version(p) for p in ("torch", "diffusers", "denoising_diffusion_pytorch")},
         "optimizer": "torch.optim.Adam(fused=True), every model",
+        "allocator": "glibc keeps freed memory (scorelab.resources.keep_freed_memory), every model"
+        if kept
+        else "default",
         "batch": BATCH,
         "size": SIZE,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "matmul_peak_flops": peak,
+        "matmul_peak_flops_readings": peaks,
         "models": rows,
         "speedups": speedups,
         "speedups_in_achieved_flops": speedups_per_flop,

@@ -217,6 +217,9 @@ def demo(out: Path, quiet: bool) -> None:
 
 def main() -> None:
     """Entry point: every user error is one line `error: ...` on stderr and exit status 2 (click's usage errors too)."""
+    from .resources import keep_freed_memory
+
+    keep_freed_memory()
     try:
         code = cli.main(standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as e:  # `scorelab` alone: show the help

@@ -7,6 +7,7 @@ every module output per sample, as if all were alive at once.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 
@@ -31,6 +32,22 @@ def format_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the operating system, and to
+    serve blocks up to 1 GiB from that pool instead of mapping each afresh. Otherwise every training step faults its
+    activations' pages in again (about 11,000 minor page faults per step of the benchmark's 2-level U-Net, some 4% of
+    the step; benchmarks/bench_training.py). The process's memory then stays at its peak rather than shrinking
+    between steps. Called once by the `scorelab` command; True where it took effect (glibc), False elsewhere."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, 2**30)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def _read_int(path: str) -> int | None:

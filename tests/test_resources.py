@@ -1,6 +1,10 @@
 """Memory budgets: the container's cgroup limit caps what counts as available."""
 
-from scorelab.resources import available_memory, cgroup_headroom
+import platform
+
+import pytest
+
+from scorelab.resources import available_memory, cgroup_headroom, keep_freed_memory
 
 
 def test_cgroup_headroom_reads_v2_and_v1_files_and_ignores_no_limit(tmp_path):
@@ -21,3 +25,8 @@ def test_available_memory_is_no_more_than_the_cgroup_headroom():
     assert available_memory() > 0
     if headroom is not None:
         assert available_memory() <= headroom
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_takes_effect_on_glibc():
+    assert keep_freed_memory() is True
