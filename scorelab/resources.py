@@ -59,20 +59,43 @@ def _read_int(path: str) -> int | None:
     return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
 
 
-# (limit, usage) files of this process's memory cgroup: v2, then v1
-_CGROUP_FILES = (
-    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-)
+def _ancestors(group: str) -> list[str]:
+    """'/a/b' -> ['/a/b', '/a', '']: a group and every group above it, as suffixes of the mount point."""
+    parts = [part for part in group.split("/") if part]
+    return ["/" + "/".join(parts[:i]) if i else "" for i in range(len(parts), -1, -1)]
 
 
-def cgroup_headroom(files=_CGROUP_FILES) -> int | None:
-    """Bytes left under this process's memory cgroup limit (a container's limit), or None when there is none."""
-    for limit_file, usage_file in files:
+def _cgroup_files(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> list[tuple[str, str]]:
+    """(limit, usage) files of this process's memory cgroup and of every group above it, v2 then v1 (inside a
+    container with its own cgroup namespace the top is the container's group)."""
+    groups = {"v2": "/", "v1": "/"}
+    try:
+        with open(proc_cgroup) as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    groups["v2"] = path
+                elif "memory" in controllers.split(","):
+                    groups["v1"] = path
+    except (OSError, ValueError):
+        pass
+    v2 = [(f"{root}{g}/memory.max", f"{root}{g}/memory.current") for g in _ancestors(groups["v2"])]
+    v1 = [
+        (f"{root}/memory{g}/memory.limit_in_bytes", f"{root}/memory{g}/memory.usage_in_bytes")
+        for g in _ancestors(groups["v1"])
+    ]
+    return v2 + v1
+
+
+def cgroup_headroom(files: list[tuple[str, str]] | None = None) -> int | None:
+    """Bytes left under the tightest memory cgroup limit on this process (a container's limit, or a group's above
+    it), or None when there is none."""
+    headrooms = []
+    for limit_file, usage_file in _cgroup_files() if files is None else files:
         limit, usage = _read_int(limit_file), _read_int(usage_file)
-        if limit is not None and limit < 2**60:  # v1 writes a huge number for no limit
-            return max(limit - (usage or 0), 0)
-    return None
+        if limit is not None and limit < 2**60:  # v1 writes a huge number for no limit, v2 "max"
+            headrooms.append(max(limit - (usage or 0), 0))
+    return min(headrooms) if headrooms else None
 
 
 def available_memory() -> int:
