@@ -12,7 +12,8 @@ three-level net spends far fewer FLOPs per parameter), and every model's FLOPs p
 speed.
 Every model runs with the allocator setting the `scorelab` command makes (scorelab.resources.keep_freed_memory).
 FLOPs per step (forward + backward, convolution, matmul and attention) come from torch.utils.flop_counter; the share
-of peak divides the achieved FLOP/s by this machine's measured fp32 matmul rate (2048^3 GEMMs, read around every round).
+of peak divides each round's achieved FLOP/s by this machine's fp32 matmul rate read around that round (2048^3
+GEMMs), median over rounds (see main).
 lucidrains' package imports torchvision at module level for its data pipeline; the PyPI torchvision does not import
 beside this torch build, so a stub module stands in (the Unet itself never uses it).
 """
@@ -122,7 +123,7 @@ def stepper(model, call):
 def main(rounds: int = 6, steps_per_round: int = 5) -> None:
     """Models take turns, `steps_per_round` steps each, for `rounds` rounds, so that a slow spell on a shared machine
     falls on all of them; each model's time per step is the median over all its timed steps. The matmul peak is
-    measured before and after every round (this machine's speed drifts by up to 2x within minutes, so one reading at
+    measured before and after every round (this machine's speed drifts by up to 1.5x within minutes, so one reading at
     the start misstates the share): a model's share of peak in a round is its FLOP/s there over the better of the two
     readings around it, and the share reported is the median over rounds; the share against the best reading of the
     whole run, the most conservative figure, is given beside it."""

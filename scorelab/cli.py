@@ -8,7 +8,18 @@ from pathlib import Path
 
 import click
 
+from .config import CHOICES
 from .errors import ScorelabError
+
+
+class _Name(click.Choice):
+    """A choice of names written with underscores that also takes them with hyphens (dpmpp-2m for dpmpp_2m)."""
+
+    def convert(self, value, param, ctx):
+        return super().convert(value.replace("-", "_") if isinstance(value, str) else value, param, ctx)
+
+
+SAMPLER_NAMES = CHOICES["sample.sampler"]  # annealed Langevin, then the diffusion samplers
 
 
 def _echo_table(rows: list[list[str]]) -> None:
@@ -70,7 +81,7 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
 )
 @click.option(
     "--sampler",
-    type=click.Choice(["annealed_langevin", "ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]),
+    type=_Name(SAMPLER_NAMES),
     default=None,
     help="Sampler (default: the config's sample.sampler).",
 )
@@ -131,7 +142,7 @@ def sample(
     "--sampler",
     "samplers",
     multiple=True,
-    type=click.Choice(["ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]),
+    type=_Name(SAMPLER_NAMES[1:]),
     help="Samplers (repeatable; default dpmpp_2m).",
 )
 @click.option(

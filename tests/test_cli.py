@@ -186,6 +186,10 @@ def test_conditional_ddpm_train_sample_evaluate(tmp_path):
     assert isinstance(res.exception, ScorelabError) and "--label must be in 0..9" in str(res.exception)
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "nope"])
     assert res.exit_code == 2 and "nope" in res.output
+    # the spelling: hyphens for underscores
+    res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "dpmpp-2m", "--steps", "2", "--n", "4"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "samples" / "metrics.json").read_text())["sampler"] == "dpmpp_2m"
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "annealed_langevin"])
     assert isinstance(res.exception, ScorelabError) and "this run is DDPM-trained" in str(res.exception)
 
