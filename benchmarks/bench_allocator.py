@@ -148,7 +148,8 @@ def main(rounds: int = 6) -> None:
         print(
             f"pair {r}: default {1e3 * got[False]['seconds_per_step']:.0f} ms "
             f"({got[False]['page_faults_per_step']:.0f} faults/step), "
-            f"kept {1e3 * got[True]['seconds_per_step']:.0f} ms ({got[True]['page_faults_per_step']:.0f}); ratio {ratio:.3f}",
+            f"kept {1e3 * got[True]['seconds_per_step']:.0f} ms ({got[True]['page_faults_per_step']:.0f}); "
+            f"ratio {ratio:.3f}",
             flush=True,
         )
     ratios = [row["default"]["seconds_per_step"] / row["kept"]["seconds_per_step"] for row in rows]
