@@ -64,6 +64,25 @@ def test_ddim_eta0_is_euler_and_eta1_is_ddpm_small():
     torch.testing.assert_close(a, b)
 
 
+def test_ddim_eta1_is_k_diffusion_euler_ancestral():
+    """Euler ancestral written from its formulas (Karras et al. 2022 / k-diffusion):
+    sigma_up^2 = s'^2 (s^2 - s'^2) / s^2, sigma_down^2 = s'^2 - sigma_up^2, x <- x + (sigma_down - s) (x - D) / s
+    + sigma_up z."""
+    mix = GaussianMixture([0.3, 0.7], [[1.0, -1.0], [-0.5, 0.5]], 0.4)
+    sig = append_zero(loglinear_sigmas(0.05, 20.0, 12, dtype=torch.float64))
+    x = initial_noise((64, 2), 20.0, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    want = x.clone()
+    for s, s_next in zip(sig[:-1].tolist(), sig[1:].tolist(), strict=True):
+        d = mix(want, torch.full((64,), s, dtype=torch.float64))
+        up = math.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
+        down = math.sqrt(s_next**2 - up**2)
+        want = want + (down - s) * (want - d) / s
+        if up > 0:
+            want = want + up * torch.randn(want.shape, generator=g, dtype=torch.float32).double()
+    torch.testing.assert_close(ddim(mix, x, sig, eta=1.0, generator=torch.Generator().manual_seed(3)), want)
+
+
 @pytest.mark.parametrize("variance", ["small", "large"])
 def test_ancestral_moments_with_exact_denoiser(variance):
     """DDPM ancestral sampling with the exact denoiser of N(MU, S^2) over many steps: sample mean and std match the

@@ -33,17 +33,18 @@ def ddim(
     """DDIM (Song et al. 2021, eq. 12): x_s = sqrt(ab_s) x0 + sqrt(1 - ab_s - c^2) eps + c z with
     c^2 = eta^2 (1 - ab_s)/(1 - ab_t) (1 - ab_t/ab_s) (eq. 16). In sigma-space:
     x_s = x0 + sqrt(sigma_s^2 - c^2/ab_s) eps + (c / sqrt(ab_s)) z. eta = 0 is deterministic (and equals Euler on
-    the probability-flow ODE in sigma); eta = 1 is DDPM ancestral with the fixed-small variance."""
+    the probability-flow ODE in sigma); eta = 1 is DDPM ancestral with the fixed-small variance. In sigma-space
+    (c / sqrt(ab_s))^2 = sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2, k-diffusion's sigma_up, so eta = 1 is also
+    its Euler ancestral step."""
     if not 0 <= eta <= 1:  # above 1 the noise added would exceed the next noise level
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     for i, (s, s_next) in steps(sigmas, "ddim", progress):
         d = denoise(denoiser, x, s, cond)
-        eps = (x - d) / s
         a, a_next = _ab(s), _ab(s_next)
         c2 = eta**2 * (1 - a_next) / (1 - a) * (1 - a / a_next)
         up = math.sqrt(c2 / a_next)
         down = math.sqrt(max(s_next**2 - up**2, 0.0))
-        x = d + down * eps
+        x = torch.lerp(x, d, 1 - down / s)  # d + down * eps with eps = (x - d) / s, in one pass
         if up > 0:
             x = x + up * randn_like(x, generator)
         if callback is not None:

@@ -13,7 +13,8 @@ def euler(denoiser, x, sigmas, *, cond=None, generator=None, callback: Callback 
     """First-order: x <- x + (sigma' - sigma) d with d = (x - D) / sigma. One evaluation per step."""
     for i, (s, s_next) in steps(sigmas, "euler", progress):
         d_x0 = denoise(denoiser, x, s, cond)
-        x = x + (s_next - s) * (x - d_x0) / s
+        # the Euler step above, as x + (1 - sigma'/sigma) (D - x): one fused pass over x
+        x = torch.lerp(x, d_x0, 1 - s_next / s)
         if callback is not None:
             callback(i, x, d_x0)
     return x
