@@ -5,15 +5,16 @@ malloc hands freed memory back to the OS, so each step faults its activations' p
 
 The model is the benchmark's 2-level U-Net (1x16x16, batch 64, fused Adam). Two measurements:
 
-1. Cost of a page fault, in one process: steps alternate between an allocator that maps every block of 128 KiB or
-   more afresh (many faults) and the kept one (almost none); the median over 30 pairs of (time difference / fault
-   difference) is the cost of one fault. Pairs of neighbouring steps see the same machine, so this holds even on a
-   machine whose speed drifts.
+1. Cost of a page fault, in one process: steps alternate between an allocator that hands freed heap memory back
+   to the OS beyond 128 KiB (many faults, by the same trim-and-regrow mechanism as the default's) and the kept one
+   (almost none); the median over 30 pairs of (time difference / fault difference) is the cost of one fault. Pairs
+   of neighbouring steps see the same machine, so this holds even on a machine whose speed drifts.
 2. Faults of the default allocator: a fresh process (the setting cannot be undone within one) counts its faults per
    step. Faults x cost is the expected saving.
 
 As a direct check, two processes also run at once, one thread each, pinned to different cores, one default and one
-kept, swapping cores each round; on a busy or drifting machine these pairs scatter widely.
+kept, swapping cores each round; on a busy or drifting machine these pairs scatter widely (and the two share memory
+bandwidth, which pulls their ratio towards 1). Needs Linux with glibc and two cores.
 """
 
 from __future__ import annotations
@@ -55,14 +56,14 @@ def fault_cost(pairs: int = 30) -> dict:
 
     from scorelab.resources import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
 
-    mallopt = ctypes.CDLL(None).mallopt
+    mallopt = ctypes.CDLL(None).mallopt  # main() has checked for glibc
     step = _stepper(threads=None)
     costs, extra_faults, kept_times = [], [], []
     for i in range(pairs):
         got = {}
         for faulting in (True, False) if i % 2 else (False, True):
-            if faulting:
-                mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+            if faulting:  # the default's own mechanism: freed heap memory handed back (trimmed), then faulted in again
+                mallopt(_M_MMAP_THRESHOLD, 2**30)
                 mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
             else:
                 keep_freed_memory()
@@ -123,8 +124,10 @@ def _result(proc: subprocess.Popen) -> dict:
 
 
 def main(rounds: int = 6) -> None:
-    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
-        sys.exit("needs Linux and two cores to pin the two processes to")
+    import platform
+
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2 or platform.libc_ver()[0] != "glibc":
+        sys.exit("needs Linux with glibc, and two cores to pin the two processes to")
     default = _result(_spawn("child(False, threads=None)"))
     cost = _result(_spawn("fault_cost()"))
     saving = default["page_faults_per_step"] * cost["seconds_per_fault"]

@@ -121,18 +121,20 @@ def stepper(model, call):
 
 
 def main(rounds: int = 6, steps_per_round: int = 5) -> None:
-    """Models take turns, `steps_per_round` steps each, for `rounds` rounds, so that a slow spell on a shared machine
-    falls on all of them; each model's time per step is the median over all its timed steps. The matmul peak is
-    measured before and after every round (this machine's speed drifts by up to 1.5x within minutes, so one reading at
-    the start misstates the share): a model's share of peak in a round is its FLOP/s there over the better of the two
-    readings around it, and the share reported is the median over rounds; the share against the best reading of the
-    whole run, the most conservative figure, is given beside it."""
+    """Models take turns, `steps_per_round` steps each, for `rounds` rounds, in an order rotated every round, so that
+    a slow spell on a shared machine falls on all of them; each model's time per step is the median over all its
+    timed steps. The matmul peak is measured before and after every round (this machine's speed drifts by up to 1.5x
+    within minutes, so one reading at the start misstates the share): a model's share of peak in a round is its
+    FLOP/s there over the better of the two readings around it, and the share reported is the median over rounds;
+    the share against the best reading of the whole run is given beside it."""
     kept = keep_freed_memory()  # as the scorelab command runs; for every model alike (benchmarks/bench_allocator.py)
     built = {name: (model, *stepper(model, call)) for name, (model, call) in models().items()}
     times = {name: [[] for _ in range(rounds)] for name in built}
     peaks = [matmul_peak()]
+    names = list(built)
     for r in range(rounds):
-        for name, (_, step, _) in built.items():
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated, so no model always sits by a reading
+            step = built[name][1]
             for _ in range(steps_per_round):
                 t0 = time.perf_counter()
                 step()

@@ -16,10 +16,13 @@ class _Name(click.Choice):
     """A choice of names written with underscores that also takes them with hyphens (dpmpp-2m for dpmpp_2m)."""
 
     def convert(self, value, param, ctx):
-        return super().convert(value.replace("-", "_") if isinstance(value, str) else value, param, ctx)
+        if isinstance(value, str) and value.replace("-", "_") in self.choices:
+            value = value.replace("-", "_")
+        return super().convert(value, param, ctx)  # an unknown name is reported as the user wrote it
 
 
-SAMPLER_NAMES = CHOICES["sample.sampler"]  # annealed Langevin, then the diffusion samplers
+SAMPLER_NAMES = CHOICES["sample.sampler"]
+DIFFUSION_SAMPLER_NAMES = tuple(name for name in SAMPLER_NAMES if name != "annealed_langevin")
 
 
 def _echo_table(rows: list[list[str]]) -> None:
@@ -142,7 +145,7 @@ def sample(
     "--sampler",
     "samplers",
     multiple=True,
-    type=_Name(SAMPLER_NAMES[1:]),
+    type=_Name(DIFFUSION_SAMPLER_NAMES),
     help="Samplers (repeatable; default dpmpp_2m).",
 )
 @click.option(

@@ -173,7 +173,10 @@ def _build(cls, raw, prefix: str):
         if dataclasses.is_dataclass(tp):
             kwargs[f.name] = _build(tp, raw[f.name], key)
         else:
-            kwargs[f.name] = _convert(raw[f.name], tp, key)
+            value = _convert(raw[f.name], tp, key)
+            if key in CHOICES and isinstance(value, str) and value.replace("-", "_") in CHOICES[key]:
+                value = value.replace("-", "_")  # dpmpp-2m for dpmpp_2m; stored as the canonical name
+            kwargs[f.name] = value
     return cls(**kwargs)
 
 

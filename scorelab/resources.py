@@ -39,15 +39,19 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the operating system, and to
-    serve blocks up to 1 GiB from that pool instead of mapping each afresh. Otherwise every training step faults its
-    activations' pages in again (10,000-20,000 minor page faults per step of the benchmark's 2-level U-Net, some 4%
-    of the step; benchmarks/bench_allocator.py). The process's memory then stays at its peak rather than shrinking
-    between steps. Called once by the `scorelab` command; True where it took effect (glibc), False elsewhere."""
+    serve blocks up to 1 GiB (32 MiB where an older glibc caps it there) from that pool instead of mapping each
+    afresh. Otherwise every training step faults its activations' pages in again (10,000-20,000 minor page faults
+    per step of the benchmark's 2-level U-Net, about 4% of the step; benchmarks/bench_allocator.py). The process's
+    memory then stays at its peak rather than shrinking between steps. Called once by the `scorelab` command (it
+    changes the whole process, so the library never calls it); True where both settings took effect (glibc), False
+    elsewhere (macOS, Windows, musl)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError, TypeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 2**30)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    mapped = bool(mallopt(_M_MMAP_THRESHOLD, 2**30)) or bool(mallopt(_M_MMAP_THRESHOLD, 32 * 2**20))
+    trimmed = bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return mapped and trimmed
 
 
 def _read_int(path: str) -> int | None:
@@ -56,7 +60,20 @@ def _read_int(path: str) -> int | None:
             text = f.read().strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+    return int(text) if text.isascii() and text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def _read_stat(path: str, key: str) -> int:
+    """One counter of a cgroup's memory.stat, 0 when absent."""
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key and value.strip().isdigit():
+                    return int(value)
+    except OSError:
+        pass
+    return 0
 
 
 def _ancestors(group: str) -> list[str]:
@@ -65,9 +82,18 @@ def _ancestors(group: str) -> list[str]:
     return ["/" + "/".join(parts[:i]) if i else "" for i in range(len(parts), -1, -1)]
 
 
-def _cgroup_files(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> list[tuple[str, str]]:
-    """(limit, usage) files of this process's memory cgroup and of every group above it, v2 then v1 (inside a
-    container with its own cgroup namespace the top is the container's group)."""
+# per cgroup version: the files under a group's folder (limit, usage, stat) and the stat counter of reclaimable
+# page cache, which usage includes but which the kernel gives back before it kills anything
+_CGROUP_LAYOUT = {
+    "v2": ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+    "v1": ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file"),
+}
+
+
+def _cgroup_files(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> list[tuple[str, ...]]:
+    """(limit, usage, stat, cache key) of this process's memory cgroup and of every group above it: v2 (mounted at
+    the root, or at root/unified on hybrid hosts), then v1 (inside a container with its own cgroup namespace the top
+    is the container's group)."""
     groups = {"v2": "/", "v1": "/"}
     try:
         with open(proc_cgroup) as f:
@@ -79,22 +105,24 @@ def _cgroup_files(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/c
                     groups["v1"] = path
     except (OSError, ValueError):
         pass
-    v2 = [(f"{root}{g}/memory.max", f"{root}{g}/memory.current") for g in _ancestors(groups["v2"])]
-    v1 = [
-        (f"{root}/memory{g}/memory.limit_in_bytes", f"{root}/memory{g}/memory.usage_in_bytes")
-        for g in _ancestors(groups["v1"])
-    ]
-    return v2 + v1
+    files = []
+    for version, mounts in (("v2", (root, f"{root}/unified")), ("v1", (f"{root}/memory",))):
+        limit, usage, stat, key = _CGROUP_LAYOUT[version]
+        for mount in mounts:
+            for g in _ancestors(groups[version]):
+                files.append((f"{mount}{g}/{limit}", f"{mount}{g}/{usage}", f"{mount}{g}/{stat}", key))
+    return files
 
 
-def cgroup_headroom(files: list[tuple[str, str]] | None = None) -> int | None:
+def cgroup_headroom(files: list[tuple[str, ...]] | None = None) -> int | None:
     """Bytes left under the tightest memory cgroup limit on this process (a container's limit, or a group's above
-    it), or None when there is none."""
+    it), not counting reclaimable page cache as used; None when there is no limit."""
     headrooms = []
-    for limit_file, usage_file in _cgroup_files() if files is None else files:
+    for limit_file, usage_file, stat_file, cache_key in _cgroup_files() if files is None else files:
         limit, usage = _read_int(limit_file), _read_int(usage_file)
         if limit is not None and limit < 2**60:  # v1 writes a huge number for no limit, v2 "max"
-            headrooms.append(max(limit - (usage or 0), 0))
+            used = max((usage or 0) - _read_stat(stat_file, cache_key), 0)
+            headrooms.append(max(limit - used, 0))
     return min(headrooms) if headrooms else None
 
 

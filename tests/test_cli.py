@@ -186,6 +186,8 @@ def test_conditional_ddpm_train_sample_evaluate(tmp_path):
     assert isinstance(res.exception, ScorelabError) and "--label must be in 0..9" in str(res.exception)
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "nope"])
     assert res.exit_code == 2 and "nope" in res.output
+    res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "dpm-pp-2x"])
+    assert res.exit_code == 2 and "'dpm-pp-2x'" in res.output  # reported as written
     # the spelling: hyphens for underscores
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "dpmpp-2m", "--steps", "2", "--n", "4"])
     assert res.exit_code == 0, res.output

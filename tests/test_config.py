@@ -81,6 +81,16 @@ def test_exponent_floats_without_a_dot_and_zero_ema_are_accepted(tmp_path):
     assert cfg.train.lr == 1e-3 and cfg.train.ema_decay == 0.0
 
 
+def test_choice_names_take_hyphens_for_underscores_and_are_stored_canonically(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sample:\n  sampler: dpmpp-2m\nnoise:\n  schedule: scaled-linear\ntrain:\n  objective: ddpm\n")
+    cfg = load_config(path)
+    assert cfg.sample.sampler == "dpmpp_2m" and cfg.noise.schedule == "scaled_linear"
+    path.write_text("sample:\n  sampler: dpm-pp-2x\n")
+    with pytest.raises(ConfigError, match=r"sample.sampler: must be one of .*, got 'dpm-pp-2x'"):
+        load_config(path)
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")

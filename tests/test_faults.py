@@ -185,3 +185,16 @@ def test_checkpoints_order_by_step_past_the_eight_padded_digits(tmp_path):
     for step in (99_999_999, 100_000_000, 100_000_001):  # "ckpt_100000000" sorts before "ckpt_99999999" as text
         save_checkpoint(d, step, {"w": torch.full((1,), float(step))}, {}, keep=2)
     assert [p.stem for p in list_checkpoints(d)] == ["ckpt_100000000", "ckpt_100000001"]
+
+
+def test_files_that_only_look_like_checkpoints_are_neither_listed_nor_deleted(tmp_path):
+    from scorelab.train.checkpoint import save_checkpoint
+
+    d = tmp_path / "ck"
+    d.mkdir()
+    for name in ("ckpt_latest.json", "ckpt_\u00b2.json", "ckpt_12.json.bak"):
+        (d / name).write_text("{}")
+    for step in (1, 2, 3):
+        save_checkpoint(d, step, {"w": torch.zeros(1)}, {}, keep=1)
+    assert [p.name for p in list_checkpoints(d)] == ["ckpt_00000003.json"]
+    assert (d / "ckpt_latest.json").exists() and (d / "ckpt_\u00b2.json").exists()

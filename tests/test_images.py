@@ -186,3 +186,10 @@ def test_full_scale_32_bit_images_load_as_white(tmp_path):
     path = tmp_path / "white.tif"
     Image.fromarray(np.full((4, 4), 2**31 - 1, np.int32), "I").save(path)
     assert load_image(path, channels=1).max().item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("background", [(1.0,), 0.5, (0, 0, 2), ("a", "b", "c"), (0, float("nan"), 0)])
+def test_a_bad_background_is_a_one_line_error(tmp_path, background):
+    path = _save(tmp_path, Image.fromarray(np.zeros((4, 4, 4), np.uint8)))
+    with pytest.raises(ScorelabError, match=r"background must be three numbers \(R, G, B\) in \[0, 1\]"):
+        load_image(path, background=background)

@@ -83,6 +83,19 @@ def test_ddim_eta1_is_k_diffusion_euler_ancestral():
     torch.testing.assert_close(ddim(mix, x, sig, eta=1.0, generator=torch.Generator().manual_seed(3)), want)
 
 
+@pytest.mark.parametrize("sampler", [ddim, euler, ddpm, heun, dpmpp_2m, dpmpp_3m, unipc])
+def test_a_denoiser_of_another_dtype_still_samples_in_the_caller_dtype(sampler):
+    def float64_denoiser(x, sigma, cond=None):  # an analytic oracle in double precision, say
+        return GAUSS(x.double(), sigma.double())
+
+    sig = append_zero(loglinear_sigmas(0.05, 10.0, 6))
+    x = initial_noise((8, 1), 10.0, generator=torch.Generator().manual_seed(0))
+    out = sampler(float64_denoiser, x, sig, generator=torch.Generator().manual_seed(1))
+    want = sampler(GAUSS, x, sig, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("variance", ["small", "large"])
 def test_ancestral_moments_with_exact_denoiser(variance):
     """DDPM ancestral sampling with the exact denoiser of N(MU, S^2) over many steps: sample mean and std match the

@@ -89,6 +89,12 @@ def load_image(
         raise ScorelabError(f"channels must be one of {CHANNELS}, got {channels}")
     if multiple_of < 1:
         raise ScorelabError(f"multiple_of must be >= 1, got {multiple_of}")
+    try:
+        bg = np.asarray(background, dtype=np.float64)
+    except (TypeError, ValueError):
+        bg = np.zeros(0)
+    if bg.shape != (3,) or not ((bg >= 0) & (bg <= 1)).all():
+        raise ScorelabError(f"background must be three numbers (R, G, B) in [0, 1], got {background!r}")
     img = _open(path, what)
     try:
         a = _to_array(img)
@@ -107,15 +113,14 @@ def load_image(
             raise ScorelabError(f"{what} {path}: has colour (RGB) but a greyscale (1-channel) image is needed")
         out = colour
         if alpha is not None:  # over the background's grey value (ITU-R 601 luma, as Pillow's "L" conversion)
-            grey = float(np.dot(np.asarray(background, dtype=np.float64), (0.299, 0.587, 0.114)))
+            grey = float(np.dot(bg, (0.299, 0.587, 0.114)))
             out = colour * alpha + grey * (1 - alpha)
     else:
         rgb = np.repeat(colour, 3, -1) if colour.shape[-1] == 1 else colour
         if channels == 4:
             out = np.concatenate([rgb, alpha if alpha is not None else np.ones_like(rgb[..., :1])], -1)
         elif alpha is not None:
-            bg = np.asarray(background, dtype=np.float64).reshape(1, 1, 3)
-            out = rgb * alpha + bg * (1 - alpha)
+            out = rgb * alpha + bg.reshape(1, 1, 3) * (1 - alpha)
         else:
             out = rgb
     return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))).float()

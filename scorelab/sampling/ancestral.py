@@ -44,7 +44,7 @@ def ddim(
         c2 = eta**2 * (1 - a_next) / (1 - a) * (1 - a / a_next)
         up = math.sqrt(c2 / a_next)
         down = math.sqrt(max(s_next**2 - up**2, 0.0))
-        x = torch.lerp(x, d, 1 - down / s)  # d + down * eps with eps = (x - d) / s, in one pass
+        x = torch.lerp(x, d.to(x.dtype), 1 - down / s)  # d + down * eps with eps = (x - d) / s, in one pass
         if up > 0:
             x = x + up * randn_like(x, generator)
         if callback is not None:

@@ -14,7 +14,7 @@ def euler(denoiser, x, sigmas, *, cond=None, generator=None, callback: Callback 
     for i, (s, s_next) in steps(sigmas, "euler", progress):
         d_x0 = denoise(denoiser, x, s, cond)
         # the Euler step above, as x + (1 - sigma'/sigma) (D - x): one fused pass over x
-        x = torch.lerp(x, d_x0, 1 - s_next / s)
+        x = torch.lerp(x, d_x0.to(x.dtype), 1 - s_next / s)
         if callback is not None:
             callback(i, x, d_x0)
     return x

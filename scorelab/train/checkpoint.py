@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -56,15 +57,18 @@ def save_checkpoint(directory: Path, step: int, tensors: dict[str, torch.Tensor]
     return stem.with_suffix(".safetensors")
 
 
+_RECORD = re.compile(r"ckpt_([0-9]+)\.json")
+
+
 def _step_of(record_path: Path) -> int:
-    digits = record_path.stem.removeprefix("ckpt_")
-    return int(digits) if digits.isdigit() else -1
+    return int(_RECORD.fullmatch(record_path.name).group(1))
 
 
 def list_checkpoints(directory: Path) -> list[Path]:
     """The JSON records of complete checkpoints, oldest first (by the step in the name, which is zero-padded to 8
-    digits and grows past them)."""
-    return sorted(Path(directory).glob("ckpt_*.json"), key=lambda p: (_step_of(p), p.name))
+    digits and grows past them); other files, such as ckpt_latest.json, are not checkpoints and are left alone."""
+    records = [p for p in Path(directory).glob("ckpt_*.json") if _RECORD.fullmatch(p.name)]
+    return sorted(records, key=_step_of)
 
 
 def load_checkpoint(record_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
