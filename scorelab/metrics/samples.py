@@ -57,7 +57,7 @@ def _w2_sq_1d(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
     weight = (cuts - prev).to(torch.float64) / (n * m)  # piece lengths, summing to 1
     ix = (prev + cuts) // (2 * m)  # floor(midpoint * N): the order statistic of x on this piece
     iy = (prev + cuts) // (2 * n)
-    return ((px[:, ix] - py[:, iy]) ** 2 @ weight)
+    return (px[:, ix] - py[:, iy]) ** 2 @ weight
 
 
 class SlicedW2Reference:
