@@ -85,8 +85,9 @@ def fault_cost(pairs: int = 30) -> dict:
 
 
 def _stepper(threads):
+    """The training step of bench_training's 2-level scorelab net (the same inputs and optimiser), warmed up."""
     import torch
-    import torch.nn.functional as F
+    from bench_training import stepper
 
     from scorelab.models.unet import UNet
 
@@ -94,17 +95,7 @@ def _stepper(threads):
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = UNet(in_channels=1, channels=32, channel_mult=(1, 2), attention_levels=(1,), blocks_per_level=2)
-    x, target, sigma = torch.randn(64, 1, 16, 16), torch.randn(64, 1, 16, 16), torch.rand(64)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        F.mse_loss(model(x, sigma), target).backward()
-        opt.step()
-
-    for _ in range(3):
-        step()
-    return step
+    return stepper(model, lambda m, x, t: m(x, t / 250.0))[0]
 
 
 def _spawn(expr: str, core: int | None = None) -> subprocess.Popen:

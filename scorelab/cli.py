@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .config import CHOICES
+from .config import CHOICES, canonical_choice
 from .errors import ScorelabError
 
 
@@ -16,9 +16,7 @@ class _Name(click.Choice):
     """A choice of names written with underscores that also takes them with hyphens (dpmpp-2m for dpmpp_2m)."""
 
     def convert(self, value, param, ctx):
-        if isinstance(value, str) and value.replace("-", "_") in self.choices:
-            value = value.replace("-", "_")
-        return super().convert(value, param, ctx)  # an unknown name is reported as the user wrote it
+        return super().convert(canonical_choice(value, self.choices), param, ctx)
 
 
 SAMPLER_NAMES = CHOICES["sample.sampler"]

@@ -118,6 +118,14 @@ CHOICES = {
 }
 
 
+def canonical_choice(value, allowed):
+    """A named choice written with hyphens for underscores (dpmpp-2m) as its canonical name (dpmpp_2m); anything else
+    unchanged, so that an unknown name is reported as the user wrote it."""
+    if isinstance(value, str) and value not in allowed and value.replace("-", "_") in allowed:
+        return value.replace("-", "_")
+    return value
+
+
 def _convert(value, tp, key: str):
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
@@ -174,9 +182,7 @@ def _build(cls, raw, prefix: str):
             kwargs[f.name] = _build(tp, raw[f.name], key)
         else:
             value = _convert(raw[f.name], tp, key)
-            if key in CHOICES and isinstance(value, str) and value.replace("-", "_") in CHOICES[key]:
-                value = value.replace("-", "_")  # dpmpp-2m for dpmpp_2m; stored as the canonical name
-            kwargs[f.name] = value
+            kwargs[f.name] = canonical_choice(value, CHOICES[key]) if key in CHOICES else value
     return cls(**kwargs)
 
 
