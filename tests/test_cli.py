@@ -34,8 +34,9 @@ def _tiny_config(tmp_path, data="ring8", steps=40):
     return path
 
 
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
-    cfg = _tiny_config(tmp_path, steps=40)
+@pytest.mark.parametrize("data", ["ring8", "digits"])  # an MLP, and a U-Net (channels-last weights, Adam state)
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, data):
+    cfg = _tiny_config(tmp_path, data=data, steps=40)
     r = CliRunner()
     assert r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "straight"), "--quiet"]).exit_code == 0
     half = tmp_path / "half.yaml"

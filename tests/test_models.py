@@ -13,7 +13,7 @@ from scorelab.models.unet import CrossAttention, ResBlock, SelfAttention, UNet
 
 def _randomise(net):
     for m in net.modules():  # undo the zero initialisations, which hide the condition until training moves them
-        if isinstance(m, torch.nn.Conv2d):
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.normal_(m.weight, std=0.1)
     return net
 
@@ -31,15 +31,32 @@ def test_resblock_equals_the_unfused_adaptive_group_norm():
     torch.testing.assert_close(block(x, emb), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_self_attention_equals_softmax_attention_per_head():
-    """x + W_o · softmax(QᵀK / √d) V per head (Vaswani et al. 2017, eq. 1) over the H·W positions."""
+def _per_head_attention(q, k, v, heads):
+    """softmax(Q Kᵀ / √d) V for each head separately, heads taking consecutive channel blocks of (B, N, C) tokens."""
+    d = q.shape[-1] // heads
+    outs = []
+    for i in range(heads):
+        qi, ki, vi = (t[..., i * d : (i + 1) * d] for t in (q, k, v))
+        outs.append(torch.softmax(qi @ ki.transpose(-1, -2) / math.sqrt(d), dim=-1) @ vi)
+    return torch.cat(outs, dim=-1)
+
+
+def _tokens(x):
+    return x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H·W, C), position-major
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_self_attention_equals_softmax_attention_per_head(channels_last):
+    """x + W_o · softmax(Q Kᵀ / √d) V per head (Vaswani et al. 2017, eq. 1) over the H·W positions."""
     torch.manual_seed(1)
     attn = SelfAttention(16, heads=4)
     x = torch.randn(2, 16, 4, 4)
-    q, k, v = attn.qkv(attn.norm(x)).reshape(2, 3, 4, 4, 16).unbind(1)  # (B, heads, head_dim, HW)
-    weights = torch.softmax(q.transpose(-1, -2) @ k / math.sqrt(4), dim=-1)  # (B, heads, HW, HW)
-    out = (weights @ v.transpose(-1, -2)).transpose(-1, -2).reshape(2, 16, 4, 4)
-    torch.testing.assert_close(attn(x), x + attn.proj(out), rtol=1e-5, atol=1e-5)
+    q, k, v = attn.qkv(_tokens(attn.norm(x))).chunk(3, dim=-1)
+    out = attn.proj(_per_head_attention(q, k, v, heads=4))  # (B, HW, C)
+    expected = x + out.transpose(1, 2).reshape(2, 16, 4, 4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("size", [(8, 8), (16, 8), (12, 20)])
@@ -73,10 +90,9 @@ def test_cross_attention_equals_softmax_attention_over_the_context():
     attn = CrossAttention(16, context_dim=6, heads=4)
     torch.nn.init.normal_(attn.proj.weight)
     x, ctx = torch.randn(2, 16, 4, 4), torch.randn(2, 5, 6)
-    q = attn.q(attn.norm(x)).reshape(2, 4, 4, 16).transpose(-1, -2)  # (B, heads, HW, head_dim)
-    k, v = attn.kv(ctx).reshape(2, 5, 2, 4, 4).permute(2, 0, 3, 1, 4)  # (B, heads, L, head_dim) each
-    out = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(4), dim=-1) @ v
-    expected = x + attn.proj(out.transpose(-1, -2).reshape(2, 16, 4, 4))
+    k, v = attn.kv(ctx).chunk(2, dim=-1)
+    out = attn.proj(_per_head_attention(attn.q(_tokens(attn.norm(x))), k, v, heads=4))
+    expected = x + out.transpose(1, 2).reshape(2, 16, 4, 4)
     torch.testing.assert_close(attn(x, ctx), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -130,3 +146,19 @@ def test_labels_are_checked_and_sigma_zero_returns_x():
 def test_embedding_follows_the_model_dtype():
     net = UNet(in_channels=1, channels=8, channel_mult=(1, 2), attention_levels=()).double()
     assert net(torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.rand(2, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_unet_takes_either_memory_layout_and_returns_a_contiguous_tensor():
+    """The U-Net runs channels-last inside (faster convolutions on CPU); callers see neither the layout nor a change
+    in the result."""
+    torch.manual_seed(5)
+    net = _randomise(UNet(in_channels=1, channels=16, channel_mult=(1, 2), attention_levels=(1,), num_classes=3))
+    x, t, y = torch.randn(3, 1, 8, 8), torch.rand(3), torch.tensor([0, 2, -1])
+    out = net(x, t, y)
+    assert out.is_contiguous()
+    torch.testing.assert_close(net(x.contiguous(memory_format=torch.channels_last), t, y), out)
+    state = net.state_dict()
+    assert state["inp.weight"].is_contiguous(memory_format=torch.channels_last)
+    copy = UNet(in_channels=1, channels=16, channel_mult=(1, 2), attention_levels=(1,), num_classes=3)
+    copy.load_state_dict({k: v.contiguous() for k, v in state.items()})  # as a checkpoint stores them
+    torch.testing.assert_close(copy(x, t, y), out)

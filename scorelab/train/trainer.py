@@ -115,7 +115,11 @@ class Trainer:
         for k, v in t.items():
             if k.startswith("optim."):
                 _, i, name = k.split(".", 2)
-                self.opt.state[params[int(i)]][name] = v
+                p = params[int(i)]
+                # in the parameter's own memory layout (a checkpoint stores it contiguous): fused Adam pairs a
+                # parameter's elements with its moments' in memory order, so contiguous moments of a channels-last
+                # weight would update it wrongly (the U-Net case of test_resume_is_bit_identical_to_a_straight_run)
+                self.opt.state[p][name] = torch.empty_like(p, dtype=v.dtype).copy_(v) if v.shape == p.shape else v
         self.generator.set_state(t["rng.train"])
         set_rng_states(t)
         self.source.load_state(t)
