@@ -5,11 +5,13 @@ UNet2DModel, 1x16x16 images, batch 64, MSE to a noise target, the same optimiser
 
 Each diffusers net is compared with a scorelab U-Net of the same level structure at (nearly) equal parameters: two
 levels of 32 and 64 channels with attention at the second, and three levels of 16/32/64 with attention only at the
-lowest resolution. lucidrains' Unet (dim 20, mults 1/2/4, its own layout: channels 20/40/80, linear attention at the
-first two levels, full attention at the third and in the middle) is set beside the three-level scorelab net at equal
-parameters but is not the same structure, so its speed-up is also given per FLOP. Shape decides most of the cost (a
-three-level net spends far fewer FLOPs per parameter), and every model's FLOPs per step are in the JSON beside its
-speed.
+lowest resolution. Each diffusers net runs twice: with its NCHW layout, 8 groups and its default 8-channel heads, and
+with scorelab's settings (channels-last, one 64-channel head, the one group count nearest to scorelab's ~8 channels
+per group), so that the JSON shows how much of a difference is settings and how much implementation. lucidrains'
+Unet (dim 20, mults 1/2/4, its own layout: channels 20/40/80, linear attention at the first two levels, full
+attention at the third and in the middle) is set beside the three-level scorelab net at equal parameters but is not
+the same structure, so its speed-up is also given per FLOP. Shape decides most of the cost (a three-level net spends
+far fewer FLOPs per parameter), and every model's FLOPs per step are in the JSON beside its speed.
 Every model runs with the allocator setting the `scorelab` command makes (scorelab.resources.keep_freed_memory).
 FLOPs per step (forward + backward, convolution, matmul and attention) come from torch.utils.flop_counter; the share
 of peak divides each round's achieved FLOP/s by this machine's fp32 matmul rate read around that round (2048^3
@@ -48,9 +50,9 @@ def peers():
     sys.modules.setdefault("torchvision.utils", stub.utils)
     from denoising_diffusion_pytorch.denoising_diffusion_pytorch import Unet
 
-    def diffusers(channels):
+    def diffusers(channels, groups=8, head_dim=8, channels_last=False):
         levels = len(channels)
-        return UNet2DModel(
+        net = UNet2DModel(
             sample_size=SIZE,
             in_channels=1,
             out_channels=1,
@@ -58,14 +60,23 @@ def peers():
             layers_per_block=2,
             down_block_types=("DownBlock2D",) * (levels - 1) + ("AttnDownBlock2D",),
             up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
-            norm_num_groups=8,
-        ), lambda m, x, t: m(x, t).sample
+            norm_num_groups=groups,
+            attention_head_dim=head_dim,
+        )
+        if not channels_last:
+            return net, lambda m, x, t: m(x, t).sample
+        net = net.to(memory_format=torch.channels_last)
+        return net, lambda m, x, t: m(x.contiguous(memory_format=torch.channels_last), t).sample
 
     lucid = Unet(dim=20, dim_mults=(1, 2, 4), channels=1)
     return {
         "diffusers_UNet2DModel_2level": diffusers((32, 64)),
         "diffusers_UNet2DModel_3level": diffusers((16, 32, 64)),
         "lucidrains_Unet": (lucid, lambda m, x, t: m(x, t)),
+        # diffusers with scorelab's settings, to show where the difference comes from: channels-last, one attention
+        # head of 64 channels, and the one group count nearest to scorelab's ~8 channels per group
+        "diffusers_UNet2DModel_2level_scorelab_settings": diffusers((32, 64), 4, 64, True),
+        "diffusers_UNet2DModel_3level_scorelab_settings": diffusers((16, 32, 64), 2, 64, True),
     }
 
 
@@ -74,6 +85,8 @@ PAIRS = [
     ("scorelab_UNet_2level", "diffusers_UNet2DModel_2level"),
     ("scorelab_UNet_3level", "diffusers_UNet2DModel_3level"),
     ("scorelab_UNet_3level", "lucidrains_Unet"),
+    ("scorelab_UNet_2level", "diffusers_UNet2DModel_2level_scorelab_settings"),
+    ("scorelab_UNet_3level", "diffusers_UNet2DModel_3level_scorelab_settings"),
 ]
 
 
