@@ -68,6 +68,25 @@ def test_corrupt_checkpoint_falls_back_to_older(tmp_path):
     assert metrics["step"] == 10 and metrics["n"] == 32 and metrics["sw2"] > 0
 
 
+def test_a_run_of_an_older_unet_format_is_refused_in_one_line(tmp_path):
+    """Weights of an older U-Net definition (before channels-last groups and heads) must not load into today's."""
+    cfg = _tiny_config(tmp_path, data="digits", steps=10)
+    r = CliRunner()
+    run = tmp_path / "run"
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    for record_path in list_checkpoints(run / "checkpoints"):
+        record = json.loads(record_path.read_text())
+        assert record["model_format"] == 2
+        del record["model_format"]  # as records were written before formats existed
+        record_path.write_text(json.dumps(record))
+    for args in (["sample", str(run), "--n", "8", "--quiet"], ["train", str(cfg), "--resume", str(run), "--quiet"]):
+        res = r.invoke(cli, args)
+        assert isinstance(res.exception, ScorelabError), res.output  # `scorelab` prints it as one line, exit 2
+        message = str(res.exception)
+        assert "model format 1" in message and "train the run again" in message and "\n" not in message
+    assert not (run / "samples").exists()
+
+
 @pytest.mark.parametrize("data", ["moons", "digits"])
 def test_train_and_sample_write_grid_and_metrics(tmp_path, data):
     cfg = _tiny_config(tmp_path, data=data, steps=10)

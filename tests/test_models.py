@@ -162,3 +162,13 @@ def test_unet_takes_either_memory_layout_and_returns_a_contiguous_tensor():
     copy = UNet(in_channels=1, channels=16, channel_mult=(1, 2), attention_levels=(1,), num_classes=3)
     copy.load_state_dict({k: v.contiguous() for k, v in state.items()})  # as a checkpoint stores them
     torch.testing.assert_close(copy(x, t, y), out)
+
+
+def test_group_and_head_counts_divide_the_channels():
+    """About 8 channels per GroupNorm group (at most 32 groups) and about 64 channels per attention head."""
+    from scorelab.models.unet import _groups, _heads
+
+    assert [_groups(c) for c in (8, 12, 16, 32, 64, 96, 256, 512, 1024)] == [1, 1, 2, 4, 8, 12, 32, 32, 32]
+    assert [_heads(c) for c in (16, 64, 96, 128, 200, 256)] == [1, 1, 1, 2, 2, 4]
+    for c in range(1, 600):
+        assert c % _groups(c) == 0 and c % _heads(c) == 0

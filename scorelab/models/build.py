@@ -4,8 +4,28 @@ from __future__ import annotations
 
 from ..config import Config
 from ..denoisers import Preconditioned
+from ..errors import ScorelabError
 from .mlp import MLP
 from .unet import UNet
+
+# The version of each network's definition. Raise it when the same weights stop meaning the same function (or stop
+# fitting): checkpoints record it and runs of another version are refused instead of loaded into a changed network.
+# unet 2 (2026-12-01): GroupNorm groups of ~8 channels, attention projections as Linear layers, ~64 channels per head.
+MODEL_FORMATS = {"mlp": 1, "unet": 2}
+
+
+def model_format(cfg: Config) -> int:
+    return MODEL_FORMATS[cfg.model.kind]
+
+
+def check_model_format(cfg: Config, record: dict, run_dir) -> None:
+    """One-line error when the checkpoint `record` holds weights of another version of the run's network."""
+    have, want = record.get("model_format", 1), model_format(cfg)  # records before formats existed are version 1
+    if have != want:
+        raise ScorelabError(
+            f"{run_dir} holds a {cfg.model.kind} of model format {have}, and this scorelab builds format {want}: "
+            "its weights do not fit this version's network; train the run again"
+        )
 
 
 def build_denoiser(cfg: Config) -> Preconditioned:

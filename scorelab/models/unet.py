@@ -11,8 +11,8 @@ from .embeddings import NoiseEmbedding
 
 def _groups(ch: int) -> int:
     """GroupNorm groups of about 8 channels, at most 32 groups. Wu & He (2018, Table 3) found the number of groups
-    matters little; with 8 channels per group PyTorch's channels-last GroupNorm runs 2-4x faster than with 1-2
-    (benchmarks/bench_training.py, README)."""
+    matters little; PyTorch's channels-last GroupNorm is several times faster with 8 channels per group than with 1
+    (forward + backward on 64x32x16x16: 0.77 ms against 3.4 ms; README, what was tried)."""
     groups = min(32, max(1, ch // 8))
     while ch % groups:
         groups -= 1
@@ -167,6 +167,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        # channels-last weights and activations: oneDNN's NHWC convolutions are 1.35-1.7x faster on CPU (README)
         self.to(memory_format=torch.channels_last)
 
     def _run(self, layers: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, context) -> torch.Tensor:

@@ -15,7 +15,7 @@ from ..data.toys import ring8_mixture, sample_toy
 from ..errors import ScorelabError
 from ..guidance import Clamped, ClassifierFreeGuidance
 from ..metrics.samples import BLOCK_ELEMENTS, component_stats, mmd_rbf, sliced_wasserstein2
-from ..models.build import build_denoiser
+from ..models.build import build_denoiser, check_model_format
 from ..outputs import check_output_dir, staged_output
 from ..plots import image_grid, scatter
 from ..resources import activation_bytes_per_sample, check_budget
@@ -53,6 +53,7 @@ def load_run(run_dir: Path, log=print) -> tuple[Config, torch.nn.Module, dict]:
             f"{run_dir / 'config.yaml'} does not match the run's checkpoint ({'; '.join(differ[:3])}); "
             "restore it, or train a new run"
         )
+    check_model_format(cfg, record, run_dir)
     denoiser = build_denoiser(cfg)
     denoiser.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     return cfg, denoiser.eval().requires_grad_(False), record

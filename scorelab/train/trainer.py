@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..config import Config, config_differences, config_from_dict, config_to_dict, load_config
 from ..data.sources import BatchSource
 from ..errors import ScorelabError
-from ..models.build import build_denoiser
+from ..models.build import build_denoiser, check_model_format, model_format
 from ..objectives.diffusion import ddpm_loss
 from ..objectives.score_matching import ncsn_loss
 from ..schedules import alphas_cumprod, beta_schedule, geometric_sigmas
@@ -127,7 +127,11 @@ class Trainer:
         self.guard.skipped = record.get("skipped_steps", 0)
 
     def save(self) -> None:
-        meta = {"config": config_to_dict(self.cfg), "skipped_steps": self.guard.skipped}
+        meta = {
+            "config": config_to_dict(self.cfg),
+            "model_format": model_format(self.cfg),
+            "skipped_steps": self.guard.skipped,
+        }
         save_checkpoint(
             self.run_dir / "checkpoints", self.step, self.state_tensors(), meta, self.cfg.train.keep_checkpoints
         )
@@ -140,6 +144,7 @@ class Trainer:
             raise ScorelabError(
                 f"cannot resume {self.run_dir}: the config differs from the run's ({'; '.join(differ[:3])})"
             )
+        check_model_format(self.cfg, record, self.run_dir)
         self.load_state(t, record)
         self.log(f"resumed {self.run_dir} at step {self.step}")
 
