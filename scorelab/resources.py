@@ -40,7 +40,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of handing it back to the operating system, and to
     serve blocks up to 1 GiB (32 MiB where an older glibc caps it there) from that pool instead of mapping each
-    afresh. Otherwise every training step faults its activations' pages in again (about 9,000-24,000 minor page
+    afresh. Otherwise every training step faults its activations' pages in again (about 8,000-24,000 minor page
     faults per step of the benchmark's 2-level U-Net, 4-8% of the step; benchmarks/bench_allocator.py). The process's
     memory then stays at its peak rather than shrinking between steps. Called once by the `scorelab` command (it
     changes the whole process, so the library never calls it); True where both settings took effect (glibc), False

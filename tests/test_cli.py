@@ -68,23 +68,50 @@ def test_corrupt_checkpoint_falls_back_to_older(tmp_path):
     assert metrics["step"] == 10 and metrics["n"] == 32 and metrics["sw2"] > 0
 
 
-def test_a_run_of_an_older_unet_format_is_refused_in_one_line(tmp_path):
+def _set_model_format(run, value):
+    for record_path in list_checkpoints(run / "checkpoints"):
+        record = json.loads(record_path.read_text())
+        if value is None:
+            del record["model_format"]  # as records were written before formats existed
+        else:
+            record["model_format"] = value
+        record_path.write_text(json.dumps(record))
+
+
+def test_a_run_of_another_unet_format_is_refused_in_one_line(tmp_path):
     """Weights of an older U-Net definition (before channels-last groups and heads) must not load into today's."""
     cfg = _tiny_config(tmp_path, data="digits", steps=10)
     r = CliRunner()
     run = tmp_path / "run"
     assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
-    for record_path in list_checkpoints(run / "checkpoints"):
-        record = json.loads(record_path.read_text())
-        assert record["model_format"] == 2
-        del record["model_format"]  # as records were written before formats existed
-        record_path.write_text(json.dumps(record))
-    for args in (["sample", str(run), "--n", "8", "--quiet"], ["train", str(cfg), "--resume", str(run), "--quiet"]):
-        res = r.invoke(cli, args)
-        assert isinstance(res.exception, ScorelabError), res.output  # `scorelab` prints it as one line, exit 2
-        message = str(res.exception)
-        assert "model format 1" in message and "train the run again" in message and "\n" not in message
-    assert not (run / "samples").exists()
+    assert all(json.loads(p.read_text())["model_format"] == 2 for p in list_checkpoints(run / "checkpoints"))
+    more = tmp_path / "more.yaml"
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"]["steps"] = 20
+    more.write_text(yaml.safe_dump(raw))
+    commands = (
+        ["sample", str(run), "--n", "8", "--quiet"],
+        ["evaluate", str(run), "--n", "8", "--quiet"],
+        ["train", str(more), "--resume", str(run), "--quiet"],
+    )
+    for value, expected in ((None, "model format 1"), (3, "written by a newer scorelab"), ("2", "malformed")):
+        _set_model_format(run, value)
+        for args in commands:
+            res = r.invoke(cli, args)
+            assert isinstance(res.exception, ScorelabError), res.output  # `scorelab` prints it as one line, exit 2
+            assert expected in str(res.exception) and "\n" not in str(res.exception)
+    assert not (run / "samples").exists() and not (run / "eval").exists()
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["ckpt_00000010.json"]  # resume wrote nothing
+
+
+def test_an_mlp_run_from_before_model_formats_still_samples(tmp_path):
+    cfg = _tiny_config(tmp_path, steps=10)
+    r = CliRunner()
+    run = tmp_path / "run"
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    _set_model_format(run, None)
+    res = r.invoke(cli, ["sample", str(run), "--n", "16", "--quiet"])
+    assert res.exit_code == 0, res.output
 
 
 @pytest.mark.parametrize("data", ["moons", "digits"])

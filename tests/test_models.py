@@ -150,17 +150,26 @@ def test_embedding_follows_the_model_dtype():
 
 def test_unet_takes_either_memory_layout_and_returns_a_contiguous_tensor():
     """The U-Net runs channels-last inside (faster convolutions on CPU); callers see neither the layout nor a change
-    in the result."""
+    in the result, and loading contiguous weights (as a checkpoint stores them) keeps its weights channels-last."""
     torch.manual_seed(5)
-    net = _randomise(UNet(in_channels=1, channels=16, channel_mult=(1, 2), attention_levels=(1,), num_classes=3))
-    x, t, y = torch.randn(3, 1, 8, 8), torch.rand(3), torch.tensor([0, 2, -1])
+
+    def build():
+        return UNet(in_channels=3, channels=16, channel_mult=(1, 2), attention_levels=(1,), num_classes=3)
+
+    net = _randomise(build())
+    x, t, y = torch.randn(3, 3, 8, 12), torch.rand(3), torch.tensor([0, 2, -1])
     out = net(x, t, y)
-    assert out.is_contiguous()
+    assert out.is_contiguous() and not out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(net(x.contiguous(memory_format=torch.channels_last), t, y), out)
+    wide = torch.zeros(3, 3, 8, 24)
+    wide[..., ::2] = x
+    torch.testing.assert_close(net(wide[..., ::2], t, y), out)  # a strided view
     state = net.state_dict()
     assert state["inp.weight"].is_contiguous(memory_format=torch.channels_last)
-    copy = UNet(in_channels=1, channels=16, channel_mult=(1, 2), attention_levels=(1,), num_classes=3)
-    copy.load_state_dict({k: v.contiguous() for k, v in state.items()})  # as a checkpoint stores them
+    copy = build()
+    copy.load_state_dict({k: v.contiguous() for k, v in state.items()})
+    assert copy.inp.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not copy.inp.weight.is_contiguous()
     torch.testing.assert_close(copy(x, t, y), out)
 
 

@@ -21,10 +21,17 @@ def model_format(cfg: Config) -> int:
 def check_model_format(cfg: Config, record: dict, run_dir) -> None:
     """One-line error when the checkpoint `record` holds weights of another version of the run's network."""
     have, want = record.get("model_format", 1), model_format(cfg)  # records before formats existed are version 1
-    if have != want:
+    if type(have) is not int:
+        raise ScorelabError(f"{run_dir}: its checkpoint record has a malformed model_format {have!r}")
+    if have < want:
         raise ScorelabError(
             f"{run_dir} holds a {cfg.model.kind} of model format {have}, and this scorelab builds format {want}: "
-            "its weights do not fit this version's network; train the run again"
+            "its weights do not fit this version's network; train the run again (or use the scorelab that trained it)"
+        )
+    if have > want:
+        raise ScorelabError(
+            f"{run_dir} holds a {cfg.model.kind} of model format {have}, written by a newer scorelab than this one "
+            f"(format {want}); upgrade scorelab to use it"
         )
 
 

@@ -12,7 +12,7 @@ from .embeddings import NoiseEmbedding
 def _groups(ch: int) -> int:
     """GroupNorm groups of about 8 channels, at most 32 groups. Wu & He (2018, Table 3) found the number of groups
     matters little; PyTorch's channels-last GroupNorm is several times faster with 8 channels per group than with 1
-    (forward + backward on 64x32x16x16: 0.77 ms against 3.4 ms; README, what was tried)."""
+    (forward + backward on 64x32x16x16: 0.77 ms against 3.4 ms; README, "What was tried")."""
     groups = min(32, max(1, ch // 8))
     while ch % groups:
         groups -= 1
