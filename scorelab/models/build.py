@@ -8,7 +8,7 @@ from ..errors import ScorelabError
 from .mlp import MLP
 from .unet import UNet
 
-# The version of each network's definition. Raise it when the same weights stop meaning the same function (or stop
+# The version of each network's definition. Increase it when the same weights stop meaning the same function (or stop
 # fitting): checkpoints record it and runs of another version are refused instead of loaded into a changed network.
 # unet 2 (2026-12-01): GroupNorm groups of ~8 channels, attention projections as Linear layers, ~64 channels per head.
 MODEL_FORMATS = {"mlp": 1, "unet": 2}
