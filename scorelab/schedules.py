@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -104,10 +105,11 @@ def timesteps(T: int, n: int, spacing: str = "trailing", *, offset: int = 0) -> 
             raise ValueError(f"leading offset must be in [0, {top}] for T={T}, n={n}, got {offset}")
         t = torch.arange(n, dtype=torch.float64) * (T // n) + offset
     elif spacing == "trailing":
-        # arange over a float step can pick up one extra entry from round-off (T=1000, n=61 ends ..., 15, -1)
-        t = (torch.round(torch.arange(T, 0, -T / n, dtype=torch.float64)) - 1)[:n]
+        # numpy's arange and linspace, as diffusers computes them: their round-off decides the ties at .5 (T=1000,
+        # n=48: 936, not 937). arange over a float step can also pick up one extra entry (n=61 ends ..., 15, -1)
+        t = torch.from_numpy(np.round(np.arange(T, 0, -T / n)) - 1)[:n]
     elif spacing == "linspace":
-        t = torch.round(torch.linspace(0, T - 1, n, dtype=torch.float64))
+        t = torch.from_numpy(np.round(np.linspace(0, T - 1, n)))
     else:
         raise ValueError(f"timestep spacing must be one of {SPACINGS}, got {spacing!r}")
     return t.long().sort(descending=True).values

@@ -46,12 +46,43 @@ def test_convergence_order(sampler, order):
     assert observed > order - 0.2, observed
 
 
-def test_dpmpp_3m_beats_2m_at_every_step_count():
-    """3M's warm-up steps are first and second order, so its global error is asymptotically O(h^2) like 2M's, only
-    with a much smaller constant; halving the step shows orders from 2.5 to 4.5 over 8-128 steps, with a sign
-    change of the error in between, so the order is not a stable test. Measured: 5-60x below 2M."""
+def test_dpmpp_3m_is_exact_when_the_denoiser_is_quadratic_in_lambda():
+    """With D a polynomial in lambda = -log sigma (and independent of x), the sigma-space ODE dx/dsigma = (x - D)/sigma
+    has the exact step x' = (s'/s) x + s' [F(lambda')- F(lambda)], F = e^lambda (p - p' + p'') an antiderivative of
+    e^lambda p. A third-order exponential integrator (Taylor terms up to D'') is exact on a quadratic once it has three
+    points of history. Half the second-difference term, as the multistep 3M of diffusers, k-diffusion and the
+    DPM-Solver code has it, leaves h^3 D'' / 12 per step: 1.6e-3 here."""
+    coef = (0.3, 0.7, 0.5)
+
+    def p(lam, k=0):  # the k-th derivative of the polynomial at lam
+        return sum(math.perm(n, k) * c * lam ** (n - k) for n, c in enumerate(coef) if n >= k)
+
+    def antiderivative(lam):
+        return math.exp(lam) * (p(lam) - p(lam, 1) + p(lam, 2))
+
+    def quadratic_denoiser(x, sigma, cond=None):
+        return torch.full_like(x, p(-math.log(float(sigma.flatten()[0]))))
+
+    n = 12
+    sig = append_zero(loglinear_sigmas(math.exp(-1.0), math.exp(2.0), n, dtype=torch.float64))  # h = 3 / 11
+    seen = {}
+    x = torch.zeros(3, 1, dtype=torch.float64)
+    dpmpp_3m(quadratic_denoiser, x.clone(), sig, callback=lambda i, xi, d: seen.__setitem__(i, xi.clone()))
+    for i in range(n - 1):
+        s, s_next = float(sig[i]), float(sig[i + 1])
+        exact = (s_next / s) * x + s_next * (antiderivative(-math.log(s_next)) - antiderivative(-math.log(s)))
+        error = (seen[i] - exact).abs().max().item()
+        if i >= 2:  # the first two steps are the first- and second-order warm-up
+            assert error < 1e-12, (i, error)
+        x = seen[i]
+
+
+def test_dpmpp_3m_is_more_accurate_than_2m_at_every_step_count():
+    """On the Gaussian PF-ODE. 3M's warm-up steps are first and second order, so its global error is asymptotically
+    O(h^2) like 2M's, only with a smaller constant; halving the step shows orders 2.8-3.8 from 8 to 64 steps before the
+    warm-up's error takes over. Measured: 2.4x (8 steps) to 150x (128 steps) below 2M."""
     for n in (8, 16, 32, 64, 128):
-        assert _solve_to_smin(dpmpp_3m, n) < _solve_to_smin(dpmpp_2m, n) / 4, n
+        assert _solve_to_smin(dpmpp_3m, n) < _solve_to_smin(dpmpp_2m, n), n
 
 
 def test_ddim_eta0_is_euler_and_eta1_is_ddpm_small():
@@ -81,6 +112,30 @@ def test_ddim_eta1_is_k_diffusion_euler_ancestral():
         if up > 0:
             want = want + up * torch.randn(want.shape, generator=g, dtype=torch.float32).double()
     torch.testing.assert_close(ddim(mix, x, sig, eta=1.0, generator=torch.Generator().manual_seed(3)), want)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3, 0.5])
+def test_ddim_is_song_et_al_eq_12_in_vp_space(eta):
+    """DDIM written in VP space from Song et al. 2021, eq. 12 with eq. 16's sigma_t(eta), on x_vp = x sqrt(ab):
+    x_vp' = sqrt(ab') x0 + sqrt(1 - ab' - c^2) eps + c z, eps = (x_vp - sqrt(ab) x0) / sqrt(1 - ab),
+    c^2 = eta^2 (1 - ab') / (1 - ab) (1 - ab / ab'). At 0 < eta < 1 this tells eta^2 from eta."""
+    mix = GaussianMixture([0.3, 0.7], [[1.0, -1.0], [-0.5, 0.5]], 0.4)
+    sig = append_zero(loglinear_sigmas(0.05, 20.0, 12, dtype=torch.float64))
+    x = initial_noise((64, 2), 20.0, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    want = x.clone()
+    for s, s_next in zip(sig[:-1].tolist(), sig[1:].tolist(), strict=True):
+        x0 = mix(want, torch.full((64,), s, dtype=torch.float64))
+        ab, ab_next = 1 / (1 + s**2), 1 / (1 + s_next**2)
+        x_vp = want * math.sqrt(ab)
+        eps = (x_vp - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+        c2 = eta**2 * (1 - ab_next) / (1 - ab) * (1 - ab / ab_next)
+        x_vp = math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next - c2) * eps
+        if c2 > 0:
+            x_vp = x_vp + math.sqrt(c2) * torch.randn(want.shape, generator=g, dtype=torch.float32).double()
+        want = x_vp / math.sqrt(ab_next)
+    got = ddim(mix, x, sig, eta=eta, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("sampler", [ddim, euler, ddpm, heun, dpmpp_2m, dpmpp_3m, unipc])

@@ -29,6 +29,22 @@ def test_spacings_match_closed_form_lists():
         timesteps(1000, 10, "sideways")
 
 
+def test_spacings_round_ties_as_diffusers_does():
+    """Where the exact value is a tie at .5, numpy's float arithmetic, and so diffusers, lands below it; the lists
+    below are diffusers 0.42.1's DDIMScheduler.set_timesteps (T = 1000). Exact half-to-even rounding would give
+    500 in the first list and 937, 687, 437, 312, 187, 62 in the second. Checked against diffusers for every n at
+    T = 37, 50 and 1000: equal, except that diffusers' trailing list has an extra entry, -1, for 64 of those n."""
+    assert timesteps(1000, 27, "linspace").tolist() == [
+        999, 961, 922, 884, 845, 807, 768, 730, 692, 653, 615, 576, 538, 499,
+        461, 423, 384, 346, 307, 269, 231, 192, 154, 115, 77, 38, 0,
+    ]  # fmt: skip
+    assert timesteps(1000, 48, "trailing").tolist() == [
+        999, 978, 957, 936, 916, 895, 874, 853, 832, 811, 791, 770, 749, 728, 707, 686, 666, 645, 624, 603, 582, 561,
+        541, 520, 499, 478, 457, 436, 416, 395, 374, 353, 332, 311, 291, 270, 249, 228, 207, 186, 166, 145, 124, 103,
+        82, 61, 41, 20,
+    ]  # fmt: skip
+
+
 def _alpha_bar_by_hand(t: int) -> float:
     prod = 1.0
     for i in range(t + 1):

@@ -2,9 +2,10 @@
 
 Reverse step p(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), var_t) with x0_hat = D(x_t / sqrt(ab_t), sigma_t) and var_t
 fixed-large (beta_t) or fixed-small (beta~_t) (Ho et al. 2020, sec. 3.2). The decoder L_0 = -log p(x0 | x1) uses
-mean x0_hat and variance beta_1 for both variance choices (Nichol & Dhariwal's code uses beta~_2 there instead, so its
-bits/dim are not exactly comparable), either discretised onto `levels` evenly spaced values in [-1, 1] (eq. 13) or a
-continuous Gaussian density. All terms are in nats per sample (summed over dimensions), computed in float64.
+mean x0_hat and variance beta_1 for both variance choices (beta~_1 = 0; the public code of Ho et al. and of Nichol &
+Dhariwal takes the log-variance beta~_2 there instead, so bits/dim are not exactly comparable with theirs), either
+discretised onto `levels` evenly spaced values in [-1, 1] (eq. 13) or a continuous Gaussian density. All terms are
+in nats per sample (summed over dimensions), computed in float64.
 """
 
 from __future__ import annotations

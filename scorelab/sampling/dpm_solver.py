@@ -1,4 +1,4 @@
-"""DPM-Solver++ multistep, second and third order (Lu et al. 2022, 'DPM-Solver++', sec. 4 and App. B).
+"""DPM-Solver++ multistep, second and third order (Lu et al. 2022, 'DPM-Solver++', Sec. 4 and Algorithm 2).
 
 In sigma-space alpha = 1 and the half-log-SNR is lambda = -log sigma, so the data-prediction exponential
 integrator reads x_next = (sigma_next / sigma) x - expm1(-h) * (Taylor terms of D in lambda), h = lambda_next - lambda.
@@ -50,10 +50,14 @@ def dpmpp_multistep(
             else:
                 (lam2, d2), (lam1, d1) = history[-2], history[-1]
                 r0, r1 = (lam - lam1) / h, (lam1 - lam2) / h
-                # third-order multistep (Lu et al. 2022, App. B): divided differences of D in lambda
+                # third order: the Taylor expansion of D in lambda up to D'' (DPM-Solver++, Lu et al. 2022,
+                # Sec. 4.1), with h D' and h^2 D'' from divided differences over the last three points; the
+                # integrals of e^(u - h) u^n / n! over [0, h] are -phi1, h phi2 and -h^2 phi3 for n = 0, 1, 2
                 dd0, dd1 = (d0 - d1) / r0, (d1 - d2) / r1
-                first = dd0 + r0 / (r0 + r1) * (dd0 - dd1)
-                second = (dd0 - dd1) / (r0 + r1)
+                first = dd0 + r0 / (r0 + r1) * (dd0 - dd1)  # h D'
+                # h^2 D''. The multistep 3M of diffusers, k-diffusion and the DPM-Solver code takes half of this
+                # (no factor 2), which makes that method second order (tests/test_samplers.py)
+                second = 2 * (dd0 - dd1) / (r0 + r1)
                 phi2 = phi1 / h + 1
                 phi3 = phi2 / h - 0.5
                 d_eff = -phi1 * d0 + phi2 * first - phi3 * second
