@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -17,6 +18,19 @@ class _Name(click.Choice):
 
     def convert(self, value, param, ctx):
         return super().convert(canonical_choice(value, self.choices), param, ctx)
+
+
+class _Scale(click.FloatRange):
+    """A finite float >= 0 (click's FloatRange lets nan and inf through)."""
+
+    def __init__(self):
+        super().__init__(min=0)
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
 
 
 SAMPLER_NAMES = CHOICES["sample.sampler"]
@@ -54,7 +68,7 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
     Checkpoints go to RUN_DIR/checkpoints; Ctrl-C saves one and stops. To continue: train CONFIG --resume RUN_DIR.
     """
     from .config import load_config
-    from .train.trainer import Trainer
+    from .train.trainer import RUN_FILES, Trainer
 
     cfg = load_config(config)
     if resume is not None and out is not None and resume != out:
@@ -62,7 +76,15 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
     run_dir = resume or out or Path("runs") / config.stem
     if resume is None and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("ckpt_*.json")):
         raise ScorelabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
-    trainer = Trainer(cfg, run_dir, progress=not quiet, log=click.echo)
+    if resume is None and run_dir.is_dir():  # not into a folder of other files; a run that never checkpointed is fine
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name.removesuffix(".tmp") not in RUN_FILES)
+        if foreign:
+            raise ScorelabError(
+                f"{run_dir} holds files that are not a run's ({', '.join(foreign[:3])}); choose a new or empty --out"
+            )
+    trainer = Trainer(
+        cfg, run_dir, progress=not quiet, log=click.echo, warn=lambda m: click.echo(m, err=True), config_path=config
+    )
     if resume is not None:
         trainer.resume()
     summary = trainer.run()
@@ -87,7 +109,7 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
     help="Sampler (default: the config's sample.sampler).",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Diffusion sampler steps (positive sigmas).")
-@click.option("--guidance", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale.")
+@click.option("--guidance", type=_Scale(), default=None, help="Classifier-free guidance scale.")
 @click.option("--label", type=int, default=None, help="Class to sample (conditional runs; default: all in turn).")
 @click.option(
     "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
@@ -135,7 +157,7 @@ def sample(
 @click.option(
     "--guidance",
     "guidances",
-    type=click.FloatRange(min=0),
+    type=_Scale(),
     multiple=True,
     help="Guidance scales (repeatable; default 0, 1 and 3).",
 )
@@ -153,14 +175,20 @@ def sample(
     "--n", type=click.IntRange(min=2), default=1000, show_default=True, help="Samples per sampler and guidance."
 )
 @click.option("--no-bpd", is_flag=True, help="Skip the held-out bits per dimension.")
+@click.option(
+    "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate(run_dir: Path, guidances, samplers, steps: int, n: int, no_bpd: bool, quiet: bool) -> None:
+def evaluate(
+    run_dir: Path, guidances, samplers, steps: int, n: int, no_bpd: bool, max_memory: str | None, quiet: bool
+) -> None:
     """Evaluate a digits run into RUN_DIR/eval.
 
     Held-out bits/dim (DDPM runs; two 1,000-step passes), then per sampler and guidance scale: conditional
     accuracy, diversity within a class and Frechet distance.
     """
     from .pipelines.evaluate import evaluate_run
+    from .resources import parse_bytes
 
     evaluate_run(
         run_dir,
@@ -169,6 +197,7 @@ def evaluate(run_dir: Path, guidances, samplers, steps: int, n: int, no_bpd: boo
         steps=steps,
         n=n,
         bpd=not no_bpd,
+        max_memory=None if max_memory is None else parse_bytes(max_memory),
         progress=not quiet,
         log=click.echo,
     )
@@ -191,15 +220,25 @@ def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None
         for key, module in REPRODUCTIONS.items():
             click.echo(f"{key:20s} {module.TITLE}")
         return
+    name = canonical_choice(name, REPRODUCTIONS)
     if name not in REPRODUCTIONS:
         raise ScorelabError(f"unknown reproduction {name!r}; allowed: {', '.join(REPRODUCTIONS)}")
     module = REPRODUCTIONS[name]
     out = out or Path("runs") / "reproduce" / name
-    from .outputs import ensure_writable_dir
+    from fnmatch import fnmatch
 
-    for folder in [out] + ([json_path.parent] if json_path is not None else []):
-        ensure_writable_dir(folder)  # refuse a place that cannot be written before the work, not after it
-    result = module.run(out, quick=quick)
+    from .outputs import check_output_dir, ensure_writable_dir, staged_output
+
+    def owns(file: str) -> bool:  # its own figures, and the JSON if it is asked for in the same folder
+        in_out = json_path is not None and json_path.parent.resolve() == out.resolve() and file == json_path.name
+        return in_out or any(fnmatch(file, pattern) for pattern in module.OUTPUTS)
+
+    check_output_dir(out, owns)  # refuse a place that cannot take the figures before the work, not after it
+    if json_path is not None:
+        ensure_writable_dir(json_path.parent)
+    with staged_output(out, owns) as stage:  # the figures appear together, or not at all
+        result = module.run(stage, quick=quick)
+    result["figure"] = str(out / Path(result["figure"]).name)
     click.echo(module.TITLE)
     _echo_table(result["table"])
     click.echo(f"figure: {result['figure']}")
@@ -227,6 +266,13 @@ def demo(out: Path, quiet: bool) -> None:
     click.echo(f"report: {index.resolve()}")
 
 
+OUT_OF_MEMORY_HINTS = {
+    "train": "lower train.batch_size, the model's size (model.width, model.channels) or noise.timesteps in the config",
+    "sample": "lower --n",
+    "evaluate": "lower --n",
+}
+
+
 def main() -> None:
     """Entry point: every user error is one line `error: ...` on stderr and exit status 2 (click's usage errors too)."""
     from .resources import keep_freed_memory
@@ -250,6 +296,15 @@ def main() -> None:
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
+    except (RuntimeError, MemoryError) as e:  # an allocation that failed: what, and what to ask for instead
+        from .resources import out_of_memory
+
+        what = out_of_memory(e)
+        if what is None:
+            raise
+        command = next((a for a in sys.argv[1:] if a in cli.commands), None)
+        click.echo(f"error: {what}; {OUT_OF_MEMORY_HINTS.get(command, 'ask for less')}", err=True)
+        sys.exit(2)
     except OSError as e:  # a folder that cannot be created, a full disk: the OS's reason and the path
         where = f": {e.filename}" if e.filename else ""
         click.echo(f"error: {e.strerror or e}{where}", err=True)

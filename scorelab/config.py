@@ -119,10 +119,12 @@ CHOICES = {
 
 
 def canonical_choice(value, allowed):
-    """A named choice written with hyphens for underscores (dpmpp-2m) as its canonical name (dpmpp_2m); anything else
-    unchanged, so that an unknown name is reported as the user wrote it."""
-    if isinstance(value, str) and value not in allowed and value.replace("-", "_") in allowed:
-        return value.replace("-", "_")
+    """A named choice written with hyphens for underscores or the other way round (dpmpp-2m, ncsn_toy) as its
+    canonical name (dpmpp_2m, ncsn-toy); anything else unchanged, so that an unknown name is reported as written."""
+    if isinstance(value, str) and value not in allowed:
+        for other in (value.replace("-", "_"), value.replace("_", "-")):
+            if other in allowed:
+                return other
     return value
 
 
@@ -179,6 +181,8 @@ def _build(cls, raw, prefix: str):
             continue
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
+            if raw[f.name] is None:
+                raise ConfigError(f"{key}: the section is empty; give its keys or leave it out")
             kwargs[f.name] = _build(tp, raw[f.name], key)
         else:
             value = _convert(raw[f.name], tp, key)
@@ -270,18 +274,35 @@ def config_differences(a: Config, b: Config, sections=("data", "model", "noise")
     ]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config is empty; write the settings to train (configs/ has examples)")
     try:
         return config_from_dict(raw)
     except ConfigError as e:

@@ -67,3 +67,11 @@ def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
         out.rename(old)
     stage.rename(out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def as_umask_allows(path: Path) -> None:
+    """Give a file the permissions a plain open() would (0666 less the umask): safetensors and mkstemp make their
+    files readable by the owner alone."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -175,3 +175,17 @@ def check_budget(what: str, need: int, budget: int | None, *, option: str) -> No
             f"{what} needs about {format_bytes(need)} (an upper bound), more than the {format_bytes(limit)} allowed by "
             f"{source}; ask for less, or raise {option}"
         )
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """One line saying what could not be allocated when `error` is an allocation failure, else None. torch's CPU
+    allocator raises RuntimeError "... can't allocate memory: you tried to allocate N bytes ..."; CUDA raises
+    torch.OutOfMemoryError."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return "out of accelerator memory"
+    if isinstance(error, MemoryError):
+        return "out of memory"
+    if isinstance(error, RuntimeError) and "can't allocate memory" in str(error):
+        found = re.search(r"allocate (\d+) bytes", str(error))
+        return "out of memory" + (f" (one allocation of {format_bytes(int(found.group(1)))})" if found else "")
+    return None

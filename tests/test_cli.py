@@ -1,6 +1,8 @@
 """End to end through the command line: train, resume, sample, errors."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -166,6 +168,57 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_guidance_must_be_a_finite_number(tmp_path):
+    for args in (["sample", "RUN", "--guidance", "nan"], ["sample", "RUN", "--guidance", "inf"]) + (
+        ["evaluate", "RUN", "--guidance", "1e400"],
+    ):
+        p = _run(*args)  # refused while the options are read, before the run is looked at
+        assert p.returncode == 2 and p.stderr.count("\n") == 1 and "is not a finite number" in p.stderr, p.stderr
+
+
+def test_training_out_of_memory_is_one_line_and_leaves_nothing(tmp_path):
+    """A batch of 1e14 2-D points (800 TB) cannot be allocated on any machine, whatever the overcommit setting."""
+    raw = yaml.safe_load(_tiny_config(tmp_path).read_text())
+    raw["train"]["batch_size"] = 10**14
+    cfg = tmp_path / "huge.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    p = _run("train", str(cfg), "--out", str(tmp_path / "runs" / "huge"), "--quiet")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("error: out of memory") and "train.batch_size" in p.stderr
+    assert not (tmp_path / "runs").exists()  # the config it had written and the folders it made are gone
+
+
+def test_train_refuses_a_folder_of_other_files_and_resume_says_what_is_missing(tmp_path):
+    cfg = _tiny_config(tmp_path, steps=10)
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    p = _run("train", str(cfg), "--out", str(folder))
+    assert p.returncode == 2 and "holds files that are not a run's (notes.txt)" in p.stderr, p.stderr
+    assert [f.name for f in folder.iterdir()] == ["notes.txt"]
+    p = _run("train", str(cfg), "--resume", str(tmp_path / "nope"))
+    assert p.returncode == 2 and "run directory" in p.stderr and "does not exist" in p.stderr, p.stderr
+    (tmp_path / "early").mkdir()  # a run stopped before its first checkpoint: its config and nothing else
+    (tmp_path / "early" / "config.yaml").write_text(cfg.read_text())
+    p = _run("train", str(cfg), "--resume", str(tmp_path / "early"))
+    assert p.returncode == 2 and "train it again without --resume" in p.stderr, p.stderr
+
+
+def test_training_time_counts_sessions_that_never_finished(tmp_path):
+    """Each checkpoint records the run's training time so far, so a session stopped before it could write
+    train.json (a kill) still counts, up to its last checkpoint."""
+    cfg, run = _trained(tmp_path, steps=20)
+    first = json.loads(list_checkpoints(run / "checkpoints")[-1].read_text())["seconds"]
+    assert first > 0
+    (run / "train.json").unlink()  # as if the session had been killed after its last checkpoint
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"]["steps"] = 40
+    cfg.write_text(yaml.safe_dump(raw))
+    assert CliRunner().invoke(cli, ["train", str(cfg), "--resume", str(run), "--quiet"]).exit_code == 0
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["seconds"] == pytest.approx(first + summary["session_seconds"], abs=0.11)
+
+
 def test_refuses_to_overwrite_a_run(tmp_path):
     cfg = _tiny_config(tmp_path, steps=10)
     r = CliRunner()
@@ -231,6 +284,16 @@ def test_conditional_ddpm_train_sample_evaluate(tmp_path):
     assert [row["guidance"] for row in ev["rows"]] == [0.0, 3.0] and ev["bits_per_dim"] > 0
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--label", "10"])
     assert isinstance(res.exception, ScorelabError) and "--label must be in 0..9" in str(res.exception)
+    res = r.invoke(cli, ["sample", str(run), "--quiet", "--label", "3", "--guidance", "0"])
+    assert isinstance(res.exception, ScorelabError) and "--label has no effect at guidance 0" in str(res.exception)
+    res = r.invoke(cli, ["evaluate", str(run), "--n", "100000000", "--no-bpd", "--max-memory", "1M", "--quiet"])
+    assert isinstance(res.exception, ScorelabError) and "sampling 100000000 samples at a time needs about" in str(
+        res.exception
+    )
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("samples.safetensors", "metrics.json", "samples.png"):  # safetensors alone made its file 0600
+        assert stat.S_IMODE((run / "samples" / name).stat().st_mode) == 0o666 & ~umask, name
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "nope"])
     assert res.exit_code == 2 and "nope" in res.output
     res = r.invoke(cli, ["sample", str(run), "--quiet", "--sampler", "dpm-pp-2x"])

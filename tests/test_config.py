@@ -104,6 +104,24 @@ def test_bad_files(tmp_path):
         load_config(binary)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the config is empty"),  # would silently train every default
+        ("# only a comment\n", "the config is empty"),
+        ("data:\n", "data: the section is empty"),  # a null section, likewise
+        ("train:\n  steps: 5\n  steps: 6\n", "line 3: key 'steps' is given twice"),  # YAML keeps the last
+        ("train: {steps: 5}\ntrain: {lr: 0.1}\n", "line 2: key 'train' is given twice"),
+    ],
+)
+def test_empty_configs_and_repeated_keys_are_refused(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(path)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
 yaml_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),

@@ -4,6 +4,7 @@ import torch
 from click.testing import CliRunner
 
 from scorelab.cli import cli
+from scorelab.errors import ScorelabError
 from scorelab.reproduce import ncsn_toy
 
 
@@ -21,8 +22,16 @@ def test_reproduce_cli_writes_json(tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert {"langevin_weight", "annealed_weight", "true_weight"} <= data.keys()
+    assert data["figure"] == str(tmp_path / "ncsn_toy.png")  # where it ended up, not the staging folder
     listed = CliRunner().invoke(cli, ["reproduce", "--list"])
     assert "ncsn-toy" in listed.output
+
+
+def test_reproduce_refuses_a_folder_of_other_files_and_takes_underscores(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(cli, ["reproduce", "ncsn_toy", "--quick", "--out", str(tmp_path)])
+    assert isinstance(res.exception, ScorelabError) and "holds files this command did not write" in str(res.exception)
+    assert [f.name for f in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_sampler_accuracy_target_at_20_evaluations():

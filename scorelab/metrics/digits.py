@@ -169,6 +169,9 @@ def train_classifier(
     weights_path = out_dir / WEIGHTS_NAME
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights_path), metadata={"format": "pt"})  # one key: byte-stable header
+    from ..outputs import as_umask_allows
+
+    as_umask_allows(weights_path)
     record = {
         "model": "scorelab.metrics.digits.DigitsClassifier",
         "config": config,

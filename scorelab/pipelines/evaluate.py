@@ -14,8 +14,9 @@ from ..errors import ScorelabError
 from ..objectives.elbo import VariationalBound
 from ..outputs import check_output_dir, staged_output
 from ..plots import image_grid
+from ..resources import check_budget
 from ..schedules import alphas_cumprod, beta_schedule
-from .sample import check_guidance, evaluate, generate, load_run, sample_labels
+from .sample import check_guidance, evaluate, generate, load_run, sample_labels, sampling_bytes
 
 DIGIT_LEVELS = 17  # the 8x8 digits take the integer values 0..16
 
@@ -40,9 +41,12 @@ def evaluate_run(
     n: int = 1000,
     bpd: bool = True,
     seed: int = 0,
+    max_memory: int | None = None,
     progress: bool = True,
     log=print,
 ) -> dict:
+    """Refuses up front (nothing written) a request whose memory estimate exceeds max_memory bytes (default: the
+    available memory); the samplers and guidance scales run one after another, so the largest of them counts."""
     cfg, denoiser, record = load_run(run_dir, log=log)
     if cfg.data.name != "digits":
         raise ScorelabError(f"evaluate works on digits runs; {run_dir} trains on {cfg.data.name!r}")
@@ -50,6 +54,8 @@ def evaluate_run(
         guidances = (0.0, 1.0, 3.0) if cfg.model.num_classes else (1.0,)
     for g in guidances:
         check_guidance(cfg, g)
+    need = max(sampling_bytes(cfg, denoiser, n, g) for g in guidances)
+    check_budget(f"sampling {n} samples at a time", need, max_memory, option="--max-memory")
     out_dir = Path(run_dir) / "eval"
     check_output_dir(out_dir, _owns)
     grids = {}

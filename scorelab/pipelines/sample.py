@@ -16,7 +16,7 @@ from ..errors import ScorelabError
 from ..guidance import Clamped, ClassifierFreeGuidance
 from ..metrics.samples import BLOCK_ELEMENTS, component_stats, mmd_rbf, sliced_wasserstein2
 from ..models.build import build_denoiser, check_model_format
-from ..outputs import check_output_dir, staged_output
+from ..outputs import as_umask_allows, check_output_dir, staged_output
 from ..plots import image_grid, scatter
 from ..resources import activation_bytes_per_sample, check_budget
 from ..sampling import SAMPLERS
@@ -250,6 +250,10 @@ def sample_run(
             "--steps is for diffusion samplers; annealed_langevin runs noise.levels x sample.steps_per_level steps"
         )
     check_guidance(cfg, guidance)
+    if label is not None and (cfg.sample.guidance if guidance is None else guidance) == 0:
+        raise ScorelabError(
+            "--label has no effect at guidance 0 (the unconditional model); give --guidance above 0 or drop --label"
+        )
     check_budget(f"sampling {n} samples", sampling_bytes(cfg, denoiser, n, guidance), max_memory, option="--max-memory")
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
     check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__)
@@ -274,6 +278,7 @@ def sample_run(
         tensors["labels"] = labels
     with staged_output(out_dir, SAMPLE_OUTPUTS.__contains__) as stage:
         save_file(tensors, stage / "samples.safetensors")
+        as_umask_allows(stage / "samples.safetensors")
         if cfg.data.name == "digits":
             image_grid(samples[:100], stage / "samples.png", nrow=10)
             image_grid(load_digits_split("test")[0][:100], stage / "held_out.png", nrow=10)

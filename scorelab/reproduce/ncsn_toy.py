@@ -13,6 +13,7 @@ from ..sampling.langevin import annealed_langevin, langevin
 from ..schedules import geometric_sigmas
 
 TITLE = "NCSN toy: Langevin vs annealed Langevin mode weights (Song & Ermon 2019, Fig. 3)"
+OUTPUTS = ("ncsn_toy.png",)  # the files run() writes into its folder (patterns)
 
 
 def mode_weight(x: torch.Tensor) -> float:

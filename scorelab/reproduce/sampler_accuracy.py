@@ -21,6 +21,7 @@ from ..sampling.common import initial_noise
 from ..schedules import alphas_cumprod, append_zero, beta_schedule, discrete_sigmas, lognormal_sigmas, timesteps
 
 TITLE = "Sampler accuracy against an exact score: moment max_z at 5-50 evaluations (target <= 3 at 20)"
+OUTPUTS = ("sampler_accuracy.png",)  # the files run() writes into its folder (patterns)
 NFES = (5, 10, 20, 50)
 # recommended: log-normal quantile schedule centred at sigma_data / 4, width 2, from 500 to 0.02 (see README)
 SIGMA_MIN, SIGMA_MAX, WIDTH = 0.02, 500.0, 2.0

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from scorelab.errors import ScorelabError
+from scorelab.outputs import as_umask_allows
 
 from .mesh import Mesh, validate_mesh
 
@@ -25,6 +26,7 @@ def _atomic(path: Path, suffix: str, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        as_umask_allows(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

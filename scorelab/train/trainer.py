@@ -21,14 +21,28 @@ from ..models.build import build_denoiser, check_model_format, model_format
 from ..objectives.diffusion import ddpm_loss
 from ..objectives.score_matching import ncsn_loss
 from ..schedules import alphas_cumprod, beta_schedule, geometric_sigmas
-from .checkpoint import _atomic_write, load_latest, save_checkpoint
+from .checkpoint import _atomic_write, list_checkpoints, load_latest, save_checkpoint
 from .ema import EMA
 from .guard import NonFiniteGuard
+
+RUN_FILES = {"config.yaml", "checkpoints", "train.json"}  # what training writes into a run directory
 
 
 def save_run_config(run_dir: Path, cfg: Config) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False).encode())
+
+
+def _remove_fresh_run(run_dir: Path, made: list[Path], had_config: bool) -> None:
+    """Take away what a fresh run wrote before failing: its config, its empty checkpoint folder and the folders it
+    created, so that no half-made run is left behind."""
+    if not had_config:
+        (run_dir / "config.yaml").unlink(missing_ok=True)
+    for folder in (run_dir / "checkpoints", *made):
+        try:
+            folder.rmdir()  # only if empty
+        except OSError:
+            pass
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -78,8 +92,21 @@ def set_rng_states(t: dict[str, torch.Tensor]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path, *, progress: bool = True, log=print):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        progress: bool = True,
+        log=print,
+        warn=None,
+        config_path: Path | None = None,
+    ):
+        """`log` takes progress lines, `warn` warnings (default: `log`); `config_path`, where the config came from,
+        goes into the message that says how to continue an interrupted run."""
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
+        self.warn = warn or log
+        self.config_path = config_path
         seed_global_rngs(cfg.train.seed)  # parameter initialisation, and any global draws a user's model makes
         self.denoiser = build_denoiser(cfg)
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
@@ -93,8 +120,11 @@ class Trainer:
             self.alpha_bar = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
         self.step = 0
         after = f" with the last good checkpoint in {self.run_dir / 'checkpoints'}"
-        self.guard = NonFiniteGuard("training", log=log, after=after)
+        self.guard = NonFiniteGuard("training", log=self.warn, after=after)
         self._stop_signal: int | None = None
+        self.seconds_before = 0.0  # training time of the run's earlier sessions, up to the checkpoint resumed from
+        self._session_start = time.time()
+        self._saved = False  # whether this session has written a checkpoint
 
     # ---- state -------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -125,19 +155,29 @@ class Trainer:
         self.source.load_state(t)
         self.step = record["step"]
         self.guard.skipped = record.get("skipped_steps", 0)
+        self.seconds_before = record.get("seconds", 0.0)
 
     def save(self) -> None:
         meta = {
             "config": config_to_dict(self.cfg),
             "model_format": model_format(self.cfg),
             "skipped_steps": self.guard.skipped,
+            "seconds": round(self.seconds_before + time.time() - self._session_start, 1),  # every session so far
         }
         save_checkpoint(
             self.run_dir / "checkpoints", self.step, self.state_tensors(), meta, self.cfg.train.keep_checkpoints
         )
+        self._saved = True
 
     def resume(self) -> None:
-        t, record = load_latest(self.run_dir / "checkpoints", warn=self.log)
+        if not self.run_dir.is_dir():
+            raise ScorelabError(f"run directory {self.run_dir} does not exist")
+        if not list_checkpoints(self.run_dir / "checkpoints"):
+            raise ScorelabError(
+                f"no checkpoint found in {self.run_dir / 'checkpoints'}: the run stopped before its first one; "
+                "train it again without --resume"
+            )
+        t, record = load_latest(self.run_dir / "checkpoints", warn=self.warn)
         # everything that shapes the updates must match for the resumed run to be the run the checkpoint records
         differ = config_differences(self.cfg, config_from_dict(record["config"]), ("data", "model", "noise", "train"))
         if differ:
@@ -187,12 +227,14 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:
         self._stop_signal = signum
 
-    def _stop(self) -> None:
+    def _stop(self, bar) -> None:
         self.save()
+        bar.close()  # before the message, so that the bar is not redrawn after it
         name = signal.Signals(self._stop_signal).name
+        config = self.config_path or "CONFIG"
         self.log(
             f"{name} received: saved checkpoint at step {self.step} in {self.run_dir}; "
-            f"continue with: scorelab train CONFIG --resume {self.run_dir}"
+            f"continue with: scorelab train {config} --resume {self.run_dir}"
         )
         raise SystemExit(128 + self._stop_signal)
 
@@ -203,18 +245,30 @@ class Trainer:
             return {}
 
     def run(self) -> dict:
+        """Train to train.steps. A fresh run that fails before its first checkpoint takes away what it wrote."""
         cfg = self.cfg.train
         previous = self._previous_summary() if self.step > 0 else {}
         if self.step >= cfg.steps:
             self.log(f"{self.run_dir} is already at step {self.step} of {cfg.steps}; raise train.steps to train on")
             return {**previous, "step": self.step, "session_steps": 0}
         first_step = self.step
+        made = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
+        had_config = (self.run_dir / "config.yaml").exists()
         save_run_config(self.run_dir, self.cfg)
+        try:
+            return self._loop(first_step, previous)
+        except BaseException:
+            if first_step == 0 and not self._saved:
+                _remove_fresh_run(self.run_dir, made, had_config)
+            raise
+
+    def _loop(self, first_step: int, previous: dict) -> dict:
+        cfg = self.cfg.train
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 handlers[s] = signal.signal(s, self._on_signal)
-        start, losses = time.time(), []
+        self._session_start, losses = time.time(), []
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress)
         try:
             while self.step < cfg.steps:
@@ -222,7 +276,7 @@ class Trainer:
                 if loss is None:
                     self.guard.bad(self.step)
                     if self._stop_signal is not None:
-                        self._stop()  # a skipped step changed nothing: the state is still the last good one
+                        self._stop(bar)  # a skipped step changed nothing: the state is still the last good one
                     continue
                 self.guard.good()
                 self.step += 1
@@ -233,18 +287,20 @@ class Trainer:
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
                 if self._stop_signal is not None:
-                    self._stop()
+                    self._stop(bar)
         finally:
             bar.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
-        session = time.time() - start
+        session = time.time() - self._session_start
         summary = {
             "step": self.step,
-            "seconds": round(previous.get("seconds", 0.0) + session, 1),  # over every session of the run
+            # over every session of the run, interrupted ones included up to their last checkpoint (runs whose
+            # checkpoints predate this field: the sessions that finished)
+            "seconds": round((self.seconds_before or previous.get("seconds", 0.0)) + session, 1),
             "session_steps": self.step - first_step,
             "session_seconds": round(session, 1),
-            "final_loss": (sum(losses[-100:]) / len(losses[-100:])) if losses else None,
+            "final_loss": (sum(losses[-100:]) / len(losses[-100:])) if losses else None,  # this session's last 100
             "skipped_steps": self.guard.skipped,
         }
         _atomic_write(self.run_dir / "train.json", json.dumps(summary, indent=2).encode())
