@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from .config import CHOICES, canonical_choice
-from .errors import ScorelabError
+from .errors import ScorelabError, warn
 
 
 class _Name(click.Choice):
@@ -82,9 +82,7 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
             raise ScorelabError(
                 f"{run_dir} holds files that are not a run's ({', '.join(foreign[:3])}); choose a new or empty --out"
             )
-    trainer = Trainer(
-        cfg, run_dir, progress=not quiet, log=click.echo, warn=lambda m: click.echo(m, err=True), config_path=config
-    )
+    trainer = Trainer(cfg, run_dir, progress=not quiet, log=click.echo, warn=warn, config_path=config)
     if resume is not None:
         trainer.resume()
     summary = trainer.run()

@@ -75,7 +75,7 @@ def _trajectory_figure(cfg, denoiser, out: Path) -> Path:
 
 def _guidance_grids(run_dir: Path, progress: bool, log) -> list[dict]:
     """Class-conditional grids (one column per class) and classifier figures per sampler and guidance scale."""
-    cfg, denoiser, _ = load_run(run_dir, log=log)
+    cfg, denoiser, _ = load_run(run_dir)
     rows = []
     for sampler in DEMO_SAMPLERS:
         for guidance in DEMO_GUIDANCE:
@@ -114,7 +114,7 @@ def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
     log("[2/5] training the 2D score network on the ring of 8 Gaussians")
     toy_train = _train("ncsn-toy2d", out / "toy2d", progress, log)
     toy_metrics = sample_run(out / "toy2d", progress=progress, log=log)
-    toy_cfg, toy_denoiser, _ = load_run(out / "toy2d", log=log)
+    toy_cfg, toy_denoiser, _ = load_run(out / "toy2d")
     field = _score_field_figure(toy_denoiser, out / "toy2d" / "score_field.png")
     traj = _trajectory_figure(toy_cfg, toy_denoiser, out / "toy2d" / "trajectories.png")
     log("[3/5] training the digits score U-Net")

@@ -47,7 +47,7 @@ def evaluate_run(
 ) -> dict:
     """Refuses up front (nothing written) a request whose memory estimate exceeds max_memory bytes (default: the
     available memory); the samplers and guidance scales run one after another, so the largest of them counts."""
-    cfg, denoiser, record = load_run(run_dir, log=log)
+    cfg, denoiser, record = load_run(run_dir)
     if cfg.data.name != "digits":
         raise ScorelabError(f"evaluate works on digits runs; {run_dir} trains on {cfg.data.name!r}")
     if guidances is None:  # 0, 1 and 3 for a class-conditional run; an unconditional one has only its own model

@@ -40,13 +40,14 @@ EVAL_SEED = 10_000  # fresh reference sets are drawn from seeds the training nev
 SAMPLE_OUTPUTS = {"samples.safetensors", "samples.png", "held_out.png", "metrics.json"}
 
 
-def load_run(run_dir: Path, log=print) -> tuple[Config, torch.nn.Module, dict]:
-    """The run's config and its EMA denoiser from the newest good checkpoint."""
+def load_run(run_dir: Path) -> tuple[Config, torch.nn.Module, dict]:
+    """The run's config and its EMA denoiser from the newest good checkpoint (falling back past damaged ones, with a
+    warning on stderr)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ScorelabError(f"run directory {str(run_dir)!r} does not exist")
     cfg = load_run_config(run_dir)
-    tensors, record = load_latest(run_dir / "checkpoints", warn=log)
+    tensors, record = load_latest(run_dir / "checkpoints")
     differ = config_differences(cfg, config_from_dict(record["config"]))
     if differ:  # the network and its noise range are the checkpoint's; config.yaml was edited or replaced
         raise ScorelabError(
@@ -239,7 +240,7 @@ def sample_run(
 ) -> dict:
     """Sample a trained run and write samples, figures and metrics. Refuses up front (nothing written) a request
     whose memory estimate exceeds max_memory bytes (default: the available memory)."""
-    cfg, denoiser, record = load_run(run_dir, log=log)
+    cfg, denoiser, record = load_run(run_dir)
     n = n or cfg.sample.n
     if n < 2:
         raise ScorelabError(f"--n must be >= 2 (the metrics compare sets of samples), got {n}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load, save
 
-from ..errors import ScorelabError
+from ..errors import ScorelabError, warn
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -86,7 +86,7 @@ def load_checkpoint(record_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return load(blob), record  # the very bytes that were hashed
 
 
-def load_latest(directory: Path, warn=print) -> tuple[dict[str, torch.Tensor], dict]:
+def load_latest(directory: Path, warn=warn) -> tuple[dict[str, torch.Tensor], dict]:
     """The newest good checkpoint in a directory, falling back past damaged ones and saying so."""
     records = list_checkpoints(directory)
     if not records:
