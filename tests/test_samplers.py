@@ -85,10 +85,16 @@ def test_dpmpp_3m_is_more_accurate_than_2m_at_every_step_count():
         assert _solve_to_smin(dpmpp_3m, n) < _solve_to_smin(dpmpp_2m, n), n
 
 
-def test_ddim_eta0_is_euler_and_eta1_is_ddpm_small():
+def _ddim_case():
+    """The DDIM identity tests' case: a 2-D mixture's exact denoiser, 12 log-linear steps and the initial noise."""
     mix = GaussianMixture([0.3, 0.7], [[1.0, -1.0], [-0.5, 0.5]], 0.4)
     sig = append_zero(loglinear_sigmas(0.05, 20.0, 12, dtype=torch.float64))
     x = initial_noise((64, 2), 20.0, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return mix, sig, x
+
+
+def test_ddim_eta0_is_euler_and_eta1_is_ddpm_small():
+    mix, sig, x = _ddim_case()
     torch.testing.assert_close(ddim(mix, x, sig), euler(mix, x, sig))
     a = ddim(mix, x, sig, eta=1.0, generator=torch.Generator().manual_seed(1))
     b = ddpm(mix, x, sig, variance="small", generator=torch.Generator().manual_seed(1))
@@ -99,9 +105,7 @@ def test_ddim_eta1_is_k_diffusion_euler_ancestral():
     """Euler ancestral written from its formulas (Karras et al. 2022 / k-diffusion):
     sigma_up^2 = s'^2 (s^2 - s'^2) / s^2, sigma_down^2 = s'^2 - sigma_up^2, x <- x + (sigma_down - s) (x - D) / s
     + sigma_up z."""
-    mix = GaussianMixture([0.3, 0.7], [[1.0, -1.0], [-0.5, 0.5]], 0.4)
-    sig = append_zero(loglinear_sigmas(0.05, 20.0, 12, dtype=torch.float64))
-    x = initial_noise((64, 2), 20.0, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mix, sig, x = _ddim_case()
     g = torch.Generator().manual_seed(3)
     want = x.clone()
     for s, s_next in zip(sig[:-1].tolist(), sig[1:].tolist(), strict=True):
@@ -119,9 +123,7 @@ def test_ddim_is_song_et_al_eq_12_in_vp_space(eta):
     """DDIM written in VP space from Song et al. 2021, eq. 12 with eq. 16's sigma_t(eta), on x_vp = x sqrt(ab):
     x_vp' = sqrt(ab') x0 + sqrt(1 - ab' - c^2) eps + c z, eps = (x_vp - sqrt(ab) x0) / sqrt(1 - ab),
     c^2 = eta^2 (1 - ab') / (1 - ab) (1 - ab / ab'). At 0 < eta < 1 this tells eta^2 from eta."""
-    mix = GaussianMixture([0.3, 0.7], [[1.0, -1.0], [-0.5, 0.5]], 0.4)
-    sig = append_zero(loglinear_sigmas(0.05, 20.0, 12, dtype=torch.float64))
-    x = initial_noise((64, 2), 20.0, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mix, sig, x = _ddim_case()
     g = torch.Generator().manual_seed(4)
     want = x.clone()
     for s, s_next in zip(sig[:-1].tolist(), sig[1:].tolist(), strict=True):
