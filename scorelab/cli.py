@@ -226,24 +226,29 @@ def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None
     from fnmatch import fnmatch
 
     from .outputs import check_output_dir, ensure_writable_dir, staged_output
+    from .train.checkpoint import _atomic_write
 
-    def owns(file: str) -> bool:  # its own figures, and the JSON if it is asked for in the same folder
-        in_out = json_path is not None and json_path.parent.resolve() == out.resolve() and file == json_path.name
-        return in_out or any(fnmatch(file, pattern) for pattern in module.OUTPUTS)
+    def owns(file: str) -> bool:  # its figures, and results JSON written beside them
+        return any(fnmatch(file, pattern) for pattern in (*module.OUTPUTS, "*.json"))
 
+    json_in_out = json_path is not None and json_path.resolve().parent == out.resolve()
+    if json_path is not None and not json_in_out and out.resolve() in json_path.resolve().parents:
+        raise ScorelabError(f"--json must be in --out ({out}) itself or outside it, not in a folder below it")
     check_output_dir(out, owns)  # refuse a place that cannot take the figures before the work, not after it
-    if json_path is not None:
+    if json_path is not None and not json_in_out:
         ensure_writable_dir(json_path.parent)
-    with staged_output(out, owns) as stage:  # the figures appear together, or not at all
+    with staged_output(out, owns) as stage:  # the figures (and a JSON beside them) appear together, or not at all
         result = module.run(stage, quick=quick)
-    result["figure"] = str(out / Path(result["figure"]).name)
+        result["figure"] = str(out / Path(result["figure"]).name)
+        payload = json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2).encode()
+        if json_in_out:
+            _atomic_write(stage / json_path.name, payload)
+    if json_path is not None and not json_in_out:
+        _atomic_write(json_path, payload)
     click.echo(module.TITLE)
     _echo_table(result["table"])
     click.echo(f"figure: {result['figure']}")
     if json_path is not None:
-        from .train.checkpoint import _atomic_write
-
-        _atomic_write(json_path, json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2).encode())
         click.echo(f"results: {json_path}")
     if not result["passed"]:
         click.echo("the result does not show what the paper shows", err=True)

@@ -280,8 +280,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: ...`: keys given beside a merge override it
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the base loader reports it as invalid YAML
+                break
+            if repeated:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
             seen.add(key)
         return super().construct_mapping(node, deep)

@@ -20,6 +20,9 @@ def check_output_dir(out: Path, owns: Callable[[str], bool]) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ScorelabError(f"output folder {out} is a file; choose a folder")
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:  # it is swapped whole at the end
+        raise ScorelabError(f"output folder {out} is the current folder or holds it; choose a folder inside it")
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and owns(p.name)))
         if foreign:
@@ -63,9 +66,15 @@ def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    stage.rename(out)
+    try:
+        if out.exists():
+            out.rename(old)
+        stage.rename(out)
+    except BaseException:
+        if old.exists() and not out.exists():
+            old.rename(out)  # the earlier outputs back where they were
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

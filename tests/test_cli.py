@@ -204,19 +204,30 @@ def test_train_refuses_a_folder_of_other_files_and_resume_says_what_is_missing(t
     assert p.returncode == 2 and "train it again without --resume" in p.stderr, p.stderr
 
 
-def test_training_time_counts_sessions_that_never_finished(tmp_path):
+@pytest.mark.parametrize("records_time", [True, False])
+def test_training_time_counts_sessions_that_never_finished(tmp_path, records_time):
     """Each checkpoint records the run's training time so far, so a session stopped before it could write
-    train.json (a kill) still counts, up to its last checkpoint."""
+    train.json (a kill) still counts, up to its last checkpoint. The time is set to 1000 s by hand so that it cannot
+    be mistaken for the few tenths of a second these steps take. A checkpoint from before records kept the time
+    (records_time False) falls back to the finished sessions' train.json."""
     cfg, run = _trained(tmp_path, steps=20)
-    first = json.loads(list_checkpoints(run / "checkpoints")[-1].read_text())["seconds"]
-    assert first > 0
-    (run / "train.json").unlink()  # as if the session had been killed after its last checkpoint
+    last = list_checkpoints(run / "checkpoints")[-1]
+    record = json.loads(last.read_text())
+    if records_time:
+        record["seconds"] = 1000.0
+        (run / "train.json").unlink()  # as if the session had been killed after its last checkpoint
+    else:
+        del record["seconds"]
+        (run / "train.json").write_text(json.dumps({"step": 20, "seconds": 1000.0}))
+    last.write_text(json.dumps(record))
     raw = yaml.safe_load(cfg.read_text())
     raw["train"]["steps"] = 40
     cfg.write_text(yaml.safe_dump(raw))
     assert CliRunner().invoke(cli, ["train", str(cfg), "--resume", str(run), "--quiet"]).exit_code == 0
     summary = json.loads((run / "train.json").read_text())
-    assert summary["seconds"] == pytest.approx(first + summary["session_seconds"], abs=0.11)
+    assert summary["seconds"] == pytest.approx(1000.0 + summary["session_seconds"], abs=0.11)
+    newest = json.loads(list_checkpoints(run / "checkpoints")[-1].read_text())
+    assert newest["step"] == 40 and newest["seconds"] == pytest.approx(summary["seconds"], abs=0.11)
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):

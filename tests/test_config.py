@@ -104,6 +104,16 @@ def test_bad_files(tmp_path):
         load_config(binary)
 
 
+def test_merge_keys_still_load_and_an_unhashable_key_is_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  <<: {steps: 5, batch_size: 4}\n  batch_size: 8\n")  # a key beside a merge overrides it
+    cfg = load_config(path)
+    assert (cfg.train.steps, cfg.train.batch_size) == (5, 8)
+    path.write_text("train:\n  [a, b]: 1\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line 2"):
+        load_config(path)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

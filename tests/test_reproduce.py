@@ -27,11 +27,27 @@ def test_reproduce_cli_writes_json(tmp_path):
     assert "ncsn-toy" in listed.output
 
 
-def test_reproduce_refuses_a_folder_of_other_files_and_takes_underscores(tmp_path):
+def test_reproduce_refuses_a_folder_of_other_files_and_takes_underscores(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("mine")
     res = CliRunner().invoke(cli, ["reproduce", "ncsn_toy", "--quick", "--out", str(tmp_path)])
     assert isinstance(res.exception, ScorelabError) and "holds files this command did not write" in str(res.exception)
     assert [f.name for f in tmp_path.iterdir()] == ["notes.txt"]
+    monkeypatch.chdir(tmp_path / "..")  # the current folder is never swapped away
+    res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", "--out", "."])
+    assert isinstance(res.exception, ScorelabError) and "is the current folder" in str(res.exception)
+    res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--out", "fig", "--json", "fig/sub/r.json"])
+    assert isinstance(res.exception, ScorelabError) and "--json must be in --out" in str(res.exception)
+
+
+def test_reproduce_reruns_into_its_own_folder(tmp_path):
+    """A second run replaces the first one's figures and JSON whole, with or without --json."""
+    fig = tmp_path / "fig"
+    runs = [["--json", str(fig / "r.json")], [], ["--json", str(fig / "r.json")]]
+    for extra in runs:
+        res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", "--out", str(fig), *extra])
+        assert res.exit_code == 0, res.output
+        assert sorted(f.name for f in fig.iterdir()) == sorted(["ncsn_toy.png", *(["r.json"] if extra else [])])
+    assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no staging folder left behind
 
 
 def test_sampler_accuracy_target_at_20_evaluations():

@@ -46,12 +46,13 @@ def test_convergence_order(sampler, order):
     assert observed > order - 0.2, observed
 
 
-def test_dpmpp_3m_is_exact_when_the_denoiser_is_quadratic_in_lambda():
+@pytest.mark.parametrize("uneven", [False, True])
+def test_dpmpp_3m_is_exact_when_the_denoiser_is_quadratic_in_lambda(uneven):
     """With D a polynomial in lambda = -log sigma (and independent of x), the sigma-space ODE dx/dsigma = (x - D)/sigma
     has the exact step x' = (s'/s) x + s' [F(lambda')- F(lambda)], F = e^lambda (p - p' + p'') an antiderivative of
     e^lambda p. A third-order exponential integrator (Taylor terms up to D'') is exact on a quadratic once it has three
     points of history. Half the second-difference term, as the multistep 3M of diffusers, k-diffusion and the
-    DPM-Solver code has it, leaves h^3 D'' / 12 per step: 1.6e-3 here."""
+    DPM-Solver code has it, leaves h^3 D'' / 12 per step: 1.6e-3 on the uniform grid."""
     coef = (0.3, 0.7, 0.5)
 
     def p(lam, k=0):  # the k-th derivative of the polynomial at lam
@@ -64,7 +65,11 @@ def test_dpmpp_3m_is_exact_when_the_denoiser_is_quadratic_in_lambda():
         return torch.full_like(x, p(-math.log(float(sigma.flatten()[0]))))
 
     n = 12
-    sig = append_zero(loglinear_sigmas(math.exp(-1.0), math.exp(2.0), n, dtype=torch.float64))  # h = 3 / 11
+    # lambda from -2 to 1: uniform (h = 3 / 11), or with steps growing from 0.04 to 0.45, so that the step ratios
+    # r0 != r1 weigh the divided differences
+    u = torch.linspace(0, 1, n, dtype=torch.float64)
+    lam = -2 + 3 * (u**2 if uneven else u)
+    sig = append_zero(torch.exp(-lam))
     seen = {}
     x = torch.zeros(3, 1, dtype=torch.float64)
     dpmpp_3m(quadratic_denoiser, x.clone(), sig, callback=lambda i, xi, d: seen.__setitem__(i, xi.clone()))

@@ -186,6 +186,8 @@ class Trainer:
             )
         check_model_format(self.cfg, record, self.run_dir)
         self.load_state(t, record)
+        if "seconds" not in record:  # a checkpoint from before records kept the time: the finished sessions' total
+            self.seconds_before = self._previous_summary().get("seconds", 0.0)
         self.log(f"resumed {self.run_dir} at step {self.step}")
 
     # ---- loop --------------------------------------------------------------------------------
@@ -247,22 +249,21 @@ class Trainer:
     def run(self) -> dict:
         """Train to train.steps. A fresh run that fails before its first checkpoint takes away what it wrote."""
         cfg = self.cfg.train
-        previous = self._previous_summary() if self.step > 0 else {}
         if self.step >= cfg.steps:
             self.log(f"{self.run_dir} is already at step {self.step} of {cfg.steps}; raise train.steps to train on")
-            return {**previous, "step": self.step, "session_steps": 0}
+            return {**self._previous_summary(), "step": self.step, "session_steps": 0}
         first_step = self.step
         made = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
         had_config = (self.run_dir / "config.yaml").exists()
         save_run_config(self.run_dir, self.cfg)
         try:
-            return self._loop(first_step, previous)
+            return self._loop(first_step)
         except BaseException:
             if first_step == 0 and not self._saved:
                 _remove_fresh_run(self.run_dir, made, had_config)
             raise
 
-    def _loop(self, first_step: int, previous: dict) -> dict:
+    def _loop(self, first_step: int) -> dict:
         cfg = self.cfg.train
         handlers = {}
         if threading.current_thread() is threading.main_thread():
@@ -295,9 +296,8 @@ class Trainer:
         session = time.time() - self._session_start
         summary = {
             "step": self.step,
-            # over every session of the run, interrupted ones included up to their last checkpoint (runs whose
-            # checkpoints predate this field: the sessions that finished)
-            "seconds": round((self.seconds_before or previous.get("seconds", 0.0)) + session, 1),
+            # over every session of the run, interrupted ones included up to their last checkpoint
+            "seconds": round(self.seconds_before + session, 1),
             "session_steps": self.step - first_step,
             "session_seconds": round(session, 1),
             "final_loss": (sum(losses[-100:]) / len(losses[-100:])) if losses else None,  # this session's last 100
