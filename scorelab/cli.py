@@ -225,7 +225,7 @@ def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None
     out = out or Path("runs") / "reproduce" / name
     from fnmatch import fnmatch
 
-    from .outputs import check_output_dir, ensure_writable_dir, staged_output
+    from .outputs import check_output_dir, check_writable_dir, make_dirs, staged_output
     from .train.checkpoint import _atomic_write
 
     def owns(file: str) -> bool:  # its figures, and results JSON written beside them
@@ -236,7 +236,7 @@ def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None
         raise ScorelabError(f"--json must be in --out ({out}) itself or outside it, not in a folder below it")
     check_output_dir(out, owns)  # refuse a place that cannot take the figures before the work, not after it
     if json_path is not None and not json_in_out:
-        ensure_writable_dir(json_path.parent)
+        check_writable_dir(json_path.parent)
     with staged_output(out, owns) as stage:  # the figures (and a JSON beside them) appear together, or not at all
         result = module.run(stage, quick=quick)
         result["figure"] = str(out / Path(result["figure"]).name)
@@ -244,6 +244,7 @@ def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None
         if json_in_out:
             _atomic_write(stage / json_path.name, payload)
     if json_path is not None and not json_in_out:
+        make_dirs(json_path.parent)
         _atomic_write(json_path, payload)
     click.echo(module.TITLE)
     _echo_table(result["table"])

@@ -30,25 +30,40 @@ def check_output_dir(out: Path, owns: Callable[[str], bool]) -> None:
                 f"output folder {out} holds files this command did not write ({', '.join(foreign[:3])}); "
                 "choose a new or empty folder"
             )
-    ensure_writable_dir(out.parent)
+    check_writable_dir(out.parent)
 
 
-def ensure_writable_dir(folder: Path) -> None:
-    """Create `folder` if needed and check it can be written; ScorelabError naming the obstacle otherwise."""
+def check_writable_dir(folder: Path) -> None:
+    """Raise ScorelabError naming the obstacle if `folder` could not be created or written. Creates nothing: the
+    folders appear when the outputs are written (make_dirs), so work that fails or is interrupted leaves none."""
     folder = Path(folder)
-    for above in [folder, *folder.parents]:
-        if above.exists():
-            if not above.is_dir():
-                raise ScorelabError(f"cannot create folder {folder}: {above} is a file")
-            break
+    above = next(p for p in [folder, *folder.parents] if p.exists())  # "." or "/" at the latest
+    if not above.is_dir():
+        raise ScorelabError(f"cannot create folder {folder}: {above} is a file")
+    try:  # a real write: permissions alone miss read-only and pseudo file systems
+        os.rmdir(tempfile.mkdtemp(dir=above, prefix=".scorelab-probe-"))
+    except OSError as e:
+        raise ScorelabError(f"cannot write to {above}: {e.strerror or e}") from None
+
+
+def make_dirs(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; return the ones created, deepest first (for remove_empty)."""
+    folder = Path(folder)
+    created = [p for p in [folder, *folder.parents] if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ScorelabError(f"cannot create folder {folder}: {e.strerror or e}") from None
-    try:  # a real write: permissions alone miss read-only and pseudo file systems
-        os.rmdir(tempfile.mkdtemp(dir=folder, prefix=".scorelab-probe-"))
-    except OSError as e:
-        raise ScorelabError(f"cannot write to {folder}: {e.strerror or e}") from None
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders make_dirs created, deepest first, as far as they are still empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @contextmanager
@@ -57,6 +72,7 @@ def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
     is deleted and `out` is left as it was."""
     out = Path(out)
     check_output_dir(out, owns)
+    created = make_dirs(out.parent)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
@@ -64,6 +80,7 @@ def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
         yield stage
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        remove_empty(created)
         raise
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     try:
@@ -74,6 +91,7 @@ def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
         if old.exists() and not out.exists():
             old.rename(out)  # the earlier outputs back where they were
         shutil.rmtree(stage, ignore_errors=True)
+        remove_empty(created)
         raise
     shutil.rmtree(old, ignore_errors=True)
 

@@ -372,6 +372,8 @@ def test_sample_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert res.exit_code != 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier outputs, untouched
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder left
+    res = r.invoke(cli, ["sample", str(run), "--n", "16", "--out", str(tmp_path / "new" / "deep"), "--quiet"])
+    assert res.exit_code != 0 and not (tmp_path / "new").exists()  # nor the folders made for it
     monkeypatch.undo()
     (out / "notes.txt").write_text("mine")
     res = r.invoke(cli, ["sample", str(run), "--n", "16", "--out", str(out), "--quiet"])

@@ -63,3 +63,20 @@ def test_sampler_accuracy_target_at_20_evaluations():
         g = torch.Generator().manual_seed(0)
         x = initial_noise((20000, 2), float(sigmas[0]), vp_prior=vp, generator=g, dtype=torch.float64)
         assert moment_z_scores(unipc(mix, x, sigmas, generator=g), mix)["max_z"] <= 3.0, name
+
+
+def test_an_interrupted_reproduction_leaves_no_folders(tmp_path, monkeypatch):
+    """Folders for the figures and the JSON are made when they are written: Ctrl-C during the work leaves none."""
+
+    def interrupted(out_dir, quick=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ncsn_toy, "run", interrupted)
+    args = ["--out", str(tmp_path / "a" / "b"), "--json", str(tmp_path / "j" / "k" / "r.json")]
+    res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", *args])
+    assert res.exit_code != 0
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", *args])  # and a run to the end makes them
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "a" / "b" / "ncsn_toy.png").is_file() and (tmp_path / "j" / "k" / "r.json").is_file()
