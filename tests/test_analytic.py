@@ -105,3 +105,11 @@ def test_bad_mixture_arguments():
         GaussianMixture([1.0], [[0.0]], [-1.0])
     with pytest.raises(ValueError, match="means"):
         GaussianMixture([1.0], [0.0], 1.0)
+
+
+def test_finite_dataset_of_two_points_is_tanh():
+    # data {-1, +1}: p(x0 = +-1 | x) is proportional to exp(+-x / sigma^2), so E[x0 | x] = tanh(x / sigma^2)
+    fd = FiniteDataset(torch.tensor([[-1.0], [1.0]], dtype=torch.float64))
+    x = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None]
+    for sigma in (0.5, 1.0, 2.0):
+        torch.testing.assert_close(fd(x, torch.tensor(sigma)), torch.tanh(x / sigma**2))

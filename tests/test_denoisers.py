@@ -56,3 +56,41 @@ def test_geometric_sigmas_constant_ratio():
     assert append_zero(s)[-1] == 0
     with pytest.raises(ValueError):
         geometric_sigmas(1.0, 2.0, 10)
+
+
+class Recorder(torch.nn.Module):
+    """A 'network' returning a fixed target and recording its inputs."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target, self.seen = target, None
+
+    def forward(self, x_in, c_noise, cond=None):
+        self.seen = (x_in, c_noise)
+        return self.target
+
+
+@pytest.mark.parametrize("param", ["eps", "x0", "v", "edm"])
+def test_network_inputs_are_c_in_x_and_ln_sigma_over_4(param):
+    # Karras et al. 2022, Table 1: c_in = 1 / sqrt(sigma^2 + sigma_data^2), c_noise = ln(sigma) / 4, for every
+    # parameterisation, at sigma_data != 1 (where c_in is not the VP scaling)
+    net = Recorder(torch.zeros(3, 2, dtype=torch.float64))
+    x = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.02, 0.5, 30.0], dtype=torch.float64)
+    Preconditioned(net, param, sigma_data=0.5)(x, sigma)
+    torch.testing.assert_close(net.seen[0], x / (sigma[:, None] ** 2 + 0.25).sqrt())
+    torch.testing.assert_close(net.seen[1], sigma.log() / 4)
+
+
+@pytest.mark.parametrize("sd", [0.5, 2.0])
+def test_v_parameterisation_with_sigma_data_recovers_x0_from_its_target(sd):
+    # v of Salimans & Ho 2022 (sec. 4) for data x0 / sd: v = alpha eps - sigma_vp x0 / sd with alpha = sd / sqrt(s^2 +
+    # sd^2), sigma_vp = s / sqrt(s^2 + sd^2); a unit-variance target, the negative of EDM's (Karras et al. 2022, eq. 8)
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.1, 1.0, 3.0, 20.0], dtype=torch.float64)
+    s = sigma[:, None]
+    alpha, sigma_vp = sd / (s**2 + sd**2).sqrt(), s / (s**2 + sd**2).sqrt()
+    target = alpha * eps - sigma_vp * x0 / sd
+    torch.testing.assert_close(Preconditioned(Recorder(target), "v", sigma_data=sd)(x0 + s * eps, sigma), x0)
+    torch.testing.assert_close(Preconditioned(Recorder(-target), "edm", sigma_data=sd)(x0 + s * eps, sigma), x0)

@@ -75,3 +75,24 @@ def test_eps_loss_of_exact_denoiser_matches_closed_form():
     losses = torch.tensor([ddpm_loss(data, data.sample(500, g).double(), ab, generator=g).item() for _ in range(200)])
     se = losses.std() / math.sqrt(len(losses))
     assert abs(losses.mean().item() - expected) < 3 * se
+
+
+@pytest.mark.parametrize("weighting", ["eps", "x0", "v", "min_snr"])
+def test_ddpm_loss_applies_its_weighting(weighting):
+    """With D = 0 and x0 = c everywhere, eps_hat - eps = c / sigma: the eps-MSE is c^2 SNR for each sample, so the
+    weighted losses are c^2 SNR (eps), c^2 (x0), c^2 (SNR + 1) (v) and c^2 min(SNR, 5) (min-SNR with Hang et al.
+    2023's default gamma = 5), averaged over the sigmas the loss drew."""
+    seen = []
+
+    def zero(x, sigma, cond=None):
+        seen.append(sigma.clone())
+        return torch.zeros_like(x)
+
+    c = 0.3
+    ab = alphas_cumprod(beta_schedule("cosine", 50))
+    x0 = torch.full((64, 3), c, dtype=torch.float64)
+    loss = ddpm_loss(zero, x0, ab, weighting=weighting, generator=torch.Generator().manual_seed(0))
+    snr = seen[0] ** -2
+    w = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1, "min_snr": snr.clamp(max=5.0)}[weighting]
+    assert loss.item() == pytest.approx(c**2 * w.mean().item(), rel=1e-9)
+    assert len(seen[0].unique()) > 10  # the draws cover many timesteps

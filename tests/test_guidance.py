@@ -105,3 +105,11 @@ def test_dynamic_threshold():
     out = DynamicThreshold(Fixed(), percentile=1.0)(x, torch.ones(2))
     torch.testing.assert_close(out[0], x[0])  # s = max(1, max|x|) = 1: unchanged
     torch.testing.assert_close(out[1], x[1] / 3.0)
+
+
+def test_dynamic_threshold_clips_at_the_percentile_of_the_absolute_values():
+    # Imagen (Saharia et al. 2022, sec. 2.3): s = the 90th percentile of |x0_hat| (= 9 for |x0_hat| = 0..10, linear
+    # interpolation), then x0_hat <- clip(x0_hat, -s, s) / s; signs alternate so a signed percentile would give 8
+    x = torch.tensor([[0.0, -1, 2, -3, 4, -5, 6, -7, 8, -9, 10]], dtype=torch.float64)
+    out = DynamicThreshold(lambda x, sigma, cond=None: x, percentile=0.9)(x, torch.ones(1))
+    torch.testing.assert_close(out, x.clamp(-9, 9) / 9)

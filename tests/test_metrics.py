@@ -316,3 +316,22 @@ def test_conditional_report_on_held_out_digits_and_bad_label_shapes():
     assert report["within_class_diversity"] == pytest.approx(report["held_out_within_class_diversity"])
     with pytest.raises(ValueError, match=r"labels must have shape \(\d+,\)"):
         dm.conditional_report(x, y[:, None])
+
+
+def test_moment_z_scores_are_standard_normal_in_each_family():
+    """Each family on its own, under exact sampling: weight z (binomial SE sqrt(w (1 - w) / n)), mean z and std z
+    (normal-theory SE of a sample std, sd / sqrt(2 (n_k - 1))) have mean 0 and std 1. Unequal weights (0.2, 0.8)
+    so that the (1 - w) factor matters; 1000 runs of 400 samples."""
+    from scorelab.analytic import GaussianMixture
+    from scorelab.metrics.moments import moment_z_scores
+
+    mix = GaussianMixture([0.2, 0.8], [[-10.0], [10.0]], 1.0)
+    g = torch.Generator().manual_seed(0)
+    families = {"weight_z": [], "mean_z": [], "std_z": []}
+    for _ in range(1000):
+        out = moment_z_scores(mix.sample(400, g).double(), mix)
+        for name, zs in families.items():
+            zs += out[name]
+    for name, zs in families.items():
+        z = torch.tensor(zs)
+        assert abs(z.mean().item()) < 0.1 and 0.9 < z.std().item() < 1.1, (name, z.mean().item(), z.std().item())

@@ -239,3 +239,88 @@ def test_bad_sampler_options_rejected():
             ddim(GAUSS, torch.zeros(2, 1), sig, eta=eta)
     with pytest.raises(ValueError, match="sampler must be one of ddpm, ddim"):
         evaluations("Heun", 8)
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_last_step_to_zero_is_the_denoiser_without_noise(variance):
+    # Ho et al. 2020, Algorithm 2: z = 0 at t = 1. With ab_s = 1 the posterior mean is x0_hat (c_x0 = 1, c_xt = 0),
+    # so the step to sigma = 0 returns D(x, sigma) exactly, also for fixed-large, whose beta_{t|s} = 1 - ab_t is not 0
+    mix, _, x = _ddim_case()
+    out = ddpm(mix, x, torch.tensor([1.5, 0.0], dtype=torch.float64), variance=variance,
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    torch.testing.assert_close(out, mix(x, torch.full((64,), 1.5, dtype=torch.float64)))
+
+
+def test_vp_prior_initial_noise_is_unit_variance_in_vp_space():
+    # x_T ~ N(0, I) (Ho et al. 2020, Algorithm 2) is x_T / sqrt(ab_T) = sqrt(1 + sigma_T^2) z in sigma-space
+    z = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    x = initial_noise((5, 3), 0.8, vp_prior=True, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x, math.sqrt(1 + 0.8**2) * z)
+    torch.testing.assert_close(initial_noise((5, 3), 0.8, generator=torch.Generator().manual_seed(0)), 0.8 * z)
+
+
+@pytest.mark.parametrize("order", [2, 3])
+def test_unipc_is_exact_when_the_denoiser_is_a_polynomial_of_its_order_in_lambda(order):
+    """UniC-p (Zhao et al. 2023, sec. 3.2) matches the Taylor expansion of D in lambda up to D^(p) from p - 1 earlier
+    points and the new evaluation, so with D a polynomial of degree p in lambda (independent of x) every corrected
+    step is exact once p points of history exist: x' = (s'/s) x + s' [F(lambda') - F(lambda)] with F = e^lambda
+    sum_k (-1)^k p^(k). Order 3 run as order 2 (two points of history) is off by 1.6e-5 at its third step."""
+    coef = (0.3, 0.7, 0.5, -0.4)[: order + 1]
+
+    def p(lam, k=0):  # the k-th derivative of the polynomial at lam
+        return sum(math.perm(n, k) * c * lam ** (n - k) for n, c in enumerate(coef) if n >= k)
+
+    def antiderivative(lam):
+        return math.exp(lam) * sum((-1) ** k * p(lam, k) for k in range(order + 1))
+
+    def poly_denoiser(x, sigma, cond=None):
+        return torch.full_like(x, p(-math.log(float(sigma.flatten()[0]))))
+
+    n = 12
+    u = torch.linspace(0, 1, n, dtype=torch.float64)
+    sig = append_zero(torch.exp(-(-2 + 3 * u**2)))  # uneven steps in lambda, from 0.04 to 0.45
+    seen = {}
+    x = torch.zeros(3, 1, dtype=torch.float64)
+    unipc(poly_denoiser, x.clone(), sig, order=order, callback=lambda i, xi, d: seen.__setitem__(i, xi.clone()))
+    for i in range(n - 2):  # the step to the last positive sigma is the predictor alone
+        s, s_next = float(sig[i]), float(sig[i + 1])
+        exact = (s_next / s) * x + s_next * (antiderivative(-math.log(s_next)) - antiderivative(-math.log(s)))
+        if i >= order - 1:  # the first steps have less history
+            assert (seen[i] - exact).abs().max().item() < 1e-12, i
+        x = seen[i]
+
+
+def test_unipc_first_two_steps_written_out():
+    """UniPC's first two steps (Zhao et al. 2023, Algorithms 1-2, data prediction, B(h) = e^h - 1, as the authors' code
+    'bh2' runs it: rho = 1/2 for the order-1 corrector and the order-2 predictor), on the Gaussian's exact denoiser.
+    In sigma-space with lambda = -log sigma: x_base = (s'/s) x - expm1(-h) m0, x = x_base - expm1(-h) sum rho_k D_k."""
+    x = torch.linspace(-3, 3, 7, dtype=torch.float64)[:, None]
+    sig = torch.tensor([10.0, 4.0, 1.5, 0.5, 0.0], dtype=torch.float64)
+    seen = {}
+    unipc(GAUSS, x.clone(), sig, callback=lambda i, xi, d: seen.__setitem__(i, xi.clone()))
+
+    def den(y, s):
+        return GAUSS(y, torch.full((y.shape[0],), s, dtype=torch.float64))
+
+    s0, s1, s2 = sig[:3].tolist()
+    lam0, lam1, lam2 = -math.log(s0), -math.log(s1), -math.log(s2)
+    # step 1: first-order predictor, UniC-1 with rho = 1/2 on m1 - m0
+    m0 = den(x, s0)
+    h = lam1 - lam0
+    base = (s1 / s0) * x - math.expm1(-h) * m0
+    m1 = den(base, s1)
+    x1 = base - math.expm1(-h) * 0.5 * (m1 - m0)
+    torch.testing.assert_close(seen[0], x1, rtol=1e-12, atol=1e-12)
+    # step 2: r = (lambda_0 - lambda_1) / h, D = (m0 - m1) / r; predictor rho = 1/2; corrector solves
+    # [[1, 1], [r, 1]] rho = [phi_1, 2 phi_2] / B(h) with phi_1 = (e^-h - 1)/(-h) - 1, phi_2 = phi_1/(-h) - 1/2
+    h = lam2 - lam1
+    r = (lam0 - lam1) / h
+    diff = (m0 - m1) / r
+    base = (s2 / s1) * x1 - math.expm1(-h) * m1
+    m2 = den(base - math.expm1(-h) * 0.5 * diff, s2)
+    phi1 = math.expm1(-h) / -h - 1
+    phi2 = phi1 / -h - 0.5
+    rho = torch.linalg.solve(torch.tensor([[1.0, 1.0], [r, 1.0]], dtype=torch.float64),
+                             torch.tensor([phi1, 2 * phi2], dtype=torch.float64) / math.expm1(-h))  # fmt: skip
+    x2 = base - math.expm1(-h) * (rho[0].item() * diff + rho[1].item() * (m2 - m1))
+    torch.testing.assert_close(seen[1], x2, rtol=1e-12, atol=1e-12)

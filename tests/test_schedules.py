@@ -129,3 +129,10 @@ def test_bad_schedule_arguments_rejected():
     with pytest.raises(ValueError, match="beta_start <= beta_end"):
         beta_schedule("linear", 10, beta_start=0.0)
     assert beta_schedule("linear", 3, beta_start=1e-3, beta_end=1e-3).tolist() == [1e-3] * 3
+
+
+def test_karras_default_rho_is_seven():
+    # Karras et al. 2022, eq. 5 with their rho = 7: sigma_i = (smax^(1/7) + i/(n-1) (smin^(1/7) - smax^(1/7)))^7
+    hi, lo = 80.0 ** (1 / 7), 0.002 ** (1 / 7)
+    expect = [(hi + i / 4 * (lo - hi)) ** 7 for i in range(5)]
+    assert karras_sigmas(0.002, 80.0, 5, dtype=torch.float64).tolist() == pytest.approx(expect, rel=1e-12)
