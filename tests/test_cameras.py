@@ -97,3 +97,16 @@ def test_phi_stays_below_two_pi_and_sizes_are_whole_pixels():
     assert 0 <= phi.item() < 2 * math.pi
     with pytest.raises(ScorelabError, match="whole pixels"):
         orbit_cameras(1.0, 0.0, 2.0, width=7.5)
+
+
+def test_relative_pose_is_target_minus_condition():
+    # Liu et al. 2023 (Zero-1-to-3), sec. 3.1: (theta_b - theta_a, sin(phi_b - phi_a), cos(phi_b - phi_a), r_b - r_a)
+    got = relative_pose(1.0, 0.2, 1.5, 1.3, 0.9, 2.0)
+    want = torch.tensor([0.3, math.sin(0.7), math.cos(0.7), 0.5], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_principal_point_of_a_non_square_image_is_its_centre():
+    cams = orbit_cameras(1.2, 0.5, 2.0, width=40, height=30, dtype=torch.float64)
+    uv, _ = project(cams, torch.zeros(1, 3, dtype=torch.float64))
+    torch.testing.assert_close(uv[0, 0], torch.tensor([20.0, 15.0], dtype=torch.float64))

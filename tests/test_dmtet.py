@@ -378,3 +378,12 @@ def test_normal_consistency_gradient_is_finite_with_a_zero_area_face():
     f = torch.tensor([[0, 1, 2], [0, 3, 1]])  # the second face is collinear, sharing edge 0-1
     normal_consistency(v, f).backward()
     assert torch.isfinite(v.grad).all() and v.grad.abs().max() < 10
+
+
+def test_surface_tets_are_exactly_the_tets_with_both_signs():
+    grid = regular_grid(4)
+    sdf = grid.vertices.norm(dim=1) - 0.5
+    out = (sdf > 0)[grid.tets]
+    mixed = out.any(1) & ~out.all(1)
+    assert mixed.any() and (~mixed).any() and out.all(1).any()  # all-outside tets exist and must be left out
+    assert torch.equal(surface_tets(grid, sdf), mixed)

@@ -122,3 +122,32 @@ def test_fits_skip_non_finite_steps_and_stop_after_k(small_views):
     with pytest.raises(ScorelabError, match=f"fit DMTet: {MAX_BAD_STEPS} consecutive non-finite steps at step 19") as e:
         FITTERS["dmtet"](all_bad, steps=40, progress=False, **SMALL["dmtet"])
     assert "\n" not in str(e.value)
+
+
+def test_smooth_union_is_quilez_polynomial_smooth_minimum():
+    # Quilez, 'smooth minimum': min(a, b) when |a - b| >= k, and min - k / 4 at a = b (the blend fills the crease)
+    from scorelab.three.objects import smooth_union
+
+    a = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    b = torch.tensor([0.5, 0.1, 0.1], dtype=torch.float64)
+    torch.testing.assert_close(smooth_union(a, b, 0.1), torch.tensor([0.3, -0.2, 0.1 - 0.025], dtype=torch.float64))
+
+
+def test_snowman_shading_is_half_on_the_side_away_from_the_light():
+    # colour = albedo (0.5 + 0.5 max(0, n . l)): on the body sphere where n = -l the shade is exactly 1/2
+    from scorelab.three.objects import LIGHT
+
+    obj = Snowman()
+    light = torch.nn.functional.normalize(torch.tensor(LIGHT, dtype=torch.float64), dim=0)
+    centre, radius = obj.body
+    p = (torch.tensor(centre, dtype=torch.float64) - radius * light)[None]
+    assert abs(obj.sdf(p).item()) < 1e-9  # on the surface, away from the blends
+    torch.testing.assert_close(obj.color(p), 0.5 * obj.albedo(p))
+
+
+def test_learning_rate_factor_decays_by_a_half_cosine():
+    from scorelab.three.fitting import _cosine
+
+    assert _cosine(0, 100) == pytest.approx(1.0)
+    assert _cosine(50, 100) == pytest.approx(0.55)
+    assert _cosine(100, 100) == pytest.approx(0.1)

@@ -24,7 +24,7 @@ from scorelab.three.gaussians import (
 )
 
 F64 = torch.float64
-# on +x at distance 2, looking at -x: camera x = world -y, camera y = world -z; image 40 x 32 (several tiles)
+# on +x at distance 2, looking at -x: camera x = world +y, camera y = world -z; image 40 x 32 (several tiles)
 CAM = orbit_cameras(math.pi / 2, 0.0, 2.0, width=40, height=32, dtype=F64)
 FOCAL = CAM.focal[0, 0].item()
 CENTRE = (20.0, 16.0)  # the world origin projects to the principal point
@@ -52,7 +52,7 @@ def _pixel_centres(h=32, w=40):
 
 
 def test_projection_on_axis_matches_closed_form():
-    # on the optical axis J W Sigma W^T J^T = f^2 / z^2 Sigma_xy (camera x = world -y, camera y = world -z)
+    # on the optical axis J W Sigma W^T J^T = f^2 / z^2 Sigma_xy (camera x = world +y, camera y = world -z)
     scales = torch.tensor([[0.05, 0.02, 0.03]], dtype=F64)
     cov = covariance_3d(scales.log(), _identity_quats(1))
     mean2d, cov2d, z = project(torch.zeros(1, 3, dtype=F64), cov, CAM)
@@ -489,3 +489,127 @@ def test_bad_input_raises_a_scorelab_error():
         render_gaussians(means, scales.log(), q, opac, sh, CAM, max_work=0)
     with pytest.raises(ScorelabError, match="points"):
         Gaussians.from_points(torch.zeros(0, 3))
+
+
+# --- audit additions: conventions and switches the tests above take from the module itself -------------------------
+
+
+def test_constants_and_sh_basis_are_the_references_not_the_modules():
+    """Kerbl et al. 2023 / the reference rasterizer: alpha = min(0.99, o G); real SH normalisation Y00 = 1 / (2 sqrt
+    pi), Y1m = sqrt(3 / (4 pi)) (-y, z, -x) (the other tests read these constants from the module, so they cannot
+    catch a wrong value)."""
+    out = _render(
+        torch.zeros(1, 3, dtype=F64), torch.full((1, 3), 0.5, dtype=F64), torch.tensor([1.0], dtype=F64),
+        torch.ones(1, 3, dtype=F64),
+    )  # fmt: skip
+    assert out["alpha"].max().item() == 0.99
+    sh = torch.zeros(1, 4, 3, dtype=F64)
+    sh[0, 0], sh[0, 1, 0], sh[0, 2, 1], sh[0, 3, 2] = 0.7, 0.3, -0.4, 0.5
+    x, y, z = 0.36, -0.48, 0.8  # a unit view direction
+    d = torch.tensor([[x, y, z]], dtype=F64)
+    c0, c1 = 1 / (2 * math.sqrt(math.pi)), math.sqrt(3 / (4 * math.pi))
+    expected = 0.5 + 0.7 * c0 + c1 * torch.tensor([-y * 0.3, z * -0.4, -x * 0.5], dtype=F64)
+    torch.testing.assert_close(sh_color(sh, d)[0], expected, rtol=1e-14, atol=1e-14)
+
+
+def test_quaternion_is_hamilton_w_x_y_z_and_rotates_counter_clockwise():
+    """q = (cos t/2, sin t/2 n) rotates by +t about n (right-handed), and R(q1 q2) = R(q1) R(q2) (Hamilton product),
+    as the reference's build_rotation / computeCov3D."""
+    from scorelab.three.gaussians import quat_to_rotmat
+
+    t = 0.7
+    rz = quat_to_rotmat(torch.tensor([math.cos(t / 2), 0, 0, math.sin(t / 2)], dtype=F64))
+    torch.testing.assert_close(rz @ torch.tensor([1.0, 0, 0], dtype=F64), torch.tensor([math.cos(t), math.sin(t), 0.0],
+                               dtype=F64))  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    q1, q2 = torch.randn(2, 4, generator=g, dtype=F64)
+    w1, v1, w2, v2 = q1[0], q1[1:], q2[0], q2[1:]
+    prod = torch.cat([(w1 * w2 - v1 @ v2)[None], w1 * v2 + w2 * v1 + torch.linalg.cross(v1, v2)])
+    torch.testing.assert_close(quat_to_rotmat(prod), quat_to_rotmat(q1) @ quat_to_rotmat(q2))
+
+
+def test_preserve_integral_scales_opacity_by_the_ewa_determinant_ratio():
+    """A Gaussian turned 45 degrees about the optical axis (an off-diagonal 2D covariance), in closed form: camera x =
+    world y, camera y = -world z, so Sigma_px = (f / 2)^2 A R diag(sy^2, sz^2) R^T A, A = diag(1, -1); with
+    preserve_integral alpha = o sqrt(det Sigma_px / det(Sigma_px + 0.3 I)) exp(-d^T (Sigma_px + 0.3 I)^-1 d / 2)
+    (Zwicker et al. 2001, eq. 30). Also fixes the sign of the screen correlation (the quaternion convention)."""
+    t, sy, sz, o = math.pi / 4, 0.15, 0.05, 0.6
+    q = torch.tensor([[math.cos(t / 2), math.sin(t / 2), 0.0, 0.0]], dtype=F64)  # about world x (the view axis)
+    rot = torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=F64)
+    a = torch.diag(torch.tensor([1.0, -1.0], dtype=F64))
+    cov = (FOCAL / 2) ** 2 * a @ rot @ torch.diag(torch.tensor([sy**2, sz**2], dtype=F64)) @ rot.T @ a
+    full = cov + 0.3 * torch.eye(2, dtype=F64)
+    d = _pixel_centres() - torch.tensor(CENTRE, dtype=F64)
+    maha = torch.einsum("hwi,ij,hwj->hw", d, torch.linalg.inv(full), d)
+    for preserve, factor in ((True, math.sqrt(torch.linalg.det(cov) / torch.linalg.det(full))), (False, 1.0)):
+        out = render_gaussians(
+            torch.zeros(1, 3, dtype=F64), torch.tensor([[0.1, sy, sz]], dtype=F64).log(), q,
+            torch.tensor([o], dtype=F64), _sh(torch.ones(1, 3, dtype=F64)), CAM, alpha_min=0.0,
+            preserve_integral=preserve,
+        )  # fmt: skip
+        expected = o * factor * torch.exp(-0.5 * maha)
+        sel = expected > 0.01  # inside the 3-sigma box, so binned
+        assert sel.sum() > 100
+        torch.testing.assert_close(out["alpha"][0, 0][sel], expected[sel], rtol=1e-12, atol=1e-14)
+
+
+def test_jacobian_clamp_in_v_uses_the_image_height():
+    """The frustum clamp of the reference (1.3 tan(fov_y / 2)) on a non-square image (40 x 32): a Gaussian far below
+    the view gets the footprint of one at v-limit (h / 2 + 0.15 h) / fy."""
+    cov = covariance_3d(torch.log(torch.tensor([[0.05, 0.02, 0.03]], dtype=F64)), _identity_quats(1))
+    w2c = CAM.world_to_cam[0]
+    rot, trans = w2c[:3, :3], w2c[:3, 3]
+    lim = 1.3 * (CAM.height / 2) / CAM.focal[0, 1].item()
+    assert CAM.principal[0, 1].item() == CAM.height / 2 and CAM.width != CAM.height
+
+    def at(v):
+        return ((torch.tensor([0.0, v * 2.0, 2.0], dtype=F64) - trans) @ rot)[None]
+
+    _, far, _ = project(at(5 * lim), cov, CAM)
+    _, edge, _ = project(at(lim), cov, CAM)
+    _, inside, _ = project(at(0.95 * lim), cov, CAM)
+    torch.testing.assert_close(far, edge, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(inside, edge)
+
+
+def test_gaussians_nearer_than_near_are_culled():
+    # a small Gaussian 0.4 in front of the camera: drawn with near = 0.3, culled (not drawn at all) with near = 0.5
+    means = torch.tensor([[1.6, 0.0, 0.0]], dtype=F64)
+    args = (means, torch.full((1, 3), 0.01, dtype=F64), torch.tensor([0.8], dtype=F64), torch.ones(1, 3, dtype=F64))
+    assert _render(*args, near=0.3)["alpha"].max() > 0.5
+    assert (_render(*args, near=0.5)["alpha"] == 0).all()
+
+
+def test_gradient_is_zero_through_the_alpha_cap():
+    """Where o G > 0.99 alpha is the constant 0.99: central differences in the opacity and the mean (two steps that
+    agree, so no pixel crosses the cap) match autograd, which must not pass gradient through capped pixels."""
+    means = torch.tensor([[0.0, 0.013, -0.021]], dtype=F64)
+    params = [means, torch.full((1, 3), math.log(0.5), dtype=F64), _identity_quats(1), torch.tensor([0.998], dtype=F64),
+              _sh(torch.full((1, 3), 0.6, dtype=F64))]  # fmt: skip
+    w = torch.rand(1, 1, 32, 40, generator=torch.Generator().manual_seed(7), dtype=F64)
+
+    def loss(*p):
+        out = render_gaussians(*p, CAM)
+        assert (out["alpha"] == 0.99).sum() >= 4  # the cap is active
+        return (out["alpha"] * w).sum()
+
+    req = [p.clone().requires_grad_() for p in params]
+    grads = torch.autograd.grad(loss(*req), req)
+    for k, i in ((3, 0), (0, 1), (0, 2)):
+        fds = []
+        for step in (1e-6, 1e-7):
+            d = torch.zeros(params[k].numel(), dtype=F64)
+            d[i] = step
+            plus = [q if j != k else q + d.reshape(q.shape) for j, q in enumerate(params)]
+            minus = [q if j != k else q - d.reshape(q.shape) for j, q in enumerate(params)]
+            fds.append(((loss(*plus) - loss(*minus)) / (2 * step)).item())
+        assert fds[0] == pytest.approx(fds[1], rel=1e-5, abs=1e-7)
+        assert grads[k].reshape(-1)[i].item() == pytest.approx(fds[0], rel=1e-5, abs=1e-7), (k, i)
+
+
+def test_from_points_scale_is_the_mean_of_exactly_three_neighbour_distances():
+    # Kerbl et al. 2023, sec. 5.1 ("the mean of the distance to the closest three points"; the reference code takes
+    # the root of the mean squared distance instead): for the origin the three nearest are at 1, 2 and 4 (then 8)
+    pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 4], [8, 0, 0]], dtype=F64)
+    gs = Gaussians.from_points(pts, degree=0)
+    assert gs.log_scales[0].exp().tolist() == pytest.approx([7 / 3] * 3, rel=1e-12)

@@ -221,3 +221,81 @@ def test_a_prediction_with_no_area_scores_the_worst_value():
     assert mean_distance_to_surface(Mesh(v, f), lambda p: distance_to_sphere(p, 1.0), n=2000) < 0.05
     with pytest.raises(ScorelabError, match="zero total area"):
         sample_surface(flat, 10)
+
+
+# --- audit additions ------------------------------------------------------------------------------------------------
+
+
+def test_samples_are_uniform_within_each_face_and_follow_the_areas():
+    # Osada et al. 2002, sec. 4.2: faces drawn in proportion to area (here 1 : 3), points uniform inside each face, so
+    # a face's samples average to its centroid; face_areas is half the cross product's norm
+    from scorelab.three.mesh import face_areas
+
+    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [3, 0, 1], [0, 1, 1]], dtype=torch.float64)
+    m = Mesh(v, torch.tensor([[0, 1, 2], [3, 4, 5]]))
+    torch.testing.assert_close(face_areas(m.vertices, m.faces), torch.tensor([0.5, 1.5], dtype=torch.float64))
+    n = 40_000
+    pts, _ = sample_surface(m, n, torch.Generator().manual_seed(0))
+    on_second = pts[:, 2] > 0.5
+    share = on_second.double().mean().item()
+    assert abs(share - 0.75) < 4 * math.sqrt(0.75 * 0.25 / n)
+    for sel, face in ((~on_second, 0), (on_second, 1)):
+        centroid = v[m.faces[face]].mean(0)
+        torch.testing.assert_close(pts[sel].mean(0), centroid, rtol=0, atol=0.02)
+
+
+def test_fscore_is_the_harmonic_mean_of_precision_and_recall():
+    """Tatarchenko et al. 2019: F = 2 P R / (P + R). A prediction that is the reference plus an equal-area copy far
+    away has precision P = 1/2 (half its samples are far from the reference) and recall R = 1, so F = 2/3 (the
+    arithmetic mean would give 3/4, precision alone 1/2)."""
+    ref = icosphere(3, 0.3)
+    copy = Mesh(ref.vertices + torch.tensor([2.0, 0, 0]), ref.faces + ref.vertices.shape[0])
+    pred = Mesh(torch.cat([ref.vertices, copy.vertices]), torch.cat([ref.faces, copy.faces]))
+    f = surface_metrics(pred, ref, n=20_000, tau=0.05)["fscore"]
+    assert f == pytest.approx(2 / 3, abs=0.01)
+    assert surface_metrics(ref, pred, n=20_000, tau=0.05)["fscore"] == pytest.approx(2 / 3, abs=0.01)  # symmetric
+
+
+def test_chamfer_l2_is_the_mean_of_squared_distances():
+    """Two radius-0.6 spheres 0.1 apart: a point at polar angle t on one is about 0.1 |cos t| from the other, so
+    Chamfer-L1 ~ 0.1 E|cos| = 0.05 and Chamfer-L2 ~ 0.01 E cos^2 = 0.0033 (the square of the mean would be 0.0025);
+    the exact per-sample distances to the analytic spheres give both to the sampling floor."""
+    a = icosphere(4, 0.6, dtype=torch.float64)
+    b = Mesh(a.vertices + torch.tensor([0.1, 0, 0], dtype=torch.float64), a.faces)
+    m = surface_metrics(b, a, n=50_000)
+    pb, _ = sample_surface(b, 50_000, torch.Generator().manual_seed(0))
+    pa, _ = sample_surface(a, 50_000, torch.Generator().manual_seed(1))
+    d_b, d_a = distance_to_sphere(pb, 0.6), distance_to_sphere(pa, 0.6, (0.1, 0.0, 0.0))
+    assert m["chamfer_l1"] == pytest.approx(0.5 * (d_b.mean() + d_a.mean()).item(), rel=0.05)
+    assert m["chamfer_l2"] == pytest.approx(0.5 * (d_b.square().mean() + d_a.square().mean()).item(), rel=0.05)
+    assert m["chamfer_l2"] == pytest.approx(0.01 / 3, rel=0.08)
+
+
+def test_normal_consistency_ignores_orientation():
+    # mean |cos| (as in Occupancy Networks): a copy wound inside-out is still perfectly consistent
+    a = icosphere(4, 0.6)
+    flipped = Mesh(a.vertices, a.faces.flip(1))
+    assert surface_metrics(flipped, a, n=20_000)["normal_consistency"] > 0.99
+
+
+def test_distance_to_an_off_centre_sphere():
+    c = torch.tensor([0.2, -0.1, 0.3], dtype=torch.float64)
+    pts = c + torch.tensor([[0.5, 0, 0], [0, 0, -0.8], [0, 0, 0]], dtype=torch.float64)
+    d = distance_to_sphere(pts, 0.5, tuple(c.tolist()))
+    torch.testing.assert_close(d, torch.tensor([0.0, 0.3, 0.5], dtype=torch.float64))
+
+
+def test_volume_iou_of_two_cubes_overlapping_by_half():
+    # unit cubes offset by 1/2 along x: intersection 1/2, union 3/2, IoU 1/3 (points drawn in the union's box)
+    a = box_mesh(centre=(-0.25, 0.0, 0.0))
+    b = box_mesh(centre=(0.25, 0.0, 0.0))
+    se = math.sqrt((1 / 3) * (2 / 3) / 10_000)
+    assert abs(volume_iou(a, b, n=10_000) - 1 / 3) < 4 * se
+    assert abs(volume_iou(b, a, n=10_000) - 1 / 3) < 4 * se
+
+
+def test_video_frames_are_rounded_to_8_bits():
+    from scorelab.three.export import to_uint8
+
+    frame = torch.tensor([0.0, 0.999, 1.2, 0.2, -0.1], dtype=torch.float64).reshape(1, 1, 5).expand(3, 1, 5)  # CHW
+    assert to_uint8(frame)[0, :, 0].tolist() == [0, 255, 255, 51, 0]  # round(255 x), clamped; not truncated

@@ -211,3 +211,80 @@ def test_background_pixels_give_finite_gradients_when_face_zero_is_degenerate():
     assert (out["mask"] > 0.5).any() and (out["mask"] < 0.5).any()
     (out["color"].sum() + out["mask"].sum()).backward()
     assert torch.isfinite(v.grad).all() and v.grad[3:].abs().sum() > 0
+
+
+# --- audit additions ------------------------------------------------------------------------------------------------
+
+
+def _ray_cast_ids(v, faces, cam):
+    """Nearest triangle per pixel centre by exact ray-triangle intersection (-1 for none), and the depth gap to the
+    second hit (inf where fewer than two)."""
+    origins, dirs = generate_rays(cam)
+    o, d = origins[0].reshape(-1, 3), dirs[0].reshape(-1, 3)
+    ts = []
+    for f in faces.tolist():
+        a, b, c = v[f]
+        n = torch.linalg.cross(b - a, c - a)
+        t = ((a - o) @ n) / (d @ n)
+        p = o + t[:, None] * d
+        side = [torch.linalg.cross((q1 - q0).expand_as(p), p - q0) @ n for q0, q1 in ((a, b), (b, c), (c, a))]
+        inside = (side[0] >= 0) & (side[1] >= 0) & (side[2] >= 0) & (t > 0)
+        ts.append(torch.where(inside, t, torch.full_like(t, math.inf)))
+    ts = torch.stack(ts, 1)
+    best = ts.min(1)
+    ids = torch.where(torch.isfinite(best.values), best.indices, -1)
+    gap = ts.sort(1).values
+    return ids.reshape(cam.height, cam.width), (gap[:, 1] - gap[:, 0]).reshape(cam.height, cam.width)
+
+
+def test_zbuffer_resolves_interpenetrating_triangles_like_a_ray_cast():
+    """1/z, not z, is affine in screen space (perspective-correct depth): a steeply slanted triangle crossing a
+    fronto-parallel one must win exactly where its surface is nearer along each pixel's ray."""
+    v = torch.tensor([[0.0, -3.0, -3.0], [0.0, 3.0, -3.0], [0.0, 0.0, 3.0],  # fronto-parallel, depth 2
+                      [0.9, -0.7, -0.6], [0.9, -0.7, 0.6], [-0.9, 0.7, 0.05]], dtype=torch.float64)  # fmt: skip
+    faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    ids = rasterize(Mesh(v, faces), CAM).tri_id[0]
+    want, gap = _ray_cast_ids(v, faces, CAM)
+    clear = gap > 1e-6  # skip pixels exactly on the intersection line
+    assert (want[clear] == 1).sum() > 20 and (want[clear] == 0).sum() > 20
+    assert torch.equal(ids[clear], want[clear])
+
+
+def test_no_holes_where_a_shared_edge_passes_through_pixel_centres():
+    # a screen-aligned square split along its diagonal, which runs through the pixel centres (k + 1/2, k + 1/2):
+    # those pixels lie on an edge of both triangles and must be covered by one of them (edge functions >= 0)
+    from scorelab.three.raster import _zbuffer
+
+    screen = torch.tensor([[4.5, 4.5], [19.5, 4.5], [19.5, 19.5], [4.5, 19.5]], dtype=torch.float64)
+    depth = torch.full((4,), 2.0, dtype=torch.float64)
+    ids = _zbuffer(screen, depth, torch.tensor([[0, 1, 2], [0, 2, 3]]), 24, 24, 1e-3, 10**6)
+    assert (ids[5:19, 5:19] >= 0).all()  # every pixel centre strictly inside the square
+    assert (ids[range(5, 19), range(5, 19)] >= 0).all()
+
+
+def test_occluding_edge_is_antialiased_against_the_surface_behind():
+    """The coverage oracle of test_coverage_derivative_equals_edge_length with a blue surface behind instead of the
+    background: the summed red of a red triangle's near-vertical outline changes by W f / depth per unit of world-y
+    translation; only the antialias pass with the nearer triangle owning the pair can give it."""
+    top = torch.tensor([0.0, 0.013 + 1.5, 5.0], dtype=torch.float64)
+    bottom = torch.tensor([0.0, 0.013 - 1.5, -5.0], dtype=torch.float64)
+    far = torch.tensor([0.0, -20.0, 0.0], dtype=torch.float64)
+    front = torch.stack([top, bottom, far])
+    back = torch.tensor([[-0.5, -9.0, -9.0], [-0.5, 9.0, -9.0], [-0.5, 9.0, 9.0], [-0.5, -9.0, 9.0]],
+                        dtype=torch.float64)  # fmt: skip
+    shift = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    verts = torch.cat([front + shift, back])
+    faces = torch.cat([_facing(front), torch.tensor([[3, 4, 5], [3, 5, 6]])])  # the quad faces +x
+    colors = torch.tensor([[1.0, 0, 0]] * 3 + [[0, 0, 1.0]] * 4, dtype=torch.float64)
+    out = render_mesh(Mesh(verts, faces, colors), CAM, background=(0.0, 0.0, 0.0))
+    assert (out["mask"] == 1).all()  # the blue quad fills the view
+    g = torch.autograd.grad(out["color"][0, 0].sum(), shift)[0]
+    assert g[1].item() == pytest.approx(W * F_PX / 2, rel=1e-12)
+
+
+def test_meshes_without_colours_show_normals_as_half_plus_half_n():
+    # the centre pixel of a sphere seen from +x: normal about +x, so colour about (1, 0.5, 0.5)
+    out = render_mesh(icosphere(3, 0.5, dtype=torch.float64), CAM)
+    c, n = out["color"][0, :, 12, 12], out["normals"][0, :, 12, 12]
+    torch.testing.assert_close(c, (0.5 + 0.5 * n).clamp(0, 1))
+    assert n[0].item() > 0.95
