@@ -299,3 +299,13 @@ def test_video_frames_are_rounded_to_8_bits():
 
     frame = torch.tensor([0.0, 0.999, 1.2, 0.2, -0.1], dtype=torch.float64).reshape(1, 1, 5).expand(3, 1, 5)  # CHW
     assert to_uint8(frame)[0, :, 0].tolist() == [0, 255, 255, 51, 0]  # round(255 x), clamped; not truncated
+
+
+def test_video_frames_in_the_image_layout_are_read_as_channels_first_even_when_narrow():
+    from scorelab.three.export import to_uint8
+
+    chw = torch.stack([torch.full((2, 4), v) for v in (0.0, 0.5, 1.0)])  # (3, H = 2, W = 4): W alone looks like C
+    out = to_uint8(chw)
+    assert out.shape == (2, 4, 3) and out[1, 3].tolist() == [0, 128, 255]
+    hwc = torch.rand(6, 5, 3, generator=torch.Generator().manual_seed(0))
+    assert to_uint8(hwc).shape == (6, 5, 3)

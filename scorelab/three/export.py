@@ -53,9 +53,10 @@ def export_mesh(mesh: Mesh, path) -> Path:
 
 
 def to_uint8(frame: torch.Tensor) -> np.ndarray:
-    """(3, H, W) or (H, W, 3) float in [0, 1] -> (H, W, 3) uint8."""
+    """(C, H, W), the layout of the project's images, or (H, W, C) float in [0, 1] -> (H, W, 3) uint8. A leading
+    dimension of 1, 3 or 4 is read as channels, so an (H, W, C) frame must be more than 4 pixels high."""
     f = frame.detach().float().cpu()
-    if f.ndim == 3 and f.shape[0] in (1, 3, 4) and f.shape[-1] not in (1, 3, 4):
+    if f.ndim == 3 and f.shape[0] in (1, 3, 4):
         f = f.permute(1, 2, 0)
     return (f[..., :3].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
