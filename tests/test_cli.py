@@ -414,3 +414,58 @@ def test_the_sampling_memory_estimate_bounds_sampling_and_metrics(tmp_path):
     p = subprocess.run([sys.executable, "-c", script, str(run)], capture_output=True, text=True)
     estimate, used = map(int, p.stdout.split())
     assert used <= estimate, (used, estimate)
+
+
+def test_out_and_resume_must_name_the_same_run(tmp_path):
+    cfg, run = _trained(tmp_path, steps=10)
+    res = CliRunner().invoke(cli, ["train", str(cfg), "--resume", str(run), "--out", str(tmp_path / "other")])
+    assert isinstance(res.exception, ScorelabError) and "either --out or --resume" in str(res.exception)
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_failed_swap_puts_the_earlier_outputs_back(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from scorelab.outputs import staged_output
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("earlier")
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if ".partial-" in self.name:  # the staging folder cannot be moved into place (a full disk, say)
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError):
+        with staged_output(out, lambda name: name.endswith(".txt")) as stage:
+            (stage / "a.txt").write_text("newer")
+    assert (out / "a.txt").read_text() == "earlier"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # neither the stage nor the moved-away folder is left
+
+
+def test_evaluate_budgets_its_largest_guidance_run(tmp_path):
+    """Guidance runs the model on twice the batch: the request is refused if that run does not fit, even when the
+    unguided one would."""
+    from scorelab.pipelines.sample import load_run, sampling_bytes
+
+    raw = {
+        "data": {"name": "digits"},
+        "model": {"kind": "unet", "channels": 8, "attention_levels": [], "num_classes": 10},
+        "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
+        "train": {"cond_dropout": 0.1, "steps": 1, "batch_size": 4},
+    }
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    conf, denoiser, _ = load_run(run)
+    unguided, guided = sampling_bytes(conf, denoiser, 8, 1.0), sampling_bytes(conf, denoiser, 8, 3.0)
+    assert guided > unguided
+    budget = str((unguided + guided) // 2)
+    args = ["evaluate", str(run), "--n", "8", "--steps", "1", "--no-bpd", "--sampler", "euler", "--quiet"]
+    res = CliRunner().invoke(cli, [*args, "--guidance", "1", "--guidance", "3", "--max-memory", budget])
+    assert isinstance(res.exception, ScorelabError) and "more than the" in str(res.exception)
+    assert not (run / "eval").exists()

@@ -43,6 +43,12 @@ def test_shipped_configs_load(path):
         ),
         ({"train": {"grad_clip": 0.0}}, "train.grad_clip"),
         ({"train": {"seed": -1}}, "train.seed"),
+        ({"train": {"seed": 2**32}}, "train.seed"),  # numpy's global generator takes seeds below 2**32 only
+        ({"train": {"cond_dropout": 1.0}}, "train.cond_dropout"),  # every label dropped: no conditional model
+        ({"train": {"cond_dropout": -0.1}}, "train.cond_dropout"),
+        ({"noise": {"sigma_min": 1.0, "sigma_max": 1.0}}, "noise.sigma_min"),  # no range of levels
+        ({"model": {"num_classes": 10}}, "model.num_classes"),  # ring8 has no labels
+        ({"train": {"cond_dropout": 0.1}, "sample": {"guidance": 3.0}}, "model.num_classes"),  # an unconditional model
         ({"train": {"lr_warmup": -10}}, "train.lr_warmup"),
         ({"train": {"lr": "nan"}}, "train.lr"),
         ({"sample": {"n": 1}}, "sample.n"),

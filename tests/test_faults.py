@@ -47,12 +47,12 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit_with_a_message(tmp_path, 
     assert record["step"] == step > 0  # the checkpoint written on the signal, not the last periodic one
 
 
-def _trainer(tmp_path, steps=12):
+def _trainer(tmp_path, steps=12, **train):
     raw = {
         "data": {"name": "ring8"},
         "model": {"kind": "mlp", "width": 16, "depth": 1},
         "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
-        "train": {"steps": steps, "batch_size": 8, "checkpoint_every": 4, "keep_checkpoints": 5},
+        "train": {"steps": steps, "batch_size": 8, "checkpoint_every": 4, "keep_checkpoints": 5, **train},
     }
     return Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
 
@@ -198,3 +198,270 @@ def test_files_that_only_look_like_checkpoints_are_neither_listed_nor_deleted(tm
         save_checkpoint(d, step, {"w": torch.zeros(1)}, {}, keep=1)
     assert [p.name for p in list_checkpoints(d)] == ["ckpt_00000003.json"]
     assert (d / "ckpt_latest.json").exists() and (d / "ckpt_\u00b2.json").exists()
+
+
+def test_ema_averages_with_a_warm_up_decay():
+    """decay_t = min(decay, (1 + t) / (10 + t)): the average starts close to the model and moves by 1 - decay_t."""
+    from torch import nn
+
+    from scorelab.train.ema import EMA
+
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.99)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.99
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, step=0)  # decay 0.1: nine tenths of the way to the model
+    assert ema.model.weight.item() == pytest.approx(0.9)
+    ema.update(model, step=10**6)  # decay 0.99: one hundredth of the rest
+    assert ema.model.weight.item() == pytest.approx(0.9 + 0.1 * 0.01)
+    assert model.weight.item() == 1.0  # the average is a copy
+
+
+def test_training_updates_the_ema_and_sampling_loads_it(tmp_path):
+    from scorelab.pipelines.sample import load_run
+
+    init = _trainer(tmp_path / "init").denoiser.state_dict()
+    trainer = _trainer(tmp_path, steps=4)
+    trainer.run()
+    tensors, _ = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    assert ema.keys() == model.keys() == init.keys()
+    assert any(not torch.equal(ema[k], init[k]) for k in ema)  # the average moved with the training
+    assert any(not torch.equal(ema[k], model[k]) for k in ema)  # and is not the model itself
+    _, denoiser, _ = load_run(tmp_path / "run")
+    assert all(torch.equal(v, ema[k]) for k, v in denoiser.state_dict().items())  # samples come from the average
+
+
+def test_the_learning_rate_warms_up_linearly_from_the_first_step(tmp_path):
+    trainer = _trainer(tmp_path, steps=6, lr=1e-3, lr_warmup=4)
+    seen, real_step = [], trainer.opt.step
+
+    def step(*args, **kwargs):  # the rate each optimizer step is taken with
+        seen.append(trainer.opt.param_groups[0]["lr"])
+        return real_step(*args, **kwargs)
+
+    trainer.opt.step = step
+    trainer.run()
+    assert seen == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3, 1e-3, 1e-3])
+
+
+def test_a_finite_loss_with_non_finite_gradients_is_skipped_and_counted(tmp_path, monkeypatch):
+    from scorelab.train import trainer as trainer_module
+
+    real_loss, calls = trainer_module.ncsn_loss, {"n": 0}
+
+    def nan_gradients_sometimes(denoiser, *args, **kwargs):
+        calls["n"] += 1
+        loss = real_loss(denoiser, *args, **kwargs)
+        if calls["n"] in (3, 7):  # adds 0 to the loss, and 0 * inf = NaN to a gradient
+            loss = loss + 0 * torch.sqrt(0 * next(denoiser.parameters())).sum()
+        return loss
+
+    monkeypatch.setattr(trainer_module, "ncsn_loss", nan_gradients_sometimes)
+    trainer = _trainer(tmp_path)
+    summary = trainer.run()
+    assert summary["step"] == 12 and summary["skipped_steps"] == 2
+    assert all(torch.isfinite(p).all() for p in trainer.denoiser.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.ema.model.parameters())
+
+
+def test_the_guard_stops_at_exactly_k_consecutive_bad_steps_and_a_good_one_resets_the_count():
+    from scorelab.train.guard import NonFiniteGuard
+
+    logs = []
+    guard = NonFiniteGuard("fit", log=logs.append, max_bad=3)
+    for step in range(10):  # two bad steps and a good one, over and over: never three in a row
+        if step % 3 == 2:
+            guard.good()
+        else:
+            guard.bad(step)
+    assert guard.skipped == 7 and len(logs) == 7
+    guard.bad(10)  # the second in a row (9 was bad)
+    with pytest.raises(ScorelabError, match="fit: 3 consecutive non-finite steps at step 11; stopping"):
+        guard.bad(11)
+
+
+def test_a_run_whose_steps_are_not_a_multiple_of_the_cadence_ends_with_a_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, steps=6)  # checkpoint_every 4
+    trainer.run()
+    assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == [
+        "ckpt_00000004.json",
+        "ckpt_00000006.json",
+    ]
+
+
+def test_a_run_stopped_by_non_finite_steps_keeps_its_config_and_can_be_sampled(tmp_path):
+    from scorelab.pipelines.sample import load_run
+
+    trainer = _trainer(tmp_path, steps=40)
+    real_next, calls = trainer.source.next, {"n": 0}
+
+    def nan_from_the_tenth(generator):
+        calls["n"] += 1
+        x, y = real_next(generator)
+        return (x * float("nan") if calls["n"] >= 10 else x), y
+
+    trainer.source.next = nan_from_the_tenth
+    with pytest.raises(ScorelabError, match="consecutive non-finite steps"):
+        trainer.run()
+    assert calls["n"] == 9 + MAX_BAD_STEPS  # nine good steps, then exactly K bad ones
+    _, _, record = load_run(tmp_path / "run")  # its config.yaml is still there: the last good checkpoint is usable
+    assert record["step"] == 8
+
+
+def test_resume_restores_the_global_random_state_that_unet_dropout_draws_from(tmp_path):
+    """U-Net dropout draws from torch's global generator: a resumed run only matches a straight one if the
+    checkpoint's global state is put back."""
+
+    def trainer(run, steps):
+        raw = {
+            "data": {"name": "digits"},
+            "model": {"kind": "unet", "channels": 8, "attention_levels": [], "dropout": 0.5},
+            "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
+            "train": {"steps": steps, "batch_size": 4, "checkpoint_every": 2},
+        }
+        return Trainer(config_from_dict(raw), run, progress=False, log=lambda *_: None)
+
+    trainer(tmp_path / "straight", 4).run()
+    trainer(tmp_path / "split", 2).run()
+    resumed = trainer(tmp_path / "split", 4)
+    resumed.resume()
+    resumed.run()
+    a, _ = load_checkpoint(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1])
+    b, _ = load_checkpoint(list_checkpoints(tmp_path / "split" / "checkpoints")[-1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_skipped_count_carries_over_a_resume(tmp_path):
+    trainer = _trainer(tmp_path, steps=4)
+    real_next, calls = trainer.source.next, {"n": 0}
+
+    def nan_once(generator):
+        calls["n"] += 1
+        x, y = real_next(generator)
+        return (x * float("nan") if calls["n"] == 2 else x), y
+
+    trainer.source.next = nan_once
+    assert trainer.run()["skipped_steps"] == 1
+    raw = config_to_dict(trainer.cfg)
+    raw["train"]["steps"] = 8
+    longer = Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
+    longer.resume()
+    assert longer.run()["skipped_steps"] == 1  # the run's count, not this session's
+    _, record = load_checkpoint(list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    assert record["step"] == 8 and record["skipped_steps"] == 1
+
+
+def test_label_dropout_drops_the_configured_share_of_labels(tmp_path, monkeypatch):
+    from scorelab.train import trainer as trainer_module
+
+    raw = {
+        "data": {"name": "digits"},
+        "model": {"kind": "unet", "channels": 8, "attention_levels": [], "num_classes": 10},
+        "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
+        "train": {"steps": 1, "batch_size": 1024, "cond_dropout": 0.25},
+    }
+    trainer = Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
+    seen = {}
+
+    def record_labels(denoiser, x, sigmas, *, cond=None, generator=None):
+        seen["cond"] = cond
+        return (x.sum() * 0 + next(denoiser.parameters()).sum()) * 0  # finite, and cheap
+
+    monkeypatch.setattr(trainer_module, "ncsn_loss", record_labels)
+    trainer.train_step()
+    dropped = (seen["cond"] == -1).float().mean().item()
+    assert 0.2 <= dropped <= 0.3, dropped  # 0.25 +- 2.6 standard deviations of 1024 draws
+    assert ((seen["cond"] >= 0) & (seen["cond"] < 10) | (seen["cond"] == -1)).all()
+
+
+def test_gradients_are_clipped_to_train_grad_clip(tmp_path):
+    trainer = _trainer(tmp_path, grad_clip=1e-4)
+    assert trainer.train_step() is not None
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainer.denoiser.parameters()]))
+    assert 0 < norm <= 1e-4 * (1 + 1e-5)
+
+
+def test_a_checkpoint_whose_bytes_changed_fails_its_hash_check(tmp_path):
+    """A flipped bit leaves a file safetensors still reads: only the hash catches it."""
+    from scorelab.train.checkpoint import load_latest, save_checkpoint
+
+    d = tmp_path / "ck"
+    save_checkpoint(d, 1, {"w": torch.zeros(4)}, {}, keep=5)
+    save_checkpoint(d, 2, {"w": torch.ones(4)}, {}, keep=5)
+    blob = d / "ckpt_00000002.safetensors"
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of the tensor data
+    blob.write_bytes(bytes(data))
+    warnings = []
+    tensors, record = load_latest(d, warn=warnings.append)
+    assert record["step"] == 1 and torch.equal(tensors["w"], torch.zeros(4))
+    assert len(warnings) == 1 and "ckpt_00000002.safetensors is corrupt" in warnings[0]
+
+
+def test_checkpoint_files_are_fsynced_before_their_rename_and_the_record_goes_last(tmp_path, monkeypatch):
+    """The order that makes a checkpoint whose record exists complete: each file is flushed to disk before it is
+    renamed into place, the folder after, and the tensor file before its record."""
+    import os
+    import stat as stat_module
+
+    from scorelab.train.checkpoint import save_checkpoint
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", "folder" if stat_module.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint(tmp_path, 7, {"w": torch.zeros(1)}, {}, keep=2)
+    name = "ckpt_00000007"
+    assert events == [
+        ("fsync", "file"),
+        ("rename", f"{name}.safetensors"),
+        ("fsync", "folder"),
+        ("fsync", "file"),
+        ("rename", f"{name}.json"),
+        ("fsync", "folder"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("batch_size", 4), ("lr", 0.5), ("lr_warmup", 3), ("ema_decay", 0.5), ("seed", 1), ("grad_clip", 2.0),
+     ("weighting", "x0"), ("cond_dropout", 0.1)],
+)  # fmt: skip
+def test_resume_refuses_every_other_training_setting(tmp_path, key, value):
+    """Only train.steps, train.checkpoint_every and train.keep_checkpoints may change on a resume."""
+    trainer = _trainer(tmp_path, steps=4)
+    trainer.run()
+    raw = config_to_dict(trainer.cfg)
+    raw["train"][key] = value
+    changed = Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
+    with pytest.raises(ScorelabError, match=f"train.{key}: "):
+        changed.resume()
+
+
+def test_a_record_without_a_step_is_not_a_checkpoint(tmp_path):
+    import hashlib
+
+    from scorelab.train.checkpoint import load_latest, save_checkpoint
+
+    d = tmp_path / "ck"
+    save_checkpoint(d, 1, {"w": torch.zeros(1)}, {}, keep=5)
+    save_checkpoint(d, 2, {"w": torch.ones(1)}, {}, keep=5)
+    digest = hashlib.sha256((d / "ckpt_00000002.safetensors").read_bytes()).hexdigest()
+    for bad in ({"sha256": digest}, {"step": "2", "sha256": digest}):  # no step, or a step that is not a number
+        (d / "ckpt_00000002.json").write_text(json.dumps(bad))
+        warnings = []
+        _, record = load_latest(d, warn=warnings.append)
+        assert record["step"] == 1 and "is not a checkpoint record" in warnings[0]

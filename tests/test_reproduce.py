@@ -80,3 +80,14 @@ def test_an_interrupted_reproduction_leaves_no_folders(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", *args])  # and a run to the end makes them
     assert res.exit_code == 0, res.output
     assert (tmp_path / "a" / "b" / "ncsn_toy.png").is_file() and (tmp_path / "j" / "k" / "r.json").is_file()
+
+
+def test_a_reproduction_that_does_not_show_what_the_paper_shows_exits_1(tmp_path, monkeypatch):
+    def fails(out, quick=False):
+        (out / "ncsn_toy.png").write_bytes(b"png")
+        return {"figure": str(out / "ncsn_toy.png"), "table": [["a"], ["1"]], "passed": False}
+
+    monkeypatch.setattr(ncsn_toy, "run", fails)
+    res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--out", str(tmp_path / "fig")])
+    assert res.exit_code == 1 and "does not show what the paper shows" in res.stderr
+    assert (tmp_path / "fig" / "ncsn_toy.png").exists()  # the figure is still written, to look at

@@ -103,3 +103,24 @@ def test_keep_freed_memory_stops_the_page_faults_of_training_steps():
     if default < 500:  # glibc hands freed activations back and faults them in again: about 4,250 per step here
         pytest.skip(f"this platform's default allocator faults only {default} times per step: nothing to compare")
     assert kept < 0.1 * default
+
+
+def test_memory_sizes_are_binary_units_and_must_be_positive():
+    from scorelab.errors import ScorelabError
+    from scorelab.resources import parse_bytes
+
+    assert parse_bytes("1000000") == 1_000_000
+    assert parse_bytes("512K") == 512 * 2**10 and parse_bytes("1M") == 2**20 and parse_bytes("1.5G") == 3 * 2**29
+    assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("1t") == 2**40
+    for bad in ("0", "0M", "-1M", "lots", "1X", ""):
+        with pytest.raises(ScorelabError, match="memory size must be a positive number"):
+            parse_bytes(bad)
+
+
+def test_a_request_above_the_budget_is_refused_and_one_at_it_is_not():
+    from scorelab.errors import ScorelabError
+    from scorelab.resources import check_budget
+
+    check_budget("sampling", 1000, 1000, option="--max-memory")
+    with pytest.raises(ScorelabError, match=r"sampling needs about 1001 B .* allowed by --max-memory"):
+        check_budget("sampling", 1001, 1000, option="--max-memory")
