@@ -193,3 +193,75 @@ def test_a_bad_background_is_a_one_line_error(tmp_path, background):
     path = _save(tmp_path, Image.fromarray(np.zeros((4, 4, 4), np.uint8)))
     with pytest.raises(ScorelabError, match=r"background must be three numbers \(R, G, B\) in \[0, 1\]"):
         load_image(path, background=background)
+
+
+def test_alpha_composites_over_each_channel_of_a_coloured_background(tmp_path):
+    rgb = np.random.default_rng(2).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    alpha = np.random.default_rng(3).integers(0, 256, (4, 6, 1), dtype=np.uint8)
+    path = _save(tmp_path, Image.fromarray(np.concatenate([rgb, alpha], -1)))
+    a = torch.from_numpy(alpha).permute(2, 0, 1).double() / 255
+    colour = torch.from_numpy(rgb).permute(2, 0, 1).double() / 255
+    bg = torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64)[:, None, None]
+    # "over" compositing (Porter & Duff 1984): C = alpha C_fg + (1 - alpha) C_bg, channel by channel
+    want = colour * a + bg * (1 - a)
+    torch.testing.assert_close(load_image(path, background=(1.0, 0.5, 0.0)), want.float())
+    # greyscale with alpha over a coloured background: over its ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B
+    la = Image.fromarray(np.concatenate([rgb[..., :1], alpha], -1), mode="LA")
+    grey_bg = 0.299 * 1.0 + 0.587 * 0.5
+    want_grey = colour[:1] * a + grey_bg * (1 - a)
+    torch.testing.assert_close(load_image(_save(tmp_path, la, "la.png"), channels=1, background=(1.0, 0.5, 0.0)),
+                               want_grey.float())  # fmt: skip
+    # channels=4 of an image without alpha: fully opaque
+    opaque = load_image(_save(tmp_path, Image.fromarray(rgb), "rgb.png"), channels=4)
+    torch.testing.assert_close(opaque[:3], colour.float())
+    assert torch.equal(opaque[3], torch.ones(4, 6))
+
+
+def test_palette_transparency_and_one_bit_images(tmp_path):
+    rgb = np.random.default_rng(4).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).quantize(8)
+    pal.info["transparency"] = 0  # palette entry 0 is transparent
+    path = _save(tmp_path, pal)
+    rgba = np.array(Image.open(path).convert("RGBA")).astype(np.float64) / 255
+    assert (rgba[..., 3] == 0).any() and (rgba[..., 3] == 1).any()
+    want = torch.from_numpy(rgba[..., :3] * rgba[..., 3:]).permute(2, 0, 1).float()  # over black
+    torch.testing.assert_close(load_image(path, background=(0, 0, 0)), want)
+    torch.testing.assert_close(load_image(path, channels=4)[3], torch.from_numpy(rgba[..., 3]).float())
+    # a 1-bit image: white is 1, black 0, as an image and as a mask
+    bits = np.zeros((4, 6), bool)
+    bits[1:3, 2:5] = True
+    one = _save(tmp_path, Image.fromarray(bits), "bits.png")
+    assert Image.open(one).mode == "1"
+    assert torch.equal(load_image(one, channels=1)[0], torch.from_numpy(bits).float())
+    assert torch.equal(load_mask(one), torch.from_numpy(bits))
+
+
+def test_masks_of_every_depth_ignore_alpha_and_sizes_are_checked_on_both_sides(tmp_path):
+    m = np.zeros((6, 8), np.uint16)
+    m[1:4, 2:7] = 65535
+    want = torch.from_numpy(m > 0)
+    assert torch.equal(load_mask(_save(tmp_path, Image.fromarray(m), "deep.png")), want)  # 16-bit white is 65535
+    rgba = np.zeros((6, 8, 4), np.uint8)
+    rgba[..., :3] = (m > 0)[..., None] * 255
+    rgba[..., 3] = np.random.default_rng(5).integers(0, 256, (6, 8))  # an alpha that is not the mask
+    assert torch.equal(load_mask(_save(tmp_path, Image.fromarray(rgba), "rgba.png")), want)
+    with pytest.raises(ScorelabError, match="does not match the image's 6x9"):
+        load_mask(_save(tmp_path, Image.fromarray(m), "deep2.png"), size=(6, 9))
+    # only the width is off: 8 x 12 at factor 8
+    with pytest.raises(ScorelabError, match="not divisible by the model's factor 8"):
+        load_image(_save(tmp_path, Image.fromarray(np.zeros((8, 12, 3), np.uint8)), "wide.png"), multiple_of=8)
+
+
+def test_32_bit_integer_and_float_greyscale_keep_their_range(tmp_path):
+    # an "I" image whose values fit 16 bits is read as 16-bit data (scaled by 65535), as PNG / TIFF 16-bit often load
+    deep = np.array([[0, 300, 40000, 65535]], np.int32)
+    path = tmp_path / "deep.tif"
+    Image.fromarray(deep, "I").save(path)
+    torch.testing.assert_close(load_image(path, channels=1)[0], torch.from_numpy(deep / 65535.0).float())
+    # float images in [0, 1] load unchanged; values outside it are refused, not clipped
+    f = np.array([[0.0, 0.25, 1.0]], np.float32)
+    Image.fromarray(f, "F").save(tmp_path / "f.tif")
+    torch.testing.assert_close(load_image(tmp_path / "f.tif", channels=1)[0], torch.from_numpy(f))
+    Image.fromarray(f * 1.5, "F").save(tmp_path / "over.tif")
+    with pytest.raises(ScorelabError, match=r"must be in \[0, 1\], got \[0, 1.5\]"):
+        load_image(tmp_path / "over.tif", channels=1)

@@ -335,3 +335,54 @@ def test_moment_z_scores_are_standard_normal_in_each_family():
     for name, zs in families.items():
         z = torch.tensor(zs)
         assert abs(z.mean().item()) < 0.1 and 0.9 < z.std().item() < 1.1, (name, z.mean().item(), z.std().item())
+
+
+def test_digits_report_class_histogram_is_the_argmax_share_and_a_given_reference_is_used():
+    x, y = load_digits_split("test")
+    threes = x[y == 3]
+    r = digits_report(threes)
+    expected = torch.bincount(classifier_probs(threes).argmax(1), minlength=10).double() / len(threes)
+    assert r["class_histogram"] == pytest.approx(expected.tolist(), abs=1e-12)
+    assert r["max_class_share"] == r["class_histogram"][3] > 0.9  # the classifier calls these digits 3s
+    assert r["n_samples"] == len(threes)
+    # a reference other than the default: the samples' features against that reference's, and its size
+    ref, _ = load_digits_split("train")
+    ref = ref[:200]
+    r_ref = digits_report(threes, reference=ref)
+    assert r_ref["n_reference"] == 200
+    want = frechet_distance(classifier_features(threes), classifier_features(ref))
+    assert r_ref["frechet"] == pytest.approx(want, rel=1e-9)
+    assert r_ref["frechet"] != pytest.approx(r["frechet"], rel=1e-3)
+
+
+def _mean_pairwise_distance_per_class(x, y):
+    """Oracle: mean over classes of the mean distance over the unordered pairs of one class (torch.pdist)."""
+    per_class = [torch.pdist(x[y == c].flatten(1).double()).mean().item() for c in y.unique() if (y == c).sum() >= 2]
+    return sum(per_class) / len(per_class)
+
+
+def test_conditional_report_within_class_diversity_closed_form():
+    # class 0: blank paper and one inked pixel, distance 2; class 1: blank, pixel a, pixel b: distances 2, 2, 2 sqrt 2
+    blank = -torch.ones(1, 8, 8)
+    a, b = blank.clone(), blank.clone()
+    a[0, 2, 3], b[0, 5, 5] = 1.0, 1.0
+    x = torch.stack([blank, a, blank, a, b])
+    y = torch.tensor([0, 0, 1, 1, 1])
+    r = dm.conditional_report(x, y)
+    expected = (2.0 + (4.0 + 2 * math.sqrt(2)) / 3) / 2
+    assert r["within_class_diversity"] == pytest.approx(expected, rel=1e-9)
+    assert r["conditional_accuracy"] == (classifier_probs(x).argmax(1) == y).double().mean().item()
+    real_x, real_y = load_digits_split("test")
+    assert r["held_out_within_class_diversity"] == pytest.approx(
+        _mean_pairwise_distance_per_class(real_x, real_y), rel=1e-9
+    )
+
+
+def test_conditional_report_diversity_of_one_large_class_in_row_blocks():
+    # 2,100 samples of one class (more rows than one block holds): half blank, half with one inked pixel, so
+    # 2 * 1050^2 ordered pairs at distance 2 out of 2100 * 2099
+    blank = -torch.ones(1050, 1, 8, 8)
+    inked = blank.clone()
+    inked[:, 0, 4, 4] = 1.0
+    r = dm.conditional_report(torch.cat([blank, inked]), torch.full((2100,), 7))
+    assert r["within_class_diversity"] == pytest.approx(2 * 2 * 1050**2 / (2100 * 2099), rel=1e-9)

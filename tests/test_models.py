@@ -181,3 +181,54 @@ def test_group_and_head_counts_divide_the_channels():
     assert [_heads(c) for c in (16, 64, 96, 128, 200, 256)] == [1, 1, 1, 2, 2, 4]
     for c in range(1, 600):
         assert c % _groups(c) == 0 and c % _heads(c) == 0
+
+
+def test_label_k_uses_embedding_row_k_plus_1_and_row_0_is_the_null_label():
+    """labels + 1 indexes the label embedding: -1 (no label) is row 0, and every real label has a row of its own."""
+    torch.manual_seed(6)
+    net = _randomise(UNet(in_channels=1, channels=8, channel_mult=(1, 2), attention_levels=(), num_classes=3))
+    x, t = torch.randn(4, 1, 8, 8), torch.zeros(4)
+    labels = torch.tensor([-1, 0, 1, 2])
+    before = net(x, t, labels)
+    assert all(not torch.allclose(before[i], before[j]) for i in range(4) for j in range(i))
+    with torch.no_grad():
+        net.label_embed.weight[0].add_(1.0)  # move the null label's embedding only
+    after = net(x, t, labels)
+    assert not torch.allclose(after[0], before[0])
+    torch.testing.assert_close(after[1:], before[1:])
+    # the label embedding is added to the noise embedding, not put in its place: c_noise still matters with a label
+    assert not torch.allclose(net(x, torch.full((4,), 0.5), labels), after)
+    # one row of the batch sees only its own label
+    torch.testing.assert_close(net(x[1:2], t[1:2], labels[1:2]), after[1:2], rtol=1e-5, atol=1e-5)
+
+
+def test_build_denoiser_passes_the_config_to_the_network():
+    from scorelab.config import config_from_dict
+    from scorelab.models.build import build_denoiser
+    from scorelab.models.mlp import MLP
+
+    raw = {"data": {"name": "digits"}, "model": {"kind": "unet", "channels": 16, "channel_mult": [1, 2, 2],
+           "blocks_per_level": 1, "attention_levels": [0, 2], "dropout": 0.25, "num_classes": 10,
+           "parameterisation": "v", "sigma_data": 0.7}}  # fmt: skip
+    den = build_denoiser(config_from_dict(raw))
+    net = den.net
+    assert isinstance(net, UNet) and den.parameterisation == "v" and den.sigma_data == 0.7
+    assert net.num_classes == 10 and net.label_embed.num_embeddings == 11 and net.factor == 4
+    assert net.inp.in_channels == 1 and net.inp.out_channels == 16
+    assert sum(isinstance(m, SelfAttention) for m in net.modules()) == 2 + 4 + 1  # one down and two up per level; mid
+    assert {m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)} == {0.25}
+    mlp = build_denoiser(config_from_dict({"model": {"kind": "mlp", "width": 48, "depth": 5}})).net
+    assert isinstance(mlp, MLP) and len(mlp.blocks) == 5 and mlp.inp.out_features == 48 and mlp.dim == 2
+
+
+def test_a_context_without_labels_uses_the_null_label():
+    torch.manual_seed(7)
+    net = _randomise(UNet(in_channels=1, channels=8, channel_mult=(1, 2), num_classes=3, context_dim=4))
+    x, t, ctx = torch.randn(2, 1, 8, 8), torch.zeros(2), torch.randn(2, 3, 4)
+    before = net(x, t, ctx)
+    with torch.no_grad():
+        net.label_embed.weight[1:].add_(1.0)  # every real label's row: no effect
+    torch.testing.assert_close(net(x, t, ctx), before)
+    with torch.no_grad():
+        net.label_embed.weight[0].add_(1.0)  # the null label's row
+    assert not torch.allclose(net(x, t, ctx), before)

@@ -1,5 +1,7 @@
 import json
+import math
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -91,3 +93,93 @@ def test_a_reproduction_that_does_not_show_what_the_paper_shows_exits_1(tmp_path
     res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--out", str(tmp_path / "fig")])
     assert res.exit_code == 1 and "does not show what the paper shows" in res.stderr
     assert (tmp_path / "fig" / "ncsn_toy.png").exists()  # the figure is still written, to look at
+
+
+def test_ncsn_toy_mode_weight_and_pass_criterion(tmp_path, monkeypatch):
+    x = torch.tensor([[4.0, 4.0], [-4.0, -4.0], [6.0, 5.0], [0.1, 0.0], [-1.0, -1.0]])
+    assert ncsn_toy.mode_weight(x) == pytest.approx(0.6)  # nearer (5, 5) than (-5, -5): the first, third and fourth
+    monkeypatch.setattr(ncsn_toy, "scatter", lambda panels, path, **kw: path)
+    r = ncsn_toy.run(tmp_path, seed=0)
+    assert abs(r["exact_sample_weight"] - 0.8) < 4 * (0.8 * 0.2 / 1280) ** 0.5  # binomial SE
+    assert [row[0] for row in r["table"][1:]] == ["exact samples", "Langevin", "annealed Langevin"]
+    assert r["table"][3][1] == f"{r['annealed_weight']:.3f}"
+    # annealed Langevin that does not recover the weights fails the reproduction; so does plain Langevin that does
+    monkeypatch.setattr(ncsn_toy, "annealed_langevin", lambda mix, x0, *a, **kw: x0)  # uniform start: weight ~0.5
+    r = ncsn_toy.run(tmp_path, seed=0)
+    assert not r["passed"]
+    assert abs(r["exact_sample_weight"] - 0.8) < 4 * (0.8 * 0.2 / 1280) ** 0.5  # still the exact samples' figure
+    monkeypatch.undo()
+    monkeypatch.setattr(ncsn_toy, "scatter", lambda panels, path, **kw: path)
+    monkeypatch.setattr(ncsn_toy, "langevin", lambda score, x0, *, generator, **kw: ncsn_toy.GaussianMixture(
+        [0.8, 0.2], [[5.0, 5.0], [-5.0, -5.0]], [1.0, 1.0]).sample(len(x0), generator))  # fmt: skip
+    assert not ncsn_toy.run(tmp_path, seed=0)["passed"]
+
+
+def test_sampler_accuracy_sigma_data_and_schedules():
+    from scorelab.reproduce.sampler_accuracy import SIGMA_MAX, SIGMA_MIN, mixtures, schedule, sigma_data
+    from scorelab.schedules import alphas_cumprod, beta_schedule
+
+    mix = mixtures()
+    # law of total variance per coordinate: ring 0.3^2 + 4^2 / 2 (a coordinate of 4 cos at 8 equal angles);
+    # pair 1 + 0.8 * 0.2 * 10^2
+    assert sigma_data(mix["ring"]) == pytest.approx(math.sqrt(0.09 + 8.0), rel=1e-12)
+    assert sigma_data(mix["pair"]) == pytest.approx(math.sqrt(1.0 + 16.0), rel=1e-12)
+    sigmas, vp = schedule("ddpm-linear-trailing", 10, mix["pair"])
+    ab = alphas_cumprod(beta_schedule("linear", 1000)).double()
+    assert vp and len(sigmas) == 11 and sigmas[-1] == 0
+    # trailing spacing starts at the last of the 1,000 timesteps: sigma = sqrt((1 - abar) / abar)
+    assert sigmas[0].item() == pytest.approx(((1 - ab[-1]) / ab[-1]).sqrt().item(), rel=1e-5)
+    for name, m in mix.items():
+        sigmas, vp = schedule("lognormal", 12, m)
+        assert not vp and sigmas[-1] == 0 and sigmas[0] == SIGMA_MAX and sigmas[-2] == pytest.approx(SIGMA_MIN)
+        # equally spaced quantiles of ln sigma ~ N(ln(sigma_data / 4), 2^2): the CDF steps are all equal
+        q = torch.special.ndtr((sigmas[:-1].log() - math.log(sigma_data(m) / 4)) / 2.0)
+        torch.testing.assert_close(q.diff(), torch.full((11,), q.diff().mean().item(), dtype=q.dtype), msg=name)
+
+
+def test_sampler_accuracy_rows_count_evaluations_and_report_the_target(tmp_path, monkeypatch):
+    """run()'s bookkeeping with stand-in samplers: the model calls a sampler makes on n positive sigmas (Heun 2 n - 1),
+    then exact samples of the mixture."""
+    from scorelab.metrics.moments import moment_z_scores
+    from scorelab.reproduce import sampler_accuracy as sa
+
+    shift = {"ring": 0.0}  # added to the ring's samples on the recommended (lognormal) schedule
+
+    def stand_in(calls):
+        def sampler(model, x, sigmas, generator):
+            for _ in range(calls(len(sigmas) - 1)):
+                model(x, sigmas[0])
+            out = model.denoiser.sample(len(x), generator).double()
+            ring_on_lognormal = len(model.denoiser.means) == 8 and sigmas[0] == sa.SIGMA_MAX
+            return out + shift["ring"] if ring_on_lognormal else out
+
+        return sampler
+
+    monkeypatch.setattr(sa, "SAMPLERS", {"heun": stand_in(lambda n: 2 * n - 1), "unipc": stand_in(lambda n: n)})
+    monkeypatch.setattr(sa, "NFES", (5, 20))
+    monkeypatch.setattr(sa, "line_panels", lambda panels, path, **kw: path)
+    sliced = sa.SlicedW2Reference
+    monkeypatch.setattr(sa, "SlicedW2Reference", lambda y: sliced(y, n_projections=20))  # fewer slices: faster
+    r = sa.run(tmp_path, quick=True)
+    assert r["n"] == 5000 and len(r["results"]) == 2 * 2 * 2 * 2
+    for row in r["results"]:
+        assert row["nfe"] in ({5, 19} if row["sampler"] == "heun" else {5, 20})  # Heun: 3 and 10 sigmas
+        assert math.isfinite(row["max_z"]) and row["sw2"] >= 0
+        assert ("mode_weight" in row) == (row["mixture"] == "pair")
+        if row["mixture"] == "pair":  # the (5, 5) mode's weight, 0.8 (binomial SE)
+            assert abs(row["mode_weight"] - 0.8) < 4 * (0.16 / 5000) ** 0.5
+    for m in ("ring", "pair"):
+        key = (m, "lognormal", "unipc", 20)
+        (target,) = [
+            row for row in r["results"] if (row["mixture"], row["schedule"], row["sampler"], row["nfe"]) == key
+        ]
+        assert r["unipc_lognormal_at_20"][m] == target["max_z"]
+    assert r["passed"] == all(v <= 3.0 for v in r["unipc_lognormal_at_20"].values())
+    # the exact-sample baseline: max_z of 5,000 exact samples (seed + 1), not of a sampler's output
+    for name, mix in sa.mixtures().items():
+        want = moment_z_scores(mix.sample(5000, torch.Generator().manual_seed(1)).double(), mix)["max_z"]
+        assert r["exact_max_z"][name] == want
+    # the target is UniPC at 20 evaluations on the lognormal schedule, for both mixtures: a ring that is off there fails
+    shift["ring"] = 0.5
+    r = sa.run(tmp_path, quick=True)
+    assert r["unipc_lognormal_at_20"]["ring"] > 3.0 and not r["passed"]

@@ -295,7 +295,8 @@ def frechet_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
     s = _psd_sqrt(cov_a)
     m = s @ cov_b @ s
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
-    # Dowson & Landau 1982; Heusel et al. 2017 (FID) eq. (2): |mu_a - mu_b|^2 + tr(Sa + Sb - 2 (Sa Sb)^(1/2))
+    # Frechet distance of two Gaussians (Dowson & Landau 1982), as FID uses it (Heusel et al. 2017):
+    # |mu_a - mu_b|^2 + tr(Sa + Sb - 2 (Sa Sb)^(1/2))
     fd = (mu_a - mu_b).square().sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * tr_sqrt
     return max(fd.item(), 0.0)
 
