@@ -48,6 +48,7 @@ class NoiseConfig:
 class TrainConfig:
     objective: str = "ncsn"  # 'ncsn' (geometric levels) or 'ddpm' (eps-MSE over the beta schedule's timesteps)
     weighting: str = "eps"  # ddpm: eps, x0, v or min_snr (scorelab.objectives.diffusion.snr_weight)
+    snr_gamma: float = 5.0  # min_snr: the SNR at which the weight is capped (Hang et al. 2023 recommend 5)
     cond_dropout: float = 0.0  # probability of dropping the label to -1 (classifier-free guidance training)
     steps: int = 5000
     batch_size: int = 256
@@ -90,6 +91,7 @@ RANGES = {
     "train.batch_size": (1, None),
     "train.lr": (0.0, None),
     "train.grad_clip": (0.0, None),
+    "train.snr_gamma": (0.0, None),
     "train.lr_warmup": (0, None),
     "train.seed": (0, 2**32),
     "train.checkpoint_every": (1, None),
@@ -230,6 +232,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"sample.steps: the trailing schedule takes at most noise.timesteps ({cfg.noise.timesteps}) steps, "
             f"got {cfg.sample.steps}"
+        )
+    if cfg.train.snr_gamma != TrainConfig.snr_gamma and cfg.train.weighting != "min_snr":
+        raise ConfigError(
+            f"train.snr_gamma: only used with train.weighting: min_snr, got weighting {cfg.train.weighting!r}"
         )
     if not 0.0 <= cfg.train.cond_dropout < 1.0:
         raise ConfigError(f"train.cond_dropout: must be in [0, 1), got {cfg.train.cond_dropout}")

@@ -42,6 +42,11 @@ def test_shipped_configs_load(path):
             "train.cond_dropout",
         ),
         ({"train": {"grad_clip": 0.0}}, "train.grad_clip"),
+        (
+            {"train": {"objective": "ddpm", "weighting": "min_snr", "snr_gamma": 0.0}, "noise": {"schedule": "linear"}},
+            "train.snr_gamma",
+        ),  # fmt: skip
+        ({"train": {"objective": "ddpm", "snr_gamma": 2.0}, "noise": {"schedule": "linear"}}, "train.snr_gamma"),
         ({"train": {"seed": -1}}, "train.seed"),
         ({"train": {"seed": 2**32}}, "train.seed"),  # numpy's global generator takes seeds below 2**32 only
         ({"train": {"cond_dropout": 1.0}}, "train.cond_dropout"),  # every label dropped: no conditional model

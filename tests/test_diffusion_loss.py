@@ -96,3 +96,20 @@ def test_ddpm_loss_applies_its_weighting(weighting):
     w = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1, "min_snr": snr.clamp(max=5.0)}[weighting]
     assert loss.item() == pytest.approx(c**2 * w.mean().item(), rel=1e-9)
     assert len(seen[0].unique()) > 10  # the draws cover many timesteps
+
+
+def test_min_snr_caps_the_weight_at_its_gamma():
+    # Hang et al. 2023, eq. 8 for eps-prediction: weight min(SNR, gamma) / SNR, so the loss of D = 0 is c^2 min(SNR, g)
+    seen = []
+
+    def zero(x, sigma, cond=None):
+        seen.append(sigma.clone())
+        return torch.zeros_like(x)
+
+    ab = alphas_cumprod(beta_schedule("cosine", 50))
+    x0 = torch.full((64, 3), 0.3, dtype=torch.float64)
+    for gamma in (0.5, 2.0):
+        loss = ddpm_loss(zero, x0, ab, weighting="min_snr", gamma=gamma, generator=torch.Generator().manual_seed(0))
+        snr = seen[-1] ** -2
+        assert (snr < gamma).any() and (snr > gamma).any()
+        assert loss.item() == pytest.approx(0.09 * snr.clamp(max=gamma).mean().item(), rel=1e-9)

@@ -465,3 +465,23 @@ def test_a_record_without_a_step_is_not_a_checkpoint(tmp_path):
         warnings = []
         _, record = load_latest(d, warn=warnings.append)
         assert record["step"] == 1 and "is not a checkpoint record" in warnings[0]
+
+
+def test_training_passes_the_configured_snr_gamma_to_the_loss(tmp_path, monkeypatch):
+    from scorelab.train import trainer as trainer_module
+
+    real, seen = trainer_module.ddpm_loss, []
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs["weighting"], kwargs["gamma"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "ddpm_loss", recording)
+    raw = {
+        "data": {"name": "ring8"},
+        "model": {"kind": "mlp", "width": 16, "depth": 1},
+        "noise": {"schedule": "linear", "timesteps": 50},
+        "train": {"objective": "ddpm", "weighting": "min_snr", "snr_gamma": 2.5, "steps": 2, "batch_size": 8},
+    }
+    Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None).run()
+    assert seen == [("min_snr", 2.5)] * 2

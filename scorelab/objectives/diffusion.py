@@ -37,12 +37,14 @@ def ddpm_loss(
     alpha_bar: torch.Tensor,
     *,
     weighting: str = "eps",
+    gamma: float = 5.0,
     cond=None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """E_{t ~ U{1..T}, eps} w(t) ||eps - eps_hat(x_t, t)||^2 / dim (Ho et al. 2020, Algorithm 1).
 
-    The Denoiser sees the sigma-space state x0 + sigma_t eps; its eps-prediction is (x - D) / sigma_t.
+    The Denoiser sees the sigma-space state x0 + sigma_t eps; its eps-prediction is (x - D) / sigma_t. w is
+    snr_weight(sigma_t, weighting, gamma); gamma is min_snr's cap.
     """
     b = x0.shape[0]
     t = torch.randint(0, alpha_bar.shape[0], (b,), generator=generator)
@@ -52,4 +54,4 @@ def ddpm_loss(
     x = x0 + s * eps
     eps_hat = (x - denoiser(x, sigma, cond)) / s
     per_sample = ((eps_hat - eps) ** 2).flatten(1).mean(1)
-    return (snr_weight(sigma, weighting) * per_sample).mean()
+    return (snr_weight(sigma, weighting, gamma) * per_sample).mean()

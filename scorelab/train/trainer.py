@@ -210,6 +210,7 @@ class Trainer:
                 x,
                 self.alpha_bar,
                 weighting=self.cfg.train.weighting,
+                gamma=self.cfg.train.snr_gamma,
                 cond=cond,
                 generator=self.generator,
             )
