@@ -469,3 +469,336 @@ def test_evaluate_budgets_its_largest_guidance_run(tmp_path):
     res = CliRunner().invoke(cli, [*args, "--guidance", "1", "--guidance", "3", "--max-memory", budget])
     assert isinstance(res.exception, ScorelabError) and "more than the" in str(res.exception)
     assert not (run / "eval").exists()
+
+
+_DDPM = {
+    "data": {"name": "digits"},
+    "model": {
+        "kind": "unet",
+        "parameterisation": "eps",
+        "sigma_data": 1.0,
+        "channels": 8,
+        "attention_levels": [],
+        "num_classes": 10,
+    },
+    "noise": {"schedule": "linear", "timesteps": 50},
+    "train": {"objective": "ddpm", "cond_dropout": 0.1, "steps": 6, "batch_size": 8, "checkpoint_every": 3},
+    "sample": {"n": 20, "sampler": "dpmpp_2m", "steps": 4, "guidance": 3.0},
+}
+
+
+def _trained_ddpm(tmp_path):
+    """A tiny class-conditional DDPM digits run (T = 50, guidance 3 and 4 steps by default)."""
+    cfg = tmp_path / "ddpm.yaml"
+    cfg.write_text(yaml.safe_dump(_DDPM))
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    return run
+
+
+def _label_sensitive(denoiser):
+    """The denoiser with its weights jittered: a few training steps leave the label's effect at ~1e-6, too small
+    to tell the conditional, the unconditional and the guided model apart."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in denoiser.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return denoiser
+
+
+def test_generate_hands_the_sampler_the_trained_noise_range_the_guided_clamped_model_and_the_labels(
+    tmp_path, monkeypatch
+):
+    from scorelab.pipelines import sample as sp
+    from scorelab.schedules import alphas_cumprod, beta_schedule, discrete_sigmas, sigma_from_alpha_bar
+
+    cfg, den, _ = sp.load_run(_trained_ddpm(tmp_path))
+    den = _label_sensitive(den)
+    calls = []
+
+    def spy(name):
+        def record(model, x, sigmas, *, cond, **kwargs):
+            calls.append({"name": name, "model": model, "x": x, "sigmas": sigmas, "cond": cond})
+            return x
+
+        return record
+
+    for name in list(sp.SAMPLERS):
+        monkeypatch.setitem(sp.SAMPLERS, name, spy(name))
+
+    def call(**kwargs):
+        sp.generate(cfg, den, 200, 0, progress=False, **kwargs)
+        return calls[-1]
+
+    ab = alphas_cumprod(beta_schedule("linear", 50))
+    s_max = float(sigma_from_alpha_bar(ab[-1]))
+    c = call(sampler="unipc", steps=3, guidance=3.0, label=7)
+    sig = c["sigmas"]
+    assert c["name"] == "unipc" and (c["cond"] == 7).all()
+    assert len(sig) == 4 and sig[-1] == 0 and (sig[1:] < sig[:-1]).all()  # --steps positive sigmas, then 0
+    assert float(sig[0]) == pytest.approx(s_max, rel=1e-5)  # from the top of the trained DDPM range
+    assert float(c["x"].std()) == pytest.approx((1 + s_max**2) ** 0.5, rel=0.05)  # x_T ~ N(0, I) in sigma space
+    one = call(sampler="euler", steps=1)["sigmas"]
+    assert one.tolist() == pytest.approx([s_max, 0.0], rel=1e-5)  # one step: denoise straight from the top
+    assert torch.equal(call(steps=5)["sigmas"], call(steps=5, schedule="lognormal")["sigmas"])  # the config's
+    assert not torch.equal(call(steps=5)["sigmas"], call(steps=5, schedule="karras")["sigmas"])
+    trailing = call(steps=5, schedule="trailing")["sigmas"]
+    assert all(s in discrete_sigmas(ab, torch.arange(50)).tolist() for s in trailing[:-1].tolist())
+    assert calls[-1]["name"] == "dpmpp_2m"  # the config's sampler
+    assert torch.equal(call()["cond"], torch.arange(200) % 10)  # without --label: the classes in turn
+    # the model the sampler gets: guidance on D (scale 1 conditional, 0 unconditional), clamped to [-1, 1]
+    x = 3 * torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    s, y, null = torch.full((6,), 1.5), torch.full((6,), 7), torch.full((6,), -1)
+    d_c, d_u = den(x, s, y), den(x, s, null)
+    assert not torch.allclose(d_c, d_u, atol=1e-3) and (d_u + 3 * (d_c - d_u)).abs().max() > 1.2
+    for g, want in ((3.0, d_u + 3 * (d_c - d_u)), (1.0, d_c), (0.0, d_u)):
+        torch.testing.assert_close(call(guidance=g)["model"](x, s, y), want.clamp(-1, 1))
+
+
+def test_generate_runs_annealed_langevin_over_the_run_s_levels_from_sigma_max(tmp_path, monkeypatch):
+    from scorelab.config import config_from_dict
+    from scorelab.models.build import build_denoiser
+    from scorelab.pipelines import sample as sp
+    from scorelab.schedules import geometric_sigmas
+
+    raw = yaml.safe_load(_tiny_config(tmp_path, data="digits").read_text())
+    raw["model"]["num_classes"] = 10
+    cfg = config_from_dict(raw)
+    calls = []
+
+    def record(model, x, sigmas, **kwargs):
+        calls.append({"x": x, "sigmas": sigmas, **kwargs})
+        return x
+
+    monkeypatch.setattr(sp, "annealed_langevin", record)
+    sp.generate(cfg, build_denoiser(cfg), 500, 0, progress=False)
+    c = calls[-1]
+    assert float(c["x"].std()) == pytest.approx(5.0, rel=0.05)  # the sigma_max-perturbed data ~ N(0, sigma_max^2)
+    torch.testing.assert_close(c["sigmas"], torch.cat([geometric_sigmas(5.0, 0.05, 10), torch.zeros(1)]))
+    assert c["steps_per_level"] == 2 and c["step_size"] == 1e-3 and torch.equal(c["cond"], torch.arange(500) % 10)
+    raw["sample"]["final_denoise"] = False
+    sp.generate(config_from_dict(raw), build_denoiser(cfg), 4, 0, progress=False)
+    torch.testing.assert_close(calls[-1]["sigmas"], geometric_sigmas(5.0, 0.05, 10))  # no final denoising step
+
+
+def test_sample_writes_the_requested_samples_their_figures_and_metrics(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from scorelab.data.digits import load_digits_split
+    from scorelab.pipelines.sample import evaluate, generate, load_run
+    from scorelab.plots import image_grid
+
+    run = _trained_ddpm(tmp_path)
+    args = ["--sampler", "euler", "--steps", "3", "--guidance", "2", "--label", "7", "--n", "12", "--seed", "5"]
+    res = CliRunner().invoke(cli, ["sample", str(run), *args, "--quiet"])  # not the config's 4 steps, guidance 3
+    assert res.exit_code == 0, res.output
+    cfg, den, _ = load_run(run)
+    want = generate(cfg, den, 12, 5, sampler="euler", steps=3, guidance=2.0, label=7, progress=False)
+    assert not torch.equal(
+        want, generate(cfg, den, 12, 6, sampler="euler", steps=3, guidance=2.0, label=7, progress=False)
+    )
+    out = run / "samples"
+    assert torch.equal(load_file(out / "samples.safetensors")["samples"], want)
+    m = json.loads((out / "metrics.json").read_text())
+    assert (m["sampler"], m["steps"], m["guidance"], m["seed"], m["n"]) == ("euler", 3, 2.0, 5, 12)
+    figures = evaluate(cfg, want, torch.full((12,), 7))
+    for k in ("conditional_accuracy", "within_class_diversity", "frechet", "confident_share"):
+        assert m[k] == figures[k], k
+    want_png = image_grid(want, tmp_path / "want.png", nrow=10)
+    real_png = image_grid(load_digits_split("test")[0][:100], tmp_path / "real.png", nrow=10)  # held-out digits
+    for name, expected in (("samples.png", want_png), ("held_out.png", real_png)):
+        assert np.array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(expected))), name
+
+
+def test_toy_metrics_compare_the_samples_with_fresh_data():
+    from scorelab.data.toys import ring8_mixture, sample_toy
+    from scorelab.pipelines.sample import toy_metrics
+
+    real = sample_toy("ring8", 400, torch.Generator().manual_seed(1))
+    good, bad = toy_metrics("ring8", real), toy_metrics("ring8", real * 1.5)
+    for m in (good, bad):
+        assert m["sw2_over_floor"] == pytest.approx(m["sw2"] / m["sw2_noise_floor"])
+        rel = (torch.tensor(m["ring_component_std"]) / float(ring8_mixture().stds[0, 0]) - 1).abs()
+        assert m["ring_std_max_rel_error"] == pytest.approx(rel.max().item())  # the worst component, not the mean
+    assert good["sw2_over_floor"] < 2 < bad["sw2_over_floor"]
+    assert bad["mmd"] > 10 * abs(good["mmd"])
+
+
+def test_evaluate_rows_are_each_sampler_and_guidance_s_own_figures(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from scorelab.pipelines import evaluate as ev
+    from scorelab.pipelines.sample import generate, load_run
+
+    run = _trained_ddpm(tmp_path)
+    cfg, den, _ = load_run(run)
+    seen = []
+    real_evaluate = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda c, x, y: seen.append((x, y)) or real_evaluate(c, x, y))
+    args = ["--n", "110", "--steps", "2", "--sampler", "euler", "--sampler", "unipc", "--guidance", "0", "--guidance"]
+    res = CliRunner().invoke(cli, ["evaluate", str(run), *args, "3", "--no-bpd", "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((run / "eval" / "eval.json").read_text())["rows"]
+    assert [(r["sampler"], r["guidance"]) for r in rows] == [("euler", 0), ("euler", 3), ("unipc", 0), ("unipc", 3)]
+    for row, (x, y) in zip(rows, seen, strict=True):
+        want = generate(cfg, den, 110, 0, sampler=row["sampler"], steps=2, guidance=row["guidance"], progress=False)
+        assert torch.equal(x, want) and torch.equal(y, torch.arange(110) % 10)  # accuracy against the asked class
+        grid = Image.open(run / "eval" / f"{row['sampler']}_g{row['guidance']:g}.png")
+        assert grid.size == ((10 * 9 + 1) * 4,) * 2  # the first 100 of the 110 samples, 10 to a row
+        expected = Image.open(ev.image_grid(want[:100], tmp_path / "want.png", nrow=10))
+        assert np.array_equal(np.asarray(grid), np.asarray(expected))
+    res = CliRunner().invoke(cli, ["evaluate", str(run), "--n", "4", "--steps", "1", "--no-bpd", "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((run / "eval" / "eval.json").read_text())["rows"]
+    assert [r["guidance"] for r in rows] == [0.0, 1.0, 3.0]  # a conditional run's default scales
+
+
+def test_held_out_bits_per_dim_is_the_bound_on_the_test_digits_in_bits(tmp_path, monkeypatch):
+    import math
+
+    from scorelab.config import config_from_dict
+    from scorelab.data.digits import load_digits_split
+    from scorelab.models.build import build_denoiser
+    from scorelab.objectives.elbo import VariationalBound
+    from scorelab.pipelines import evaluate as ev
+    from scorelab.schedules import alphas_cumprod, beta_schedule
+
+    raw = yaml.safe_load(yaml.safe_dump(_DDPM))
+    raw["noise"]["timesteps"] = 10  # a short bound: the test compares figures, not their quality
+    cfg = config_from_dict(raw)
+    den = _label_sensitive(build_denoiser(cfg).eval().requires_grad_(False))
+    x, y = load_digits_split("test")
+    vb = VariationalBound(
+        alphas_cumprod(beta_schedule("linear", 10)), variance="large", decoder="discretized", levels=17
+    )
+    got = {}
+    for conditional, cond in ((True, y), (False, torch.full_like(y, -1))):
+        nats = vb.per_sample(den, x, cond=cond, generator=torch.Generator().manual_seed(0)).mean().item()
+        got[conditional] = ev.held_out_bits_per_dim(cfg, den, conditional=conditional, progress=False)
+        assert got[conditional] == pytest.approx(nats / (64 * math.log(2)), rel=1e-6), conditional
+    assert got[True] != pytest.approx(got[False], rel=1e-4)  # the true label matters to this network
+    monkeypatch.setattr(ev, "held_out_bits_per_dim", lambda cfg, den, *, conditional, progress: float(conditional))
+    run = _trained_ddpm(tmp_path)
+    res = CliRunner().invoke(cli, ["evaluate", str(run), "--n", "2", "--steps", "1", "--guidance", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((run / "eval" / "eval.json").read_text())
+    assert result["bits_per_dim"] == 1.0 and result["bits_per_dim_unconditional"] == 0.0
+
+
+_TINY_DEMO = {
+    "ncsn-toy2d": {
+        "model": {"width": 32, "depth": 1},
+        "noise": {"levels": 10},
+        "train": {"steps": 4, "batch_size": 16},
+        "sample": {"n": 100},
+    },
+    "ncsn-digits": {
+        "model": {"channels": 8, "channel_mult": [1], "attention_levels": [], "blocks_per_level": 1},
+        "noise": {"levels": 4},
+        "train": {"steps": 2, "batch_size": 8},
+        "sample": {"n": 20, "steps_per_level": 1},
+    },
+    "ddpm-digits": {
+        "model": {"channels": 8, "channel_mult": [1], "attention_levels": [], "blocks_per_level": 1},
+        "noise": {"timesteps": 50},
+        "train": {"steps": 2, "batch_size": 8},
+    },
+}
+
+
+def test_the_demo_report_shows_every_section_and_each_figure_it_names_exists(tmp_path, monkeypatch):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from scorelab.metrics.digits import conditional_report
+    from scorelab.pipelines import demo
+    from scorelab.pipelines.sample import generate, load_run
+    from scorelab.plots import image_grid
+
+    monkeypatch.setattr(demo, "DEMO_OVERRIDES", _TINY_DEMO)
+    toy = {"langevin_weight": 0.5, "annealed_weight": 0.79, "true_weight": 0.8, "passed": True}
+
+    def ncsn_toy(out_dir):  # tests/test_reproduce.py runs the reproduction itself
+        out_dir.mkdir(parents=True)
+        return {**toy, "figure": image_grid(torch.zeros(1, 1, 2, 2), out_dir / "ncsn_toy.png")}
+
+    monkeypatch.setattr(demo.ncsn_toy, "run", ncsn_toy)
+    out = tmp_path / "demo"
+    page = demo.run_demo(out, progress=False, log=lambda *a: None).read_text()
+    sources = re.findall(r"<img src=['\"]([^'\"]+)['\"]", page)
+    assert len(sources) == 6 + 2 * 3
+    for src in sources:
+        assert (out / src).is_file(), src
+    for heading in ("<h2>1.", "<h2>2.", "<h2>3.", "<h2>4."):
+        assert heading in page
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ncsn_toy"] == toy
+    for section, run in (("toy2d", "toy2d"), ("digits", "digits")):
+        sampled = json.loads((out / run / "samples" / "metrics.json").read_text())
+        assert {k: v for k, v in metrics[section].items() if k != "train"} == sampled
+        assert (
+            metrics[section]["train"]["step"]
+            == _TINY_DEMO[f"ncsn-{'toy2d' if run == 'toy2d' else 'digits'}"]["train"]["steps"]
+        )
+        assert "<tr><td>sw2</td>" in page if section == "toy2d" else "<tr><td>frechet</td>" in page
+    rows = metrics["ddpm_digits"]["guidance"]
+    assert [(r["sampler"], r["guidance"]) for r in rows] == [(s, g) for s in ("dpmpp_2m", "unipc") for g in (0, 1, 3)]
+    cfg, den, _ = load_run(out / "ddpm-digits")
+    x = generate(cfg, den, 200, 0, sampler="unipc", steps=20, guidance=3.0, progress=False)
+    report = conditional_report(x, torch.arange(200) % 10)  # the classes in turn: one column per class
+    assert rows[-1]["conditional_accuracy"] == report["conditional_accuracy"]
+    assert rows[-1]["within_class_diversity"] == report["within_class_diversity"]
+    grid = Image.open(out / "ddpm-digits" / "grid_unipc_g3.png")
+    assert np.array_equal(np.asarray(grid), np.asarray(Image.open(image_grid(x[:100], tmp_path / "want.png", nrow=10))))
+    shown = "<td>unipc</td><td>3</td><td><img src='ddpm-digits/grid_unipc_g3.png' width='160'></td>"
+    assert (
+        shown + f"<td>{report['conditional_accuracy']:.3f}</td><td>{report['within_class_diversity']:.2f}</td>" in page
+    )
+
+
+def test_the_demo_score_field_and_trajectory_figures_plot_what_they_say(tmp_path, monkeypatch):
+    from scorelab.config import config_from_dict
+    from scorelab.data.toys import ring8_mixture
+    from scorelab.pipelines import demo
+    from scorelab.pipelines.sample import generate
+
+    drawn = {}
+
+    def spy(name):
+        def record(what, out, **kwargs):
+            drawn[name] = what
+            return out
+
+        return record
+
+    monkeypatch.setattr(demo, "quiver", spy("quiver"))
+    monkeypatch.setattr(demo, "trajectories", spy("paths"))
+    exact = ring8_mixture()  # the exact denoiser: the learned panel must match the exact one
+    demo._score_field_figure(lambda x, s: exact(x.double(), s.double()).float(), tmp_path / "field.png")
+    (p1, learned), (p2, truth) = drawn["quiver"].values()
+    assert torch.equal(p1, p2) and p1.shape == (21 * 21, 2)
+    torch.testing.assert_close(learned, truth, rtol=1e-3, atol=1e-4)
+    raw = yaml.safe_load(_tiny_config(tmp_path).read_text())  # levels 5 ... 0.05, 2 steps each
+    cfg = config_from_dict(raw)
+    demo._trajectory_figure(cfg, lambda x, s, c=None: exact(x.double(), s.double()).float(), tmp_path / "t.png")
+    paths = drawn["paths"]
+    # geometric 5 -> 0.05 over 10 levels: the last 3 (0.166, 0.0905, 0.05) are <= 0.2, 2 steps each, then the final
+    assert paths.shape == (3 * 2 + 1, 16, 2)
+    final = generate(cfg, lambda x, s, c=None: exact(x.double(), s.double()).float(), 16, seed=1, progress=False)
+    assert torch.equal(paths[-1], final)
+
+
+def test_the_toy_sample_figure_puts_fresh_data_and_the_samples_in_their_own_panels(tmp_path, monkeypatch):
+    from scorelab.data.toys import sample_toy
+
+    _, run = _trained(tmp_path)
+    panels = {}
+    monkeypatch.setattr("scorelab.pipelines.sample.scatter", lambda sets, path, **kw: panels.update(sets) or path)
+    assert CliRunner().invoke(cli, ["sample", str(run), "--n", "30", "--quiet"]).exit_code == 0
+    assert list(panels) == ["data", "samples"]
+    assert torch.equal(panels["samples"], load_file(run / "samples" / "samples.safetensors")["samples"])
+    assert torch.equal(panels["data"], sample_toy("ring8", 30, torch.Generator().manual_seed(10_000)))
