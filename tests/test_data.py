@@ -108,3 +108,23 @@ def test_sample_toy_draws_from_the_named_toy(name):
     torch.testing.assert_close(got, toys.TOYS[name](64, _gen(5)).float(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="unknown 2D toy"):
         sample_toy("spiral", 4, _gen())
+
+
+def test_batch_source_draws_shuffled_epochs_without_replacement_from_its_generator(monkeypatch):
+    """Every epoch is a permutation of the data set (a batch that crosses an epoch end takes the rest of one and the
+    start of the next), batches keep their size, and the order is set by the generator alone."""
+    from scorelab.data import sources
+
+    data = torch.arange(10.0).view(10, 1)
+    monkeypatch.setattr(sources, "load_digits_split", lambda split: (data, 100 + torch.arange(10)))
+
+    def stream(seed):
+        src, g = sources.BatchSource("digits", 4), _gen(seed)
+        batches = [src.next(g) for _ in range(10)]  # 40 items: four epochs
+        assert all(x.shape == (4, 1) and torch.equal(y, 100 + x[:, 0].long()) for x, y in batches)
+        return torch.cat([x[:, 0] for x, _ in batches]).long()
+
+    items = stream(0)
+    for epoch in items.view(4, 10):
+        assert sorted(epoch.tolist()) == list(range(10))
+    assert torch.equal(stream(0), items) and not torch.equal(stream(1), items)

@@ -387,3 +387,29 @@ def test_surface_tets_are_exactly_the_tets_with_both_signs():
     mixed = out.any(1) & ~out.all(1)
     assert mixed.any() and (~mixed).any() and out.all(1).any()  # all-outside tets exist and must be left out
     assert torch.equal(surface_tets(grid, sdf), mixed)
+
+
+@pytest.mark.parametrize("bad_index", [-1, "V"])
+def test_npz_rejects_an_index_one_past_either_end(tmp_path, bad_index):
+    # 0..V-1 are the only vertex indices: -1 would wrap round to the last vertex, V is out of range
+    g = regular_grid(2)
+    v, t = g.vertices.numpy(), g.tets.numpy().copy()
+    t[5, 1] = v.shape[0] if bad_index == "V" else -1
+    np.savez(tmp_path / "bad.npz", vertices=v, indices=t)
+    with pytest.raises(ScorelabError, match="indices must be in"):
+        load_tet_grid(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("res", [1, 3, 8])
+def test_cell_size_of_a_regular_grid_is_the_cube_side(res):
+    # the shortest Kuhn edge is a cube edge, h = side / res (face and main diagonals are sqrt 2 h, sqrt 3 h)
+    assert regular_grid(res).cell_size == pytest.approx(BOX / res, rel=1e-6)
+    assert regular_grid(res, low=0.0, high=2.0).cell_size == pytest.approx(2.0 / res, rel=1e-6)
+
+
+def test_a_subdivided_grid_keeps_its_hanging_midpoints_when_moved():
+    g = regular_grid(4, dtype=torch.float64)
+    g2, _ = subdivide(g, sphere_sdf(g.vertices))
+    moved = g2.to("meta")
+    assert len(moved.hanging) == len(g2.hanging) == 1
+    assert moved.hanging[0].shape == g2.hanging[0].shape and moved.hanging[0].device.type == "meta"

@@ -151,3 +151,222 @@ def test_learning_rate_factor_decays_by_a_half_cosine():
     assert _cosine(0, 100) == pytest.approx(1.0)
     assert _cosine(50, 100) == pytest.approx(0.55)
     assert _cosine(100, 100) == pytest.approx(0.1)
+
+
+def _on_both_spheres(a, b, up):
+    """A point on both spheres a and b ((centre, radius)), on their circle of intersection, towards `up`."""
+    (ca, ra), (cb, rb) = ((torch.tensor(c, dtype=torch.float64), r) for c, r in (a, b))
+    d = (cb - ca).norm()
+    u = (cb - ca) / d
+    along = (d**2 + ra**2 - rb**2) / (2 * d)
+    w = torch.tensor(up, dtype=torch.float64)
+    w = torch.nn.functional.normalize(w - (w @ u) * u, dim=0)
+    return ca + along * u + (ra**2 - along**2).sqrt() * w
+
+
+def test_snowman_blends_its_parts_by_smooth_unions_of_width_0_1_and_0_04():
+    # Quilez smooth minimum at a = b = 0 is -k / 4: on the body-head circle k = 0.1, on the head-nose circle (the
+    # nose at +x) k = 0.04; hard unions would give 0 there (a crease)
+    obj = Snowman()
+    # away from the blends the SDF is the exact distance: -0.35 at the body's centre, 0.1 below it and above the head
+    far = torch.tensor([[0.0, 0.0, -0.13], [0.0, 0.0, -0.58], [0.0, 0.0, 0.59]], dtype=torch.float64)
+    torch.testing.assert_close(obj.sdf(far), torch.tensor([-0.35, 0.1, 0.1], dtype=torch.float64))
+    p = _on_both_spheres(obj.body, obj.head, (0.0, 1.0, 0.0))
+    assert obj.sdf(p).item() == pytest.approx(-0.1 / 4, abs=1e-12)
+    q = _on_both_spheres(obj.head, obj.nose, (0.0, 0.0, 1.0))
+    assert q[0] > 0.15 and obj.sdf(q).item() == pytest.approx(-0.04 / 4, abs=1e-12)
+
+
+def test_snowman_reference_mesh_is_coloured_by_the_shaded_colour_field():
+    # vertex colours = albedo x (0.5 + 0.5 max(0, n . l)) at the vertices, not the bare albedo
+    obj = Snowman()
+    mesh = obj.mesh(24)
+    torch.testing.assert_close(mesh.vertex_colors, obj.color(mesh.vertices).clamp(0, 1))
+    assert (obj.albedo(mesh.vertices) - mesh.vertex_colors).abs().max() > 0.2
+
+
+def _spy_losses(monkeypatch):
+    """Record (step, loss, learning rates per parameter group, parameter groups) at every optimiser step."""
+    from scorelab.three import fitting
+
+    calls, update = [], fitting._update
+
+    def spy(opt, loss, guard, step):
+        calls.append((step, loss.item(), [g["lr"] for g in opt.param_groups], [g["params"] for g in opt.param_groups]))
+        update(opt, loss, guard, step)
+
+    monkeypatch.setattr(fitting, "_update", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(FITTERS))
+def test_each_fitter_loss_has_unit_weight_rgb_and_mask_terms(small_views, monkeypatch, name):
+    # L(t) = E(c - t_rgb)^2 + E(m - t_mask)^2: a quadratic in a constant target t, so L(0) + L(1) - 2 L(1/2) = 1/2
+    # exactly per term whatever the render is (the render at step 0 does not depend on the targets)
+    train, _ = small_views
+    calls = _spy_losses(monkeypatch)
+    for term in ("color", "mask"):
+        first = []
+        for t in (0.0, 1.0, 0.5):
+            color = torch.full_like(train.color, t) if term == "color" else train.color
+            mask = torch.full_like(train.mask, t) if term == "mask" else train.mask
+            calls.clear()
+            FITTERS[name](Views(train.cameras, color, mask), steps=1, progress=False, **SMALL[name])
+            first.append(calls[0][1])
+        assert first[0] + first[1] - 2 * first[2] == pytest.approx(0.5, rel=1e-4), term
+
+
+def test_tv_prior_is_the_mean_squared_neighbour_difference_along_each_axis():
+    from scorelab.three.fitting import _tv
+
+    for axis in (1, 2, 3):
+        shape = [1, 1, 1, 1]
+        shape[axis] = 5
+        ramp = (0.5 * torch.arange(5.0)).view(shape).expand(2, 5, 5, 5)
+        assert _tv(ramp).item() == pytest.approx(0.25), axis  # one axis with steps of 1/2, the others constant
+
+
+def test_voxel_tv_weight_enters_the_fit(small_views):
+    train, test = small_views
+    renders = [
+        FITTERS["voxels"](train, steps=3, progress=False, **{**SMALL["voxels"], "tv": tv}).render(test.cameras)[0]
+        for tv in (0.0, 100.0)
+    ]
+    assert (renders[0] - renders[1]).abs().max() > 1e-3
+
+
+def test_dmtet_loss_adds_its_weighted_regularisers(small_views, monkeypatch):
+    # loss = photometric + w_sign sdf_sign_loss + w_smooth laplacian + w_normal normal_consistency, each at the start
+    from scorelab.three.dmtet import laplacian_smoothing, normal_consistency, sdf_sign_loss
+    from scorelab.three.fitting import TexturedDMTet
+
+    train, _ = small_views
+    calls = _spy_losses(monkeypatch)
+    res, cres = SMALL["dmtet"]["resolution"], SMALL["dmtet"]["color_resolution"]
+    model = TexturedDMTet(res, cres, 0.45)
+    mesh = model.mesh()
+    terms = {
+        "sign_weight": sdf_sign_loss(model.dmtet.grid, model.sdf()).item(),
+        "smooth_weight": laplacian_smoothing(mesh.vertices, mesh.faces).item(),
+        "normal_weight": normal_consistency(mesh.vertices, mesh.faces).item(),
+    }
+    assert min(terms.values()) > 0
+
+    def first_loss(**weights):
+        calls.clear()
+        w = {"sign_weight": 0.0, "smooth_weight": 0.0, "normal_weight": 0.0, **weights}
+        FITTERS["dmtet"](train, steps=1, progress=False, **SMALL["dmtet"], **w)
+        return calls[0][1]
+
+    photometric = first_loss()
+    for key, value in terms.items():
+        assert first_loss(**{key: 3.0}) - photometric == pytest.approx(3.0 * value, rel=1e-3), key
+
+
+def test_learning_rates_follow_the_cosine_schedule_in_every_group(small_views, monkeypatch):
+    # lr_k(step) = base_k * _cosine(step, steps); per-group bases: Gaussians as in Kerbl et al. 2023 (raised),
+    # DMTet's SDF and deformation at lr, its colour volume at color_lr
+    from scorelab.three import fitting
+    from scorelab.three.fitting import _cosine
+
+    train, _ = small_views
+    calls = _spy_losses(monkeypatch)
+    models, make = [], fitting.Gaussians.random_in_box
+    monkeypatch.setattr(fitting.Gaussians, "random_in_box", lambda *a, **k: models.append(make(*a, **k)) or models[-1])
+    steps = 4
+    for name, kwargs in {
+        "voxels": {"lr": 0.2},
+        "voxel_splats": {"lr": 0.3},
+        "gaussians": {},
+        "dmtet": {"lr": 0.02, "color_lr": 0.3},
+    }.items():
+        calls.clear()
+        models.clear()
+        FITTERS[name](train, steps=steps, progress=False, **{**SMALL[name], **kwargs})
+        assert [c[0] for c in calls] == list(range(steps)), name
+        groups = calls[0][3]
+        if name == "gaussians":
+            (m,) = models
+            want = {m.means: 2e-3, m.log_scales: 1e-2, m.quats: 5e-3, m.opacity_logits: 5e-2, m.sh: 1e-2}
+            base = [want[g[0]] for g in groups]
+            assert len(groups) == 5 and all(len(g) == 1 for g in groups)
+        elif name == "dmtet":
+            base = [0.3 if g[0].ndim == 4 else 0.02 for g in groups]  # the colour volume is the only 4-D one
+            assert sorted(g[0].ndim for g in groups) == [1, 2, 4]  # SDF (+ coarse grids), deformation, colour
+        else:
+            base = [kwargs["lr"]] * len(groups)
+        for step, _, lrs, _ in calls:
+            assert lrs == pytest.approx([b * _cosine(step, steps) for b in base]), (name, step)
+
+
+def test_every_fitter_counts_its_skipped_steps(small_views):
+    train, _ = small_views
+    poisoned = Views(train.cameras, train.color * float("nan"), train.mask)
+    for name in FITTERS:
+        fitted = FITTERS[name](poisoned, steps=3, progress=False, **SMALL[name])
+        assert fitted.skipped_steps == 3, name
+
+
+def test_update_stops_only_after_max_bad_steps_in_a_row():
+    from scorelab.three.fitting import _update
+    from scorelab.train.guard import NonFiniteGuard
+
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    guard = NonFiniteGuard("toy", log=lambda _: None)
+    for step in range(2 * MAX_BAD_STEPS):  # alternating: more bad steps in all than the limit, never two in a row
+        before = p.detach().clone()
+        bad = step % 2 == 0
+        _update(opt, (p * (float("nan") if bad else 1.0)).sum(), guard, step)
+        assert torch.equal(p.detach(), before) == bad  # a bad step leaves the parameters as they were
+    assert guard.skipped == MAX_BAD_STEPS
+    with pytest.raises(ScorelabError, match="consecutive"):
+        for step in range(MAX_BAD_STEPS):
+            _update(opt, p.sum() * float("nan"), guard, step)
+
+
+def test_voxel_fits_follow_the_seed(small_views):
+    train, test = small_views
+    for name, extra in (("voxels", {}), ("voxel_splats", {"prune_after": 1.0}), ("gaussians", {})):
+        renders = [
+            FITTERS[name](
+                train, steps=3, progress=False, generator=torch.Generator().manual_seed(s), **SMALL[name], **extra
+            ).render(test.cameras)[0]
+            for s in (3, 3, 4)
+        ]
+        assert torch.equal(renders[0], renders[1]) and not torch.equal(renders[0], renders[2]), name
+
+
+def test_voxel_splats_start_at_init_density_and_prune_after_a_quarter(small_views, monkeypatch):
+    # density = softplus(raw) = init_density everywhere at the start; min_density rises at step prune_after * steps
+    from scorelab.three.voxels import VoxelGrid
+
+    train, test = small_views
+    seen, splat = [], VoxelGrid.splat
+
+    def spy(self, cameras, **kwargs):
+        seen.append((self.density().detach().clone(), kwargs["min_density"]))
+        return splat(self, cameras, **kwargs)
+
+    monkeypatch.setattr(VoxelGrid, "splat", spy)
+    fitted = FITTERS["voxel_splats"](
+        train, steps=8, progress=False, init_density=0.2, min_density=0.05, prune_density=0.5, prune_after=0.25,
+        **SMALL["voxel_splats"],
+    )  # fmt: skip
+    torch.testing.assert_close(seen[0][0], torch.full_like(seen[0][0], 0.2))
+    assert [m for _, m in seen] == [0.05, 0.05] + [0.5] * 6
+    fitted.render(test.cameras)
+    assert seen[-1][1] == 0.5  # the fit is drawn as it was trained at the end
+
+
+def test_textured_dmtet_sdf_adds_its_coarse_grids_at_the_vertices():
+    # trilinear interpolation of a constant volume is that constant, so a constant coarse grid shifts the SDF
+    from scorelab.three.fitting import TexturedDMTet
+
+    model = TexturedDMTet(4, 4, 0.45, coarse=(2, 3))
+    start = model.sdf().detach().clone()
+    torch.testing.assert_close(start, model.dmtet.grid.vertices.norm(dim=1) - 0.45)
+    with torch.no_grad():
+        model.coarse[0].fill_(0.1)
+        model.coarse[1].fill_(-0.03)
+    torch.testing.assert_close(model.sdf().detach(), start + 0.07)

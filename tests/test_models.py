@@ -232,3 +232,20 @@ def test_a_context_without_labels_uses_the_null_label():
     with torch.no_grad():
         net.label_embed.weight[0].add_(1.0)  # the null label's row
     assert not torch.allclose(net(x, t, ctx), before)
+
+
+def test_mlp_blocks_are_residual_and_the_output_follows_each_rows_noise_level():
+    # h + fc2(silu(fc1(silu(LN h)) + emb)) (He et al. 2016): with fc2 zeroed every block is the identity
+    from scorelab.models.mlp import MLP
+
+    torch.manual_seed(0)
+    net = _randomise(MLP(dim=2, width=16, depth=2, emb_dim=8))
+    x, c = torch.randn(4, 2), torch.tensor([-1.0, 0.0, 0.5, 2.0])
+    out = net(x, c)
+    assert not torch.allclose(net(x, torch.full((4,), 0.5)), out)  # the noise level reaches the output
+    torch.testing.assert_close(net(x[2:3], c[2:3]), out[2:3])  # each row sees only its own noise level
+    with torch.no_grad():
+        for block in net.blocks:
+            block.fc2.weight.zero_()
+            block.fc2.bias.zero_()
+    torch.testing.assert_close(net(x, c), net.out(net.inp(x)))

@@ -183,3 +183,69 @@ def test_sampler_accuracy_rows_count_evaluations_and_report_the_target(tmp_path,
     shift["ring"] = 0.5
     r = sa.run(tmp_path, quick=True)
     assert r["unipc_lognormal_at_20"]["ring"] > 3.0 and not r["passed"]
+
+
+def test_fit_multiview_scores_each_fit_on_the_held_out_views(tmp_path, monkeypatch):
+    """run()'s bookkeeping with stand-in fitters (a perfect one renders the reference mesh, a bad one grey): the rows
+    are each fit's own scores on the 8 held-out views, the pass criterion needs every fit's PSNR and the DMTet
+    Chamfer-L1, and the files are written."""
+    from scorelab.reproduce import fit_multiview as fm
+    from scorelab.three.fitting import Fitted
+    from scorelab.three.objects import Snowman
+    from scorelab.three.raster import render_mesh
+
+    reference = Snowman().mesh(24)
+    monkeypatch.setattr(fm, "Snowman", lambda: type("Object", (), {"mesh": lambda self, res: reference})())
+    monkeypatch.setattr(fm, "SIZE", 16)
+    monkeypatch.setattr(fm, "SUPERSAMPLE", 1)  # the ground truth is then exactly render_mesh at the test cameras
+    monkeypatch.setattr(fm, "image_grid", lambda images, path, **kw: path)
+    surface_metrics = fm.surface_metrics
+    monkeypatch.setattr(fm, "surface_metrics", lambda pred, ref: surface_metrics(pred, ref, n=20_000))
+    monkeypatch.setattr(fm, "turntable", lambda render, n, path: render(0.0).shape == (3, 16, 16) and path)
+    calls, bad, dmtet_scale = {}, set(), [1.0]
+
+    def stand_in(name):
+        def fit(train, *, generator, **settings):
+            calls[name] = (len(train), generator.initial_seed(), settings)
+            mesh = None
+            if name == "dmtet":
+                mesh = type(reference)(reference.vertices * dmtet_scale[0], reference.faces, reference.vertex_colors)
+
+            def render(cameras):
+                if name in bad:
+                    n, h, w = len(cameras), cameras.height, cameras.width
+                    return torch.full((n, 3, h, w), 0.5), torch.zeros(n, 1, h, w)
+                out = render_mesh(reference, cameras, background=(1.0, 1.0, 1.0))
+                return out["color"], out["mask"]
+
+            return Fitted(render, 7, mesh, skipped_steps=len(name))
+
+        return fit
+
+    monkeypatch.setattr(fm, "FITTERS", {name: stand_in(name) for name in fm.FITTERS})
+    r = fm.run(tmp_path, quick=True, seed=5)
+    assert r["passed"] and r["targets"] == fm.QUICK_TARGETS
+    for name, row in r["results"].items():
+        assert calls[name] == (24, 5, fm.QUICK[name]) and row["settings"] == fm.QUICK[name]
+        assert row["psnr"] > 100 and row["mask_iou"] == 1 and row["iterations"] == 7
+        assert row["skipped_steps"] == len(name) and ("chamfer_l1" in row) == (name == "dmtet")
+    assert r["results"]["dmtet"]["chamfer_l1"] < 0.01 and r["results"]["dmtet"]["faces"] == reference.faces.shape[0]
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["dmtet.glb"]
+    # a bad fit: scored against the held-out views (PSNR of grey over them), and the reproduction fails
+    bad.add("gaussians")
+    r = fm.run(tmp_path, quick=False, seed=0)
+    test = fm.render_views(reference, fm.TEST_THETA, fm.TEST_PHI)
+    grey = torch.full_like(test.color, 0.5)
+    row = r["results"]["gaussians"]
+    assert row["psnr"] == pytest.approx(fm.psnr(grey, test.color))
+    assert row["object_psnr"] == pytest.approx(fm.psnr(grey, test.color, test.mask > 0.01)) and row["mask_iou"] == 0
+    assert not r["passed"] and r["targets"] == fm.TARGETS and calls["voxels"] == (24, 0, fm.SETTINGS["voxels"])
+    assert [t[0] for t in r["table"][1:]] == list(fm.FITTERS) and r["table"][3][1] == f"{row['psnr']:.2f}"
+    assert r["table"][1][1] == f"{r['results']['voxels']['psnr']:.2f}" != r["table"][3][1]
+    # every PSNR good but the DMTet surface 30% too large: Chamfer-L1 over the target fails the reproduction
+    bad.clear()
+    dmtet_scale[0] = 1.3
+    r = fm.run(tmp_path, quick=True)
+    assert all(row["psnr"] > 100 for row in r["results"].values()) and not r["passed"]
+    # PSNR is of the prediction clipped to [0, 1]: values over 1 on a white target are no error
+    assert fm.psnr(torch.full((1, 3, 2, 2), 1.3), torch.ones(1, 3, 2, 2)) == pytest.approx(120.0)
