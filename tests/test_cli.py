@@ -244,26 +244,34 @@ def test_every_command_has_help():
         assert res.exit_code == 0 and "Usage" in res.output
 
 
-def test_conditional_ddpm_train_sample_evaluate(tmp_path):
-    raw = {
-        "data": {"name": "digits"},
-        "model": {
-            "kind": "unet",
-            "parameterisation": "eps",
-            "sigma_data": 1.0,
-            "channels": 8,
-            "attention_levels": [],
-            "num_classes": 10,
-        },
-        "noise": {"schedule": "linear", "timesteps": 50},
-        "train": {"objective": "ddpm", "cond_dropout": 0.1, "steps": 6, "batch_size": 8, "checkpoint_every": 3},
-        "sample": {"n": 20, "sampler": "dpmpp_2m", "steps": 4, "guidance": 3.0},
-    }
+_DDPM = {
+    "data": {"name": "digits"},
+    "model": {
+        "kind": "unet",
+        "parameterisation": "eps",
+        "sigma_data": 1.0,
+        "channels": 8,
+        "attention_levels": [],
+        "num_classes": 10,
+    },
+    "noise": {"schedule": "linear", "timesteps": 50},
+    "train": {"objective": "ddpm", "cond_dropout": 0.1, "steps": 6, "batch_size": 8, "checkpoint_every": 3},
+    "sample": {"n": 20, "sampler": "dpmpp_2m", "steps": 4, "guidance": 3.0},
+}
+
+
+def _trained_ddpm(tmp_path):
+    """A tiny class-conditional DDPM digits run (T = 50, guidance 3 and 4 steps by default)."""
     cfg = tmp_path / "ddpm.yaml"
-    cfg.write_text(yaml.safe_dump(raw))
+    cfg.write_text(yaml.safe_dump(_DDPM))
     run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    return run
+
+
+def test_conditional_ddpm_train_sample_evaluate(tmp_path):
+    run = _trained_ddpm(tmp_path)
     r = CliRunner()
-    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
     res = r.invoke(
         cli,
         [
@@ -469,31 +477,6 @@ def test_evaluate_budgets_its_largest_guidance_run(tmp_path):
     res = CliRunner().invoke(cli, [*args, "--guidance", "1", "--guidance", "3", "--max-memory", budget])
     assert isinstance(res.exception, ScorelabError) and "more than the" in str(res.exception)
     assert not (run / "eval").exists()
-
-
-_DDPM = {
-    "data": {"name": "digits"},
-    "model": {
-        "kind": "unet",
-        "parameterisation": "eps",
-        "sigma_data": 1.0,
-        "channels": 8,
-        "attention_levels": [],
-        "num_classes": 10,
-    },
-    "noise": {"schedule": "linear", "timesteps": 50},
-    "train": {"objective": "ddpm", "cond_dropout": 0.1, "steps": 6, "batch_size": 8, "checkpoint_every": 3},
-    "sample": {"n": 20, "sampler": "dpmpp_2m", "steps": 4, "guidance": 3.0},
-}
-
-
-def _trained_ddpm(tmp_path):
-    """A tiny class-conditional DDPM digits run (T = 50, guidance 3 and 4 steps by default)."""
-    cfg = tmp_path / "ddpm.yaml"
-    cfg.write_text(yaml.safe_dump(_DDPM))
-    run = tmp_path / "run"
-    assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
-    return run
 
 
 def _label_sensitive(denoiser):

@@ -375,6 +375,23 @@ def test_early_stop_at_low_transmittance():
     assert out["alpha"][0, 0, 15, 19].item() == pytest.approx(1 - t3, rel=1e-12)
 
 
+def _matches_central_differences(loss, params, picks):
+    """autograd's gradient of loss(*params) against central differences at two step sizes (which must agree, so no
+    pixel crosses a threshold in between), for each (parameter index, element index) in picks."""
+    req = [p.clone().requires_grad_() for p in params]
+    grads = torch.autograd.grad(loss(*req), req)
+    for k, i in picks:
+        fds = []
+        for step in (1e-6, 1e-7):
+            d = torch.zeros(params[k].numel(), dtype=F64)
+            d[i] = step
+            plus = [q if j != k else q + d.reshape(q.shape) for j, q in enumerate(params)]
+            minus = [q if j != k else q - d.reshape(q.shape) for j, q in enumerate(params)]
+            fds.append(((loss(*plus) - loss(*minus)) / (2 * step)).item())
+        assert fds[0] == pytest.approx(fds[1], rel=1e-5, abs=1e-7)
+        assert grads[k].reshape(-1)[i].item() == pytest.approx(fds[0], rel=1e-5, abs=1e-7), (k, i)
+
+
 def test_gradients_through_the_early_stop():
     """The stacked scene above: central differences (steps 1e-6 and 1e-7 agree, so no switch flips) match autograd
     for the colour, opacity and position of near Gaussians (which contribute) and far ones (which only reach the
@@ -390,18 +407,7 @@ def test_gradients_through_the_early_stop():
     def loss(*p):
         return (render_gaussians(*p, CAM)["color"] * w).sum()
 
-    req = [p.clone().requires_grad_() for p in params]
-    grads = torch.autograd.grad(loss(*req), req)
-    for k, i in ((4, 0), (4, 3 * 11), (3, 1), (3, 10), (0, 3 * 2 + 1), (0, 3 * 9 + 1)):
-        fds = []
-        for step in (1e-6, 1e-7):
-            d = torch.zeros(params[k].numel(), dtype=F64)
-            d[i] = step
-            plus = [q if j != k else q + d.reshape(q.shape) for j, q in enumerate(params)]
-            minus = [q if j != k else q - d.reshape(q.shape) for j, q in enumerate(params)]
-            fds.append(((loss(*plus) - loss(*minus)) / (2 * step)).item())
-        assert fds[0] == pytest.approx(fds[1], rel=1e-5, abs=1e-7)
-        assert grads[k].reshape(-1)[i].item() == pytest.approx(fds[0], rel=1e-5, abs=1e-7), (k, i)
+    _matches_central_differences(loss, params, ((4, 0), (4, 3 * 11), (3, 1), (3, 10), (0, 3 * 2 + 1), (0, 3 * 9 + 1)))
 
 
 # --- culling, initialisers, bad input ------------------------------------------------------------------------------
@@ -593,18 +599,7 @@ def test_gradient_is_zero_through_the_alpha_cap():
         assert (out["alpha"] == 0.99).sum() >= 4  # the cap is active
         return (out["alpha"] * w).sum()
 
-    req = [p.clone().requires_grad_() for p in params]
-    grads = torch.autograd.grad(loss(*req), req)
-    for k, i in ((3, 0), (0, 1), (0, 2)):
-        fds = []
-        for step in (1e-6, 1e-7):
-            d = torch.zeros(params[k].numel(), dtype=F64)
-            d[i] = step
-            plus = [q if j != k else q + d.reshape(q.shape) for j, q in enumerate(params)]
-            minus = [q if j != k else q - d.reshape(q.shape) for j, q in enumerate(params)]
-            fds.append(((loss(*plus) - loss(*minus)) / (2 * step)).item())
-        assert fds[0] == pytest.approx(fds[1], rel=1e-5, abs=1e-7)
-        assert grads[k].reshape(-1)[i].item() == pytest.approx(fds[0], rel=1e-5, abs=1e-7), (k, i)
+    _matches_central_differences(loss, params, ((3, 0), (0, 1), (0, 2)))
 
 
 def test_from_points_scale_is_the_mean_of_exactly_three_neighbour_distances():
