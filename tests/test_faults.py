@@ -57,16 +57,22 @@ def _trainer(tmp_path, steps=12, **train):
     return Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
 
 
-def test_non_finite_steps_are_skipped_counted_and_stop_the_run_after_k(tmp_path):
-    trainer = _trainer(tmp_path)
+def _nan_batches(trainer, bad):
+    """Make the batches whose call number (from 1) satisfies bad(n) all-NaN; returns the call counter."""
     real_next, calls = trainer.source.next, {"n": 0}
 
-    def sometimes_nan(generator):
+    def next_batch(generator):
         calls["n"] += 1
         x, y = real_next(generator)
-        return (x * float("nan") if calls["n"] in (3, 7, 8) else x), y
+        return (x * float("nan") if bad(calls["n"]) else x), y
 
-    trainer.source.next = sometimes_nan
+    trainer.source.next = next_batch
+    return calls
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_the_run_after_k(tmp_path):
+    trainer = _trainer(tmp_path)
+    _nan_batches(trainer, lambda n: n in (3, 7, 8))
     summary = trainer.run()
     assert summary["step"] == 12 and summary["skipped_steps"] == 3
     assert json.loads((tmp_path / "run" / "train.json").read_text())["skipped_steps"] == 3
@@ -76,14 +82,7 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run_after_k(tmp_path)
 
     # K consecutive bad steps: a clear stop, and the last good checkpoint is intact and finite
     trainer = _trainer(tmp_path / "b", steps=40)
-    real_next, calls["n"] = trainer.source.next, 0
-
-    def nan_from_the_tenth(generator):
-        calls["n"] += 1
-        x, y = real_next(generator)
-        return (x * float("nan") if calls["n"] >= 10 else x), y
-
-    trainer.source.next = nan_from_the_tenth
+    _nan_batches(trainer, lambda n: n >= 10)
     with pytest.raises(ScorelabError, match=f"{MAX_BAD_STEPS} consecutive non-finite steps at step 9"):
         trainer.run()
     tensors, record = load_checkpoint(list_checkpoints(tmp_path / "b" / "run" / "checkpoints")[-1])
@@ -298,14 +297,7 @@ def test_a_run_stopped_by_non_finite_steps_keeps_its_config_and_can_be_sampled(t
     from scorelab.pipelines.sample import load_run
 
     trainer = _trainer(tmp_path, steps=40)
-    real_next, calls = trainer.source.next, {"n": 0}
-
-    def nan_from_the_tenth(generator):
-        calls["n"] += 1
-        x, y = real_next(generator)
-        return (x * float("nan") if calls["n"] >= 10 else x), y
-
-    trainer.source.next = nan_from_the_tenth
+    calls = _nan_batches(trainer, lambda n: n >= 10)
     with pytest.raises(ScorelabError, match="consecutive non-finite steps"):
         trainer.run()
     assert calls["n"] == 9 + MAX_BAD_STEPS  # nine good steps, then exactly K bad ones
@@ -338,14 +330,7 @@ def test_resume_restores_the_global_random_state_that_unet_dropout_draws_from(tm
 
 def test_the_skipped_count_carries_over_a_resume(tmp_path):
     trainer = _trainer(tmp_path, steps=4)
-    real_next, calls = trainer.source.next, {"n": 0}
-
-    def nan_once(generator):
-        calls["n"] += 1
-        x, y = real_next(generator)
-        return (x * float("nan") if calls["n"] == 2 else x), y
-
-    trainer.source.next = nan_once
+    _nan_batches(trainer, lambda n: n == 2)
     assert trainer.run()["skipped_steps"] == 1
     raw = config_to_dict(trainer.cfg)
     raw["train"]["steps"] = 8
