@@ -157,7 +157,7 @@ def sample(
     "guidances",
     type=_Scale(),
     multiple=True,
-    help="Guidance scales (repeatable; default 0, 1 and 3).",
+    help="Guidance scales (repeatable; default 0, 1 and 3, or 1 for an unconditional run).",
 )
 @click.option(
     "--sampler",
@@ -182,8 +182,8 @@ def evaluate(
 ) -> None:
     """Evaluate a digits run into RUN_DIR/eval.
 
-    Held-out bits/dim (DDPM runs; two 1,000-step passes), then per sampler and guidance scale: conditional
-    accuracy, diversity within a class and Frechet distance.
+    Held-out bits/dim (DDPM runs; a pass over every timestep, two for a conditional run), then per sampler and
+    guidance scale: conditional accuracy, diversity within a class and Frechet distance.
     """
     from .pipelines.evaluate import evaluate_run
     from .resources import parse_bytes

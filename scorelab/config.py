@@ -213,8 +213,8 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
     m = cfg.model
-    if m.channels % 4:
-        raise ConfigError(f"model.channels: must be a multiple of 4 (the attention heads), got {m.channels}")
+    if m.channels % 2:  # the sinusoidal noise embedding has as many cos as sin features
+        raise ConfigError(f"model.channels: must be even (the noise embedding), got {m.channels}")
     if not m.channel_mult or any(k < 1 for k in m.channel_mult):
         raise ConfigError(f"model.channel_mult: must be a non-empty list of integers >= 1, got {m.channel_mult}")
     if cfg.data.name == "digits" and len(m.channel_mult) > 4:

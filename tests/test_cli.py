@@ -197,7 +197,7 @@ def test_train_refuses_a_folder_of_other_files_and_resume_says_what_is_missing(t
     assert p.returncode == 2 and "holds files that are not a run's (notes.txt)" in p.stderr, p.stderr
     assert [f.name for f in folder.iterdir()] == ["notes.txt"]
     p = _run("train", str(cfg), "--resume", str(tmp_path / "nope"))
-    assert p.returncode == 2 and "run directory" in p.stderr and "does not exist" in p.stderr, p.stderr
+    assert p.returncode == 2 and f"run directory '{tmp_path / 'nope'}' does not exist" in p.stderr, p.stderr
     (tmp_path / "early").mkdir()  # a run stopped before its first checkpoint: its config and nothing else
     (tmp_path / "early" / "config.yaml").write_text(cfg.read_text())
     p = _run("train", str(cfg), "--resume", str(tmp_path / "early"))
@@ -785,3 +785,35 @@ def test_the_toy_sample_figure_puts_fresh_data_and_the_samples_in_their_own_pane
     assert list(panels) == ["data", "samples"]
     assert torch.equal(panels["samples"], load_file(run / "samples" / "samples.safetensors")["samples"])
     assert torch.equal(panels["data"], sample_toy("ring8", 30, torch.Generator().manual_seed(10_000)))
+
+
+def test_a_rerun_demo_continues_its_runs_and_trains_again_those_it_cannot_continue(tmp_path, monkeypatch):
+    """The demo owns runs/demo: a rerun resumes a run with its settings and network version, and trains from scratch
+    a run an older scorelab (another model format) or other demo settings made, saying so (not an error)."""
+    import copy
+
+    from scorelab.models.build import MODEL_FORMATS
+    from scorelab.pipelines import demo
+
+    monkeypatch.setattr(demo, "DEMO_OVERRIDES", copy.deepcopy(_TINY_DEMO))
+    run, logs = tmp_path / "digits", []
+    demo._train("ncsn-digits", run, False, logs.append)
+    demo.DEMO_OVERRIDES["ncsn-digits"]["train"]["steps"] = 3  # a longer demo continues the run
+    assert demo._train("ncsn-digits", run, False, logs.append)["step"] == 3
+    assert f"resumed {run} at step 2" in logs and not any("again" in line for line in logs)
+
+    record = sorted((run / "checkpoints").glob("ckpt_*.json"))[-1]
+    record.write_text(json.dumps({**json.loads(record.read_text()), "model_format": MODEL_FORMATS["unet"] - 1}))
+    logs.clear()
+    assert demo._train("ncsn-digits", run, False, logs.append)["step"] == 3
+    old, new = MODEL_FORMATS["unet"] - 1, MODEL_FORMATS["unet"]
+    want = f"{run} holds a unet of model format {old}, and this scorelab builds format {new}: training it again"
+    assert logs[0] == want
+    assert not any(line.startswith("resumed") for line in logs)  # from scratch: the old weights are gone
+    assert [p.name for p in sorted((run / "checkpoints").glob("ckpt_*.json"))][-1] == "ckpt_00000003.json"
+    assert json.loads(sorted((run / "checkpoints").glob("ckpt_*.json"))[-1].read_text())["model_format"] == new
+
+    demo.DEMO_OVERRIDES["ncsn-digits"]["train"]["batch_size"] = 4
+    logs.clear()
+    demo._train("ncsn-digits", run, False, logs.append)
+    assert logs[0] == f"{run} was trained with other demo settings (train.batch_size: 4 vs 8): training it again"

@@ -85,6 +85,20 @@ def test_bad_configs_name_the_key(raw, key):
     assert key in msg and "\n" not in msg
 
 
+def test_any_even_unet_width_is_accepted_and_builds():
+    """Heads (~64 channels) and GroupNorm groups (~8) divide any width; only the noise embedding needs it even."""
+    import torch
+
+    from scorelab.models.build import build_denoiser
+
+    for channels in (6, 10, 4):
+        cfg = config_from_dict({"model": {"kind": "unet", "channels": channels}, "data": {"name": "digits"}})
+        out = build_denoiser(cfg)(torch.zeros(2, 1, 8, 8), torch.tensor([0.5, 2.0]))
+        assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+    with pytest.raises(ConfigError, match=r"model.channels: must be even \(the noise embedding\), got 7"):
+        config_from_dict({"model": {"kind": "unet", "channels": 7}, "data": {"name": "digits"}})
+
+
 def test_exponent_floats_without_a_dot_and_zero_ema_are_accepted(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-3\n  ema_decay: 0\n")  # YAML 1.1 reads 1e-3 as a string

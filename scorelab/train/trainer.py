@@ -171,7 +171,7 @@ class Trainer:
 
     def resume(self) -> None:
         if not self.run_dir.is_dir():
-            raise ScorelabError(f"run directory {self.run_dir} does not exist")
+            raise ScorelabError(f"run directory {str(self.run_dir)!r} does not exist")
         if not list_checkpoints(self.run_dir / "checkpoints"):
             raise ScorelabError(
                 f"no checkpoint found in {self.run_dir / 'checkpoints'}: the run stopped before its first one; "
