@@ -817,3 +817,11 @@ def test_a_rerun_demo_continues_its_runs_and_trains_again_those_it_cannot_contin
     logs.clear()
     demo._train("ncsn-digits", run, False, logs.append)
     assert logs[0] == f"{run} was trained with other demo settings (train.batch_size: 4 vs 8): training it again"
+
+
+def test_the_package_and_the_command_report_the_same_version():
+    import scorelab
+
+    res = CliRunner().invoke(cli, ["--version"])
+    assert res.exit_code == 0 and res.output.strip().endswith(f"version {scorelab.__version__}"), res.output
+    assert scorelab.__version__.count(".") >= 1
