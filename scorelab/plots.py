@@ -1,4 +1,4 @@
-"""PNG figures: image grids (Pillow) and 2D scatter / quiver plots (matplotlib, Agg backend)."""
+"""PNG figures: image grids (Pillow) and 2D scatter / quiver plots (matplotlib figures rendered with Agg)."""
 
 from __future__ import annotations
 
@@ -28,26 +28,24 @@ def image_grid(images: torch.Tensor, path: Path, *, nrow: int | None = None, sca
     return path
 
 
-def _pyplot():
-    import matplotlib
+def _figure(ncols: int, size: tuple[float, float]):
+    """A matplotlib Figure and a row of axes, without pyplot: no backend is switched and no global figure is kept,
+    so plotting from a notebook leaves its backend alone (savefig renders PNG with Agg)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=size)
+    return fig, fig.subplots(1, ncols, squeeze=False)
 
 
-def _save(plt, fig, path: Path) -> Path:
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
 def scatter(sets: dict[str, torch.Tensor], path: Path, *, lim: float | None = None, s: float = 1.0) -> Path:
     """Side-by-side scatter plots of 2D point sets, one panel per entry."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(sets), figsize=(4 * len(sets), 4), squeeze=False)
+    fig, axes = _figure(len(sets), (4 * len(sets), 4))
     for ax, (title, pts) in zip(axes[0], sets.items(), strict=True):
         p = pts.detach().cpu().numpy()
         ax.scatter(p[:, 0], p[:, 1], s=s, alpha=0.5, linewidths=0)
@@ -56,14 +54,13 @@ def scatter(sets: dict[str, torch.Tensor], path: Path, *, lim: float | None = No
         if lim is not None:
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def quiver(fields: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, lim: float, arrow: float) -> Path:
     """Quiver plots of vector fields given as (points (N, 2), vectors (N, 2)), one panel per entry, all on one scale:
     the longest vector of any panel is drawn `arrow` data units long (so lengths compare across panels)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(fields), figsize=(4.5 * len(fields), 4.5), squeeze=False)
+    fig, axes = _figure(len(fields), (4.5 * len(fields), 4.5))
     longest = max(vec.norm(dim=1).max().item() for _, vec in fields.values())
     for ax, (title, (pts, vec)) in zip(axes[0], fields.items(), strict=True):
         p, v = pts.detach().cpu().numpy(), vec.detach().cpu().numpy()
@@ -72,13 +69,13 @@ def quiver(fields: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, lim
         ax.set_aspect("equal")
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def trajectories(paths: torch.Tensor, path: Path, *, lim: float, background: torch.Tensor | None = None) -> Path:
     """Plot 2D trajectories (T, N, 2), start marked with a dot and end with a cross."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, axes = _figure(1, (5, 5))
+    ax = axes[0, 0]
     if background is not None:
         b = background.cpu().numpy()
         ax.scatter(b[:, 0], b[:, 1], s=1, c="lightgray", linewidths=0)
@@ -90,7 +87,7 @@ def trajectories(paths: torch.Tensor, path: Path, *, lim: float, background: tor
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def line_panels(
@@ -104,8 +101,7 @@ def line_panels(
     hline: float | None = None,
 ) -> Path:
     """One panel per entry, each with named (x, y) lines; an optional dashed horizontal reference line."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    fig, axes = _figure(len(panels), (4.2 * len(panels), 3.6))
     for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
         for label, (xs, ys) in lines.items():
             ax.plot(xs, ys, marker="o", ms=3, label=label)
@@ -117,4 +113,4 @@ def line_panels(
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=7)
-    return _save(plt, fig, path)
+    return _save(fig, path)

@@ -49,3 +49,22 @@ def test_quiver_draws_every_panel_on_one_scale_and_trajectories_mark_start_and_e
     (x, y), (x0, y0, dot), (x1, y1, cross) = marks
     assert list(x) == [0, 1, 2] and list(y) == [0, 1, 3]
     assert (x0, y0, dot) == (0, 0, "o") and (x1, y1, cross) == (2, 3, "x")  # dot at the start, cross at the end
+
+
+def test_plotting_leaves_the_callers_matplotlib_backend_and_figures_alone(tmp_path):
+    """A notebook user's backend is not switched to Agg, and no pyplot figure is left open per plot."""
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt, torch\n"
+        "from scorelab.plots import quiver, scatter, trajectories\n"
+        f"d = {str(tmp_path)!r}\n"
+        "scatter({'a': torch.randn(50, 2)}, d + '/s.png')\n"
+        "quiver({'a': (torch.randn(9, 2), torch.randn(9, 2))}, d + '/q.png', lim=3, arrow=0.3)\n"
+        "trajectories(torch.randn(4, 5, 2), d + '/t.png', lim=3)\n"
+        "print(matplotlib.get_backend(), len(plt.get_fignums()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["svg", "0"]
+    assert all(Image.open(tmp_path / f).size[0] > 100 for f in ("s.png", "q.png", "t.png"))
