@@ -68,13 +68,14 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
     Checkpoints go to RUN_DIR/checkpoints; Ctrl-C saves one and stops. To continue: train CONFIG --resume RUN_DIR.
     """
     from .config import load_config
+    from .train.checkpoint import list_checkpoints
     from .train.trainer import RUN_FILES, Trainer
 
     cfg = load_config(config)
     if resume is not None and out is not None and resume != out:
         raise ScorelabError("give either --out or --resume, not both with different directories")
     run_dir = resume or out or Path("runs") / config.stem
-    if resume is None and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("ckpt_*.json")):
+    if resume is None and list_checkpoints(run_dir / "checkpoints"):
         raise ScorelabError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --out")
     if resume is None and run_dir.is_dir():  # not into a folder of other files; a run that never checkpointed is fine
         foreign = sorted(p.name for p in run_dir.iterdir() if p.name.removesuffix(".tmp") not in RUN_FILES)

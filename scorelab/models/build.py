@@ -18,11 +18,17 @@ def model_format(cfg: Config) -> int:
     return MODEL_FORMATS[cfg.model.kind]
 
 
-def check_model_format(cfg: Config, record: dict, run_dir) -> None:
-    """One-line error when the checkpoint `record` holds weights of another version of the run's network."""
-    have, want = record.get("model_format", 1), model_format(cfg)  # records before formats existed are version 1
+def record_format(record: dict, run_dir) -> int:
+    """The network version a checkpoint record was written with; records before formats existed are version 1."""
+    have = record.get("model_format", 1)
     if type(have) is not int:
         raise ScorelabError(f"{run_dir}: its checkpoint record has a malformed model_format {have!r}")
+    return have
+
+
+def check_model_format(cfg: Config, record: dict, run_dir) -> None:
+    """One-line error when the checkpoint `record` holds weights of another version of the run's network."""
+    have, want = record_format(record, run_dir), model_format(cfg)
     if have < want:
         raise ScorelabError(
             f"{run_dir} holds a {cfg.model.kind} of model format {have}, and this scorelab builds format {want}: "

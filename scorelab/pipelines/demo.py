@@ -13,10 +13,10 @@ from ..config import config_differences, config_from_dict, config_to_dict, load_
 from ..data.toys import ring8_mixture
 from ..denoisers import score_from_denoised
 from ..metrics.digits import conditional_report
-from ..models.build import model_format
+from ..models.build import model_format, record_format
 from ..plots import image_grid, quiver, trajectories
 from ..reproduce import ncsn_toy
-from ..train.checkpoint import load_latest
+from ..train.checkpoint import list_checkpoints, load_latest
 from ..train.trainer import Trainer
 from .sample import generate, load_run, sample_labels, sample_run, sample_sigmas
 
@@ -45,7 +45,7 @@ def _why_not_resumable(cfg, run_dir: Path) -> str | None:
     differ = config_differences(cfg, config_from_dict(record["config"]), ("data", "model", "noise", "train"))
     if differ:
         return f"was trained with other demo settings ({'; '.join(differ[:3])})"
-    have, want = record.get("model_format", 1), model_format(cfg)  # records before formats existed are version 1
+    have, want = record_format(record, run_dir), model_format(cfg)
     if have != want:
         return f"holds a {cfg.model.kind} of model format {have}, and this scorelab builds format {want}"
     return None
@@ -53,13 +53,13 @@ def _why_not_resumable(cfg, run_dir: Path) -> str | None:
 
 def _train(name: str, run_dir: Path, progress: bool, log) -> dict:
     cfg = _config(name)
-    if list((run_dir / "checkpoints").glob("ckpt_*.json")):
+    if list_checkpoints(run_dir / "checkpoints"):
         stale = _why_not_resumable(cfg, run_dir)
         if stale:  # the demo owns its folder: a run it cannot continue is trained again
             log(f"{run_dir} {stale}: training it again")
             shutil.rmtree(run_dir)
     trainer = Trainer(cfg, run_dir, progress=progress, log=log)
-    if list((run_dir / "checkpoints").glob("ckpt_*.json")):
+    if list_checkpoints(run_dir / "checkpoints"):
         trainer.resume()  # a rerun of the demo continues where it stopped
     return trainer.run()
 
