@@ -211,7 +211,10 @@ def evaluate(
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Figure directory (default runs/reproduce/NAME)."
 )
-def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None, out: Path | None) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def reproduce(
+    name: str | None, list_: bool, quick: bool, json_path: Path | None, out: Path | None, quiet: bool
+) -> None:
     """Reproduce a paper's figure or table (--list shows them)."""
     from .reproduce import REPRODUCTIONS
 
@@ -239,7 +242,7 @@ def reproduce(name: str | None, list_: bool, quick: bool, json_path: Path | None
     if json_path is not None and not json_in_out:
         check_writable_dir(json_path.parent)
     with staged_output(out, owns) as stage:  # the figures (and a JSON beside them) appear together, or not at all
-        result = module.run(stage, quick=quick)
+        result = module.run(stage, quick=quick, progress=not quiet)
         result["figure"] = str(out / Path(result["figure"]).name)
         payload = json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2).encode()
         if json_in_out:

@@ -137,7 +137,7 @@ def test_sampler_accuracy_sigma_data_and_schedules():
         torch.testing.assert_close(q.diff(), torch.full((11,), q.diff().mean().item(), dtype=q.dtype), msg=name)
 
 
-def test_sampler_accuracy_rows_count_evaluations_and_report_the_target(tmp_path, monkeypatch):
+def test_sampler_accuracy_rows_count_evaluations_and_report_the_target(tmp_path, monkeypatch, capsys):
     """run()'s bookkeeping with stand-in samplers: the model calls a sampler makes on n positive sigmas (Heun 2 n - 1),
     then exact samples of the mixture."""
     from scorelab.metrics.moments import moment_z_scores
@@ -160,7 +160,8 @@ def test_sampler_accuracy_rows_count_evaluations_and_report_the_target(tmp_path,
     monkeypatch.setattr(sa, "line_panels", lambda panels, path, **kw: path)
     sliced = sa.SlicedW2Reference
     monkeypatch.setattr(sa, "SlicedW2Reference", lambda y: sliced(y, n_projections=20))  # fewer slices: faster
-    r = sa.run(tmp_path, quick=True)
+    r = sa.run(tmp_path, quick=True, progress=False)
+    assert "%|" not in capsys.readouterr().err  # no progress bar
     assert r["n"] == 5000 and len(r["results"]) == 2 * 2 * 2 * 2
     for row in r["results"]:
         assert row["nfe"] in ({5, 19} if row["sampler"] == "heun" else {5, 20})  # Heun: 3 and 10 sigmas
@@ -205,8 +206,8 @@ def test_fit_multiview_scores_each_fit_on_the_held_out_views(tmp_path, monkeypat
     calls, bad, dmtet_scale = {}, set(), [1.0]
 
     def stand_in(name):
-        def fit(train, *, generator, **settings):
-            calls[name] = (len(train), generator.initial_seed(), settings)
+        def fit(train, *, generator, progress, **settings):
+            calls[name] = (len(train), generator.initial_seed(), progress, settings)
             mesh = None
             if name == "dmtet":
                 mesh = type(reference)(reference.vertices * dmtet_scale[0], reference.faces, reference.vertex_colors)
@@ -223,10 +224,10 @@ def test_fit_multiview_scores_each_fit_on_the_held_out_views(tmp_path, monkeypat
         return fit
 
     monkeypatch.setattr(fm, "FITTERS", {name: stand_in(name) for name in fm.FITTERS})
-    r = fm.run(tmp_path, quick=True, seed=5)
+    r = fm.run(tmp_path, quick=True, seed=5, progress=False)
     assert r["passed"] and r["targets"] == fm.QUICK_TARGETS
     for name, row in r["results"].items():
-        assert calls[name] == (24, 5, fm.QUICK[name]) and row["settings"] == fm.QUICK[name]
+        assert calls[name] == (24, 5, False, fm.QUICK[name]) and row["settings"] == fm.QUICK[name]
         assert row["psnr"] > 100 and row["mask_iou"] == 1 and row["iterations"] == 7
         assert row["skipped_steps"] == len(name) and ("chamfer_l1" in row) == (name == "dmtet")
     assert r["results"]["dmtet"]["chamfer_l1"] < 0.01 and r["results"]["dmtet"]["faces"] == reference.faces.shape[0]
@@ -239,7 +240,7 @@ def test_fit_multiview_scores_each_fit_on_the_held_out_views(tmp_path, monkeypat
     row = r["results"]["gaussians"]
     assert row["psnr"] == pytest.approx(fm.psnr(grey, test.color))
     assert row["object_psnr"] == pytest.approx(fm.psnr(grey, test.color, test.mask > 0.01)) and row["mask_iou"] == 0
-    assert not r["passed"] and r["targets"] == fm.TARGETS and calls["voxels"] == (24, 0, fm.SETTINGS["voxels"])
+    assert not r["passed"] and r["targets"] == fm.TARGETS and calls["voxels"] == (24, 0, True, fm.SETTINGS["voxels"])
     assert [t[0] for t in r["table"][1:]] == list(fm.FITTERS) and r["table"][3][1] == f"{row['psnr']:.2f}"
     assert r["table"][1][1] == f"{r['results']['voxels']['psnr']:.2f}" != r["table"][3][1]
     # every PSNR good but the DMTet surface 30% too large: Chamfer-L1 over the target fails the reproduction
@@ -249,3 +250,11 @@ def test_fit_multiview_scores_each_fit_on_the_held_out_views(tmp_path, monkeypat
     assert all(row["psnr"] > 100 for row in r["results"].values()) and not r["passed"]
     # PSNR is of the prediction clipped to [0, 1]: values over 1 on a white target are no error
     assert fm.psnr(torch.full((1, 3, 2, 2), 1.3), torch.ones(1, 3, 2, 2)) == pytest.approx(120.0)
+
+
+def test_reproduce_quiet_turns_the_progress_bars_off(tmp_path):
+    """ncsn-toy's Langevin bars through the command; the other reproductions' flags are checked in their tests."""
+    loud = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--out", str(tmp_path / "a")])
+    quiet = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quiet", "--out", str(tmp_path / "b")])
+    assert loud.exit_code == quiet.exit_code == 0
+    assert "it/s]" in loud.stderr and "it/s]" not in quiet.stderr and "%|" not in quiet.stderr

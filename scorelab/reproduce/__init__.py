@@ -2,6 +2,6 @@
 
 from . import fit_multiview, ncsn_toy, sampler_accuracy
 
-# name -> module with TITLE, OUTPUTS (the names it writes) and run(out_dir, *, quick) -> dict (with a 'table' of rows,
-# 'figure' and 'passed')
+# name -> module with TITLE, OUTPUTS (the names it writes) and run(out_dir, *, quick, seed, progress) -> dict (with a
+# 'table' of rows, 'figure' and 'passed')
 REPRODUCTIONS = {"ncsn-toy": ncsn_toy, "sampler-accuracy": sampler_accuracy, "fit-multiview": fit_multiview}

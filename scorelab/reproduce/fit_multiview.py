@@ -73,7 +73,7 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> float:
     return (a & b).sum().item() / max((a | b).sum().item(), 1)
 
 
-def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
+def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -85,7 +85,7 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
     results, renders = {}, [test.color]
     for name, fitter in FITTERS.items():
         t0 = time.perf_counter()
-        fitted = fitter(train, generator=torch.Generator().manual_seed(seed), **settings[name])
+        fitted = fitter(train, generator=torch.Generator().manual_seed(seed), progress=progress, **settings[name])
         seconds = time.perf_counter() - t0
         color, mask = fitted.render(test.cameras)
         covered = (test.mask > 0.01) | (mask > 0.01)

@@ -22,14 +22,16 @@ def mode_weight(x: torch.Tensor) -> float:
     return ((x - centre).norm(dim=1) < (x + centre).norm(dim=1)).float().mean().item()
 
 
-def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
+def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
     # The paper's setting already runs in about a second, so --quick changes nothing here.
     mixture = GaussianMixture([0.8, 0.2], [[5.0, 5.0], [-5.0, -5.0]], [1.0, 1.0])
     g = torch.Generator().manual_seed(seed)
     x0 = torch.rand(1280, 2, generator=g) * 16 - 8  # uniform on [-8, 8]^2
-    plain = langevin(lambda x: mixture.score(x, 0.0), x0, step_size=0.1, n_steps=1000, generator=g)
+    plain = langevin(lambda x: mixture.score(x, 0.0), x0, step_size=0.1, n_steps=1000, generator=g, progress=progress)
     sigmas = geometric_sigmas(20.0, 1.0, 10)
-    annealed = annealed_langevin(mixture, x0, sigmas, step_size=0.1, steps_per_level=100, generator=g)
+    annealed = annealed_langevin(
+        mixture, x0, sigmas, step_size=0.1, steps_per_level=100, generator=g, progress=progress
+    )
     exact = mixture.sample(1280, g)
     result = {
         "langevin_weight": mode_weight(plain),

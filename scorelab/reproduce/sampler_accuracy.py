@@ -62,7 +62,7 @@ class _Counted:
         return self.denoiser(x, sigma, cond)
 
 
-def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
+def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = 5000 if quick else 20000
@@ -74,7 +74,7 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> dict:
         references[name] = SlicedW2Reference(mix.sample(n, g).double())
     results = []
     jobs = [(m, k, s, e) for m in mixes for k in ("ddpm-linear-trailing", "lognormal") for s in SAMPLERS for e in NFES]
-    for mname, kind, sname, nfe in tqdm(jobs, desc="sampler-accuracy", leave=False):
+    for mname, kind, sname, nfe in tqdm(jobs, desc="sampler-accuracy", leave=False, disable=not progress):
         mix = mixes[mname]
         n_sigmas = (nfe + 1) // 2 if sname == "heun" else nfe
         sigmas, vp = schedule(kind, n_sigmas, mix)
