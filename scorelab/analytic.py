@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from .denoisers import expand_sigma
+from .errors import show_values
+
+
+def _flatten(x: torch.Tensor, dim: int, what: str) -> torch.Tensor:
+    """x (B, ...) as (B, dim), or a one-line error when a sample does not hold `dim` values."""
+    if not isinstance(x, torch.Tensor) or x.ndim == 0 or math.prod(x.shape[1:]) != dim:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(
+            f"x must hold {dim} values per sample like the {what}: shape (B, {dim}) or (B, ...), got {got}"
+        )
+    return x.reshape(x.shape[0], dim)
 
 
 class GaussianMixture:
@@ -24,6 +36,8 @@ class GaussianMixture:
         std = torch.as_tensor(stds, dtype=torch.float64)
         if mu.ndim != 2:
             raise ValueError(f"means must have shape (K, D), got {tuple(mu.shape)}")
+        if not torch.isfinite(mu).all():
+            raise ValueError("means must be finite")
         k, d = mu.shape
         if w.shape != (k,):
             raise ValueError(f"weights must have shape ({k},), got {tuple(w.shape)}")
@@ -36,13 +50,24 @@ class GaussianMixture:
             std = std[:, None].expand(k, d)
         if std.shape != (k, d):
             raise ValueError(f"stds must be a scalar or have shape ({k},) or ({k}, {d}), got {tuple(std.shape)}")
-        if (std <= 0).any():
-            raise ValueError("stds must be positive")
+        if not ((std > 0) & torch.isfinite(std)).all():
+            raise ValueError(f"stds must be positive and finite, got {show_values(std)}")
         self.weights, self.means, self.stds = w, mu, std.clone()
 
     @property
     def dim(self) -> int:
         return self.means.shape[1]
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        return _flatten(x, self.dim, "mixture").to(torch.float64)
+
+    def _sigma2(self, sigma, xf: torch.Tensor) -> torch.Tensor:
+        """sigma^2 shaped (B or 1, 1, 1) for a scalar sigma or one per sample (B,)."""
+        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).reshape(-1, 1, 1) ** 2
+        if s2.shape[0] not in (1, xf.shape[0]):
+            got = tuple(torch.as_tensor(sigma).shape)
+            raise ValueError(f"sigma must be a scalar or have shape ({xf.shape[0]},), got {got}")
+        return s2
 
     def _log_joint(self, x: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
         # log N(x; mu_k, var_k) + log w_k, (B, K); x (B, D), var (B or 1, K, D)
@@ -54,7 +79,7 @@ class GaussianMixture:
 
     def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
-        xf = x.reshape(shape[0], -1).to(torch.float64)
+        xf = self._flat(x)
         s2 = expand_sigma(sigma, xf).to(torch.float64) ** 2  # (B, 1)
         var0 = self.stds.to(xf.device)[None] ** 2  # (1, K, D)
         var = var0 + s2[:, :, None]
@@ -66,21 +91,16 @@ class GaussianMixture:
     def score(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """Exact grad log p_sigma(x) = sum_k r_k(x) * (mu_k - x) / (std_k^2 + sigma^2); valid at sigma = 0."""
         shape, dtype = x.shape, x.dtype
-        xf = x.reshape(shape[0], -1).to(torch.float64)
-        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).reshape(-1, 1, 1) ** 2
-        var = self.stds.to(xf.device)[None] ** 2 + s2
+        xf = self._flat(x)
+        var = self.stds.to(xf.device)[None] ** 2 + self._sigma2(sigma, xf)
         r = self._responsibilities(xf, var)
         per = (self.means.to(xf.device)[None] - xf[:, None, :]) / var
         return (r[:, :, None] * per).sum(1).to(dtype).reshape(shape)
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """log p_sigma(x) for a scalar sigma or one per sample (B,)."""
-        xf = x.reshape(x.shape[0], -1).to(torch.float64)
-        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).reshape(-1, 1, 1) ** 2
-        if s2.shape[0] not in (1, xf.shape[0]):
-            got = tuple(torch.as_tensor(sigma).shape)
-            raise ValueError(f"sigma must be a scalar or have shape ({xf.shape[0]},), got {got}")
-        var = self.stds.to(xf.device)[None] ** 2 + s2
+        xf = self._flat(x)
+        var = self.stds.to(xf.device)[None] ** 2 + self._sigma2(sigma, xf)
         return torch.logsumexp(self._log_joint(xf, var), dim=1).to(x.dtype)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,13 +116,20 @@ class FiniteDataset:
     """
 
     def __init__(self, data: torch.Tensor, chunk: int = 4096):
+        data = torch.as_tensor(data)
+        if data.ndim == 0 or data.shape[0] == 0 or data[0].numel() == 0:
+            raise ValueError(f"data must hold at least one sample, shape (N, ...) with N >= 1, got {tuple(data.shape)}")
+        if not torch.isfinite(data).all():
+            raise ValueError("data must be finite")
+        if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
+            raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
         self.data = data.reshape(data.shape[0], -1).to(torch.float64)
         self.item_shape = data.shape[1:]
         self.chunk = chunk
 
     def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
-        xf = x.reshape(shape[0], -1).to(torch.float64)
+        xf = _flatten(x, self.data.shape[1], "data").to(torch.float64)
         s2 = expand_sigma(sigma, xf).to(torch.float64) ** 2
         data = self.data.to(xf.device)
         out = []
@@ -111,4 +138,4 @@ class FiniteDataset:
             d2 = torch.cdist(xi, data) ** 2
             w = torch.softmax(-d2 / (2 * s2[i : i + self.chunk]), dim=1)
             out.append(w @ data)
-        return torch.cat(out).to(dtype).reshape(shape)
+        return torch.cat(out).to(dtype).reshape(shape) if out else x.clone()  # x.clone(): an empty batch

@@ -6,6 +6,7 @@ single preconditioning wrapper that turns any network into a Denoiser.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -46,16 +47,6 @@ def denoised_from_eps(x: torch.Tensor, eps: torch.Tensor, sigma) -> torch.Tensor
     return x - expand_sigma(sigma, x) * eps
 
 
-def score_fn(denoiser: Denoiser, cond=None):
-    """The noise-conditional score s(x, sigma) of a denoiser, as a function."""
-
-    def s(x: torch.Tensor, sigma) -> torch.Tensor:
-        sig = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        return score_from_denoised(x, denoiser(x, sig, cond), sig)
-
-    return s
-
-
 PARAMETERISATIONS = ("eps", "x0", "v", "edm")
 
 
@@ -79,6 +70,8 @@ class Preconditioned(nn.Module):
         super().__init__()
         if parameterisation not in PARAMETERISATIONS:
             raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
+        if not 0 < float(sigma_data) < math.inf:  # 0 makes 'edm' and 'v' output 0, a negative one flips c_out
+            raise ValueError(f"sigma_data must be a finite number > 0 (the data standard deviation), got {sigma_data}")
         self.net = net
         self.parameterisation = parameterisation
         self.sigma_data = float(sigma_data)

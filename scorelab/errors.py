@@ -14,3 +14,14 @@ class ScorelabError(Exception):
 
 class ConfigError(ScorelabError, ValueError):
     pass
+
+
+def show_values(values, limit: int = 6) -> str:
+    """A tensor or sequence of numbers as a short list for a one-line message: [10, 1, 0.1] or [80, 40, 20, ..., 0]."""
+    import torch
+
+    flat = torch.as_tensor(values).detach().reshape(-1).cpu().tolist()
+    fmt = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat]
+    if len(fmt) > limit:
+        fmt = fmt[: limit - 2] + ["..."] + fmt[-1:]
+    return "[" + ", ".join(fmt) + "]"

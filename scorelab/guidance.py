@@ -23,9 +23,18 @@ class ClassifierFreeGuidance:
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, null_cond):
-        if not math.isfinite(scale) or scale < 0:
-            raise ValueError(f"guidance scale must be finite and >= 0, got {scale}")
-        self.denoiser, self.scale, self.null_cond = denoiser, float(scale), null_cond
+        try:
+            value = math.nan if isinstance(scale, str) else float(scale)
+        except (TypeError, ValueError, RuntimeError):  # None, a tensor of several scales, ...
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"guidance scale must be finite and >= 0 (one number), got {scale!r}")
+        if null_cond is None:
+            raise ValueError(
+                "null_cond must be the condition the network was trained with for 'no condition' "
+                "(label -1 for scorelab's U-Net), got None"
+            )
+        self.denoiser, self.scale, self.null_cond = denoiser, value, null_cond
 
     def _null_like(self, cond):
         null = torch.as_tensor(self.null_cond, device=cond.device, dtype=cond.dtype)
@@ -34,6 +43,12 @@ class ClassifierFreeGuidance:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         if cond is None:
             raise ValueError("classifier-free guidance needs a condition")
+        if not isinstance(cond, torch.Tensor) or cond.ndim == 0 or cond.shape[0] != x.shape[0]:
+            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ValueError(
+                f"classifier-free guidance needs cond as a tensor with one entry per sample "
+                f"(labels ({x.shape[0]},) or a context ({x.shape[0]}, L, C)), got {got}"
+            )
         if self.scale == 1.0:
             return self.denoiser(x, sigma, cond)
         null = self._null_like(cond)
@@ -49,6 +64,10 @@ class Clamped:
     """x0_hat clamped to [low, high] (the data range), e.g. [-1, 1] for images."""
 
     def __init__(self, denoiser: Denoiser, low: float = -1.0, high: float = 1.0):
+        if not bool(
+            (torch.as_tensor(low) < torch.as_tensor(high)).all()
+        ):  # clamp with low > high gives high everywhere
+            raise ValueError(f"Clamped needs low < high, got low={low}, high={high}")
         self.denoiser, self.low, self.high = denoiser, low, high
 
     def __call__(self, x, sigma, cond=None):

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 import torch
+
+from .errors import show_values
+
+
+def _check_range(sigma_min, sigma_max) -> None:
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+
+
+def _check_count(n, least: int, what: str = "n") -> None:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < least:
+        raise ValueError(f"need an integer {what} >= {least}, got {n!r}")
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, n: int, *, dtype=torch.float32) -> torch.Tensor:
     """sigma_1 > ... > sigma_L with constant ratio sigma_{i+1}/sigma_i (Song & Ermon 2019, Sec. 4.2)."""
-    if not (sigma_max > sigma_min > 0):
-        raise ValueError(f"need sigma_max > sigma_min > 0, got sigma_max={sigma_max}, sigma_min={sigma_min}")
-    if n < 2:
-        raise ValueError(f"need at least 2 noise levels, got {n}")
+    _check_range(sigma_min, sigma_max)
+    _check_count(n, 2, "n (noise levels)")
     s = torch.logspace(
         torch.log10(torch.tensor(sigma_max, dtype=torch.float64)).item(),
         torch.log10(torch.tensor(sigma_min, dtype=torch.float64)).item(),
@@ -23,6 +36,7 @@ def geometric_sigmas(sigma_max: float, sigma_min: float, n: int, *, dtype=torch.
 
 def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
     """Samplers step over consecutive pairs of a schedule that ends in 0."""
+    sigmas = torch.as_tensor(sigmas)
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
@@ -40,8 +54,12 @@ def beta_schedule(
     linear: Ho et al. 2020 sec. 4, 1e-4 .. 0.02.  scaled_linear: linear in sqrt(beta) (Stable Diffusion,
     0.00085 .. 0.012).  cosine: Nichol & Dhariwal 2021 eq. 17 with s = 0.008, beta capped at 0.999.
     """
-    if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+    _check_count(T, 1, "T")
+    if name == "cosine" and (beta_start is not None or beta_end is not None):
+        raise ValueError(
+            f"beta_start and beta_end set the linear and scaled_linear schedules; cosine takes neither, "
+            f"got beta_start={beta_start}, beta_end={beta_end}"
+        )
     if name in ("linear", "scaled_linear"):
         default = (1e-4, 0.02) if name == "linear" else (0.00085, 0.012)
         b0 = default[0] if beta_start is None else beta_start
@@ -77,8 +95,10 @@ def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
 
 def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, *, dtype=torch.float32):
     """n sigmas from sigma_max to sigma_min, uniform in sigma^(1/rho) (Karras et al. 2022, eq. 5); no trailing 0."""
-    if not (sigma_max > sigma_min > 0) or n < 1:
-        raise ValueError(f"need sigma_max > sigma_min > 0 and n >= 1, got {sigma_max}, {sigma_min}, {n}")
+    _check_range(sigma_min, sigma_max)
+    _check_count(n, 1)
+    if not (math.isfinite(rho) and rho != 0):
+        raise ValueError(f"rho must be a finite nonzero number (Karras et al. use 7), got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return ((hi + ramp * (lo - hi)) ** rho).to(dtype)
@@ -86,8 +106,8 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, 
 
 def loglinear_sigmas(sigma_min: float, sigma_max: float, n: int, *, dtype=torch.float32):
     """n sigmas uniform in log sigma, i.e. uniform in half-log-SNR lambda (Lu et al. 2022, 'time uniform' in lambda)."""
-    if n < 1:
-        raise ValueError(f"need n >= 1, got {n}")
+    _check_range(sigma_min, sigma_max)
+    _check_count(n, 1)
     return geometric_sigmas(sigma_max, sigma_min, n, dtype=dtype) if n > 1 else torch.tensor([sigma_max], dtype=dtype)
 
 
@@ -97,8 +117,12 @@ def timesteps(T: int, n: int, spacing: str = "trailing", *, offset: int = 0) -> 
     leading:  arange(n) * (T // n) + offset;  trailing: round(arange(T, 0, -T/n)) - 1;
     linspace: round(linspace(0, T-1, n))  (Lin et al. 2024, 'Common Diffusion Noise Schedules ...', Table 2).
     """
-    if not 1 <= n <= T:
+    _check_count(T, 1, "T")
+    _check_count(n, 1)
+    if n > T:
         raise ValueError(f"need 1 <= n <= T, got n={n}, T={T}")
+    if offset != 0 and spacing != "leading":
+        raise ValueError(f"offset applies to leading spacing only, got offset={offset} with spacing {spacing!r}")
     if spacing == "leading":
         top = T - 1 - (n - 1) * (T // n)  # the largest offset that keeps every timestep <= T - 1
         if not 0 <= offset <= top:
@@ -117,7 +141,20 @@ def timesteps(T: int, n: int, spacing: str = "trailing", *, offset: int = 0) -> 
 
 def discrete_sigmas(alpha_bar: torch.Tensor, steps: torch.Tensor, *, dtype=torch.float32) -> torch.Tensor:
     """The sigma schedule a sampler steps over for the given discrete timesteps, ending in 0."""
-    return append_zero(sigma_from_alpha_bar(alpha_bar[steps])).to(dtype)
+    return append_zero(sigma_from_alpha_bar(check_alpha_bar(alpha_bar)[steps])).to(dtype)
+
+
+def check_alpha_bar(alpha_bar) -> torch.Tensor:
+    """A VP schedule alpha_bar_1..alpha_bar_T: 1-D, in (0, 1), strictly decreasing (as alphas_cumprod gives it)."""
+    ab = torch.as_tensor(alpha_bar)
+    if ab.ndim != 1 or ab.numel() == 0:
+        raise ValueError(f"alpha_bar must be a non-empty 1-D schedule (alphas_cumprod), got shape {tuple(ab.shape)}")
+    if not (((ab > 0) & (ab < 1)).all() and (ab[1:] < ab[:-1]).all()):
+        raise ValueError(
+            f"alpha_bar must lie in (0, 1) and strictly decrease (alphas_cumprod(betas), not the betas), "
+            f"got {show_values(ab)}"
+        )
+    return ab
 
 
 def lognormal_sigmas(
@@ -130,11 +167,10 @@ def lognormal_sigmas(
     that matter (Karras et al. 2022, sec. 5). scorelab recommends centre = sigma_data / 4, width = 2 (chosen by
     the sampler-accuracy sweep; see `scorelab reproduce sampler-accuracy`).
     """
-    if not (sigma_max > sigma_min > 0) or n < 2 or centre <= 0 or width <= 0:
-        raise ValueError(
-            f"need sigma_max > sigma_min > 0, n >= 2, centre > 0, width > 0; got {sigma_max}, "
-            f"{sigma_min}, {n}, {centre}, {width}"
-        )
+    _check_range(sigma_min, sigma_max)
+    _check_count(n, 2)
+    if not (0 < centre < math.inf and 0 < width < math.inf):
+        raise ValueError(f"need finite centre > 0 and width > 0, got centre={centre}, width={width}")
     c = torch.tensor(centre, dtype=torch.float64).log()
     lo = torch.special.ndtr((torch.tensor(sigma_min, dtype=torch.float64).log() - c) / width)
     hi = torch.special.ndtr((torch.tensor(sigma_max, dtype=torch.float64).log() - c) / width)

@@ -113,3 +113,30 @@ def test_finite_dataset_of_two_points_is_tanh():
     x = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None]
     for sigma in (0.5, 1.0, 2.0):
         torch.testing.assert_close(fd(x, torch.tensor(sigma)), torch.tanh(x / sigma**2))
+
+
+def test_mixture_inputs_of_the_wrong_dimension_get_one_line_errors():
+    gm = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], 0.3)
+    message = r"x must hold 2 values per sample like the mixture: shape \(B, 2\) or \(B, \.\.\.\), got \(4, 3\)"
+    for call in (lambda x: gm(x, torch.ones(4)), gm.score, gm.log_prob):  # were broadcasting errors from torch
+        with pytest.raises(ValueError, match=message):
+            call(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"sigma must be a scalar or have shape \(4,\), got \(3,\)"):
+        gm.score(torch.zeros(4, 2), torch.ones(3))
+    with pytest.raises(ValueError, match=r"stds must be positive and finite, got \[nan, nan\]"):  # was accepted
+        GaussianMixture([0.5, 0.5], [[0.0], [1.0]], math.nan)
+    with pytest.raises(ValueError, match="means must be finite"):
+        GaussianMixture([1.0], [[math.inf]], 1.0)
+
+
+def test_finite_dataset_checks_its_data_and_inputs():
+    with pytest.raises(
+        ValueError, match=r"data must hold at least one sample, shape \(N, \.\.\.\) with N >= 1, got \(0, 2\)"
+    ):
+        FiniteDataset(torch.zeros(0, 2))
+    with pytest.raises(ValueError, match=r"chunk must be an integer >= 1, got 0"):
+        FiniteDataset(torch.zeros(3, 2), chunk=0)
+    fd = FiniteDataset([[0.0, 1.0], [1.0, 0.0]])  # anything torch.as_tensor takes
+    with pytest.raises(ValueError, match=r"x must hold 2 values per sample like the data: shape \(B, 2\)"):
+        fd(torch.zeros(4, 3), torch.ones(4))
+    assert fd(torch.zeros(0, 2), torch.ones(0)).shape == (0, 2)

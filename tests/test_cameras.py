@@ -110,3 +110,61 @@ def test_principal_point_of_a_non_square_image_is_its_centre():
     cams = orbit_cameras(1.2, 0.5, 2.0, width=40, height=30, dtype=torch.float64)
     uv, _ = project(cams, torch.zeros(1, 3, dtype=torch.float64))
     torch.testing.assert_close(uv[0, 0], torch.tensor([20.0, 15.0], dtype=torch.float64))
+
+
+def test_cameras_built_by_hand_are_shape_checked():
+    from scorelab.three.cameras import Cameras
+
+    c = orbit_cameras(1.0, 0.3, 2.0, width=8)
+    w2c, f, p = c.world_to_cam, c.focal, c.principal
+    for args, message in (
+        ((w2c[0], f, p), r"world_to_cam must be a float tensor of shape \(N, 4, 4\) .*got torch.float32 \(4, 4\)"),
+        ((w2c, f[:, 0], p), r"focal must be a float tensor of shape \(1, 2\) .*got torch.float32 \(1,\)"),
+        ((w2c.repeat(2, 1, 1), f, p), r"focal must be a float tensor of shape \(2, 2\)"),  # used to broadcast
+    ):
+        with pytest.raises(ScorelabError, match="Cameras: " + message):
+            Cameras(*args, 8, 8)
+    with pytest.raises(ScorelabError, match=r"image size must be positive, got 0x8"):  # rendered empty images
+        Cameras(w2c, f, p, 0, 8)
+
+
+@pytest.mark.parametrize(
+    "theta, message",
+    [
+        (60.0, r"camera polar angle theta must be in \[0, pi\] radians .*got 60; degrees\? multiply by pi / 180"),
+        (-0.5, r"camera polar angle theta must be in \[0, pi\] radians .*got -0\.5$"),
+    ],
+)
+def test_polar_angles_outside_zero_to_pi_are_refused(theta, message):
+    with pytest.raises(ScorelabError, match=message):  # silently placed the camera elsewhere
+        orbit_cameras(theta, 0.0, 2.0)
+    with pytest.raises(ScorelabError, match=message):
+        relative_pose(1.0, 0.0, 1.5, theta, 0.0, 1.5)
+    orbit_cameras(torch.tensor(180.0) * math.pi / 180, 0.0, 2.0)  # pi rounded to float32 is just above pi: allowed
+
+
+def test_camera_radius_must_be_finite_and_angles_broadcast():
+    for r in (math.inf, math.nan):  # gave NaN poses
+        with pytest.raises(ScorelabError, match=r"camera radius must be finite"):
+            orbit_cameras(1.0, 0.0, r)
+    with pytest.raises(
+        ScorelabError, match=r"camera theta, phi and radius must broadcast to one shape, got \(3,\), \(2,\), \(\)"
+    ):
+        orbit_cameras([1.0, 1.2, 1.3], [0.0, 1.0], 2.0)
+
+
+def test_projected_points_and_look_at_inputs_are_checked():
+    from scorelab.three.cameras import look_at
+
+    cams = orbit_cameras(1.0, 0.3, 2.0, width=8)
+    for pts in (torch.zeros(5, 2), torch.zeros(1, 5, 3)):  # were einsum errors
+        with pytest.raises(ScorelabError, match=r"points must be a \(P, 3\) tensor of world points, got "):
+            project(cams, pts)
+    with pytest.raises(
+        ScorelabError, match=r"points \(torch.float64\) and cameras \(torch.float32\) must share a dtype"
+    ):
+        project(cams, torch.zeros(2, 3, dtype=torch.float64))
+    with pytest.raises(ScorelabError, match=r"look_at needs eye as 3D points \(\.\.\., 3\), got shape \(2,\)"):
+        look_at(torch.tensor([1.0, 2.0]))
+    with pytest.raises(ScorelabError, match=r"look_at needs a nonzero up direction"):
+        look_at(torch.tensor([1.0, 0.0, 1.0]), up=(0.0, 0.0, 0.0))

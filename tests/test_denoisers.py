@@ -94,3 +94,12 @@ def test_v_parameterisation_with_sigma_data_recovers_x0_from_its_target(sd):
     target = alpha * eps - sigma_vp * x0 / sd
     torch.testing.assert_close(Preconditioned(Recorder(target), "v", sigma_data=sd)(x0 + s * eps, sigma), x0)
     torch.testing.assert_close(Preconditioned(Recorder(-target), "edm", sigma_data=sd)(x0 + s * eps, sigma), x0)
+
+
+@pytest.mark.parametrize("sigma_data", [0.0, -0.5, float("nan"), float("inf")])
+def test_preconditioning_needs_a_positive_finite_sigma_data(sigma_data):
+    # 0 made the 'edm' and 'v' denoisers return 0 for every input; a negative one flipped the sign of c_out
+    with pytest.raises(
+        ValueError, match=r"sigma_data must be a finite number > 0 \(the data standard deviation\), got "
+    ):
+        Preconditioned(Constant(), "edm", sigma_data=sigma_data)

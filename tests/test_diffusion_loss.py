@@ -113,3 +113,20 @@ def test_min_snr_caps_the_weight_at_its_gamma():
         snr = seen[-1] ** -2
         assert (snr < gamma).any() and (snr > gamma).any()
         assert loss.item() == pytest.approx(0.09 * snr.clamp(max=gamma).mean().item(), rel=1e-9)
+
+
+def test_ddpm_loss_refuses_betas_for_alpha_bar_and_a_non_positive_min_snr_cap():
+    data = GaussianMixture([1.0], [[0.0, 0.0]], 0.6)
+    betas = beta_schedule("linear", 100)
+    x0 = torch.zeros(8, 2)
+    with pytest.raises(
+        ValueError, match=r"alpha_bar must lie in \(0, 1\) and strictly decrease .*not the betas.*got \[0\.0001"
+    ):
+        ddpm_loss(data, x0, betas)  # used to train silently at sigma 7..100
+    for gamma in (0.0, -1.0):  # the loss was 0, or negative
+        with pytest.raises(ValueError, match=r"gamma \(min_snr's SNR cap\) must be a finite number > 0, got "):
+            ddpm_loss(data, x0, alphas_cumprod(betas), weighting="min_snr", gamma=gamma)
+    with pytest.raises(
+        ValueError, match=r"x0 must be a tensor of shape \(B, D\) or \(B, \.\.\.\) with B >= 1, got \(8,\)"
+    ):
+        ddpm_loss(data, torch.zeros(8), alphas_cumprod(betas))

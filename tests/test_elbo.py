@@ -175,3 +175,32 @@ def test_bits_per_dim_of_a_one_step_chain_with_a_perfect_denoiser_in_closed_form
     expected = (prior - sum(log_mass)) / (4 * math.log(2))
     bpd = VariationalBound(torch.tensor([ab], dtype=torch.float64), levels=levels).bits_per_dim(oracle, x0)
     assert bpd.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_bound_refuses_betas_data_outside_the_decoder_range_and_fractional_levels():
+    betas = beta_schedule("linear", 20)
+    with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\) and strictly decrease .*not the betas"):
+        VariationalBound(betas)
+    with pytest.raises(ValueError, match=r"levels must be an integer >= 2, got 2\.5"):
+        VariationalBound(alphas_cumprod(betas), levels=2.5)
+    vb = VariationalBound(alphas_cumprod(betas))
+    data = GaussianMixture([1.0], [[0.0]], 0.5)
+    x0 = torch.tensor([[0.0], [255.0]])  # 8-bit values instead of [-1, 1]: used to give a finite, meaningless bound
+    with pytest.raises(
+        ValueError, match=r"x0 must lie in \[-1, 1\] for the discretized decoder .*got values in \[0, 255\]"
+    ):
+        vb.per_sample(data, x0)
+    with pytest.raises(
+        ValueError, match=r"x0 must be a tensor of shape \(B, D\) or \(B, \.\.\.\) with B >= 1, got \(0, 1\)"
+    ):
+        vb.bits_per_dim(data, torch.zeros(0, 1))
+
+
+def test_posterior_needs_t_later_than_s():
+    ab = alphas_cumprod(beta_schedule("linear", 20))
+    with pytest.raises(
+        ValueError, match=r"posterior needs 0 < alpha_bar_t < alpha_bar_s <= 1 .*got alpha_bar_t=\[0\.9"
+    ):
+        posterior(ab[0], ab[10])  # swapped: the variances came out negative
+    c_x0, c_xt, small, large = posterior(0.5, 0.9)  # plain numbers are taken
+    assert 0 < small < large

@@ -11,7 +11,7 @@ from scorelab.reproduce.fit_multiview import mask_iou, psnr
 from scorelab.three.cameras import orbit_cameras
 from scorelab.three.fitting import FITTERS, Views
 from scorelab.three.mesh import euler_characteristic, face_normals, is_edge_manifold, is_watertight
-from scorelab.three.objects import Snowman, get_object
+from scorelab.three.objects import Snowman
 from scorelab.three.raster import render_mesh
 from scorelab.train.guard import MAX_BAD_STEPS
 
@@ -27,8 +27,6 @@ def test_snowman_reference_mesh_lies_on_its_surface_and_faces_outwards():
     assert 0 <= mesh.vertex_colors.min() and mesh.vertex_colors.max() <= 1
     # the SDF is negative inside: the body's centre, and positive at a box corner
     assert obj.sdf(torch.tensor([0.0, 0.0, -0.13])) < 0 < obj.sdf(torch.tensor([0.5, 0.5, 0.5]))
-    with pytest.raises(ScorelabError, match="unknown object"):
-        get_object("teapot")
     with pytest.raises(ScorelabError, match="resolution"):
         obj.mesh(4)
 
@@ -370,3 +368,15 @@ def test_textured_dmtet_sdf_adds_its_coarse_grids_at_the_vertices():
         model.coarse[0].fill_(0.1)
         model.coarse[1].fill_(-0.03)
     torch.testing.assert_close(model.sdf().detach(), start + 0.07)
+
+
+def test_a_fit_with_nothing_drawn_runs_and_renders_empty(small_views):
+    """Every voxel pruned from the first step: the loss depends on no parameter, so each step changes nothing (it
+    once failed inside autograd, 'element 0 of tensors does not require grad')."""
+    train, test = small_views
+    fitted = FITTERS["voxel_splats"](
+        train, steps=3, progress=False, prune_after=0.0, prune_density=1e9, **SMALL["voxel_splats"]
+    )
+    color, mask = fitted.render(test.cameras)
+    assert fitted.iterations == 3 and fitted.skipped_steps == 0
+    assert mask.abs().max() == 0 and torch.equal(color, torch.ones_like(color))  # white background only

@@ -113,3 +113,28 @@ def test_dynamic_threshold_clips_at_the_percentile_of_the_absolute_values():
     x = torch.tensor([[0.0, -1, 2, -3, 4, -5, 6, -7, 8, -9, 10]], dtype=torch.float64)
     out = DynamicThreshold(lambda x, sigma, cond=None: x, percentile=0.9)(x, torch.ones(1))
     torch.testing.assert_close(out, x.clamp(-9, 9) / 9)
+
+
+def test_cfg_rejects_a_scale_that_is_not_one_number_and_a_missing_null_condition():
+    for bad in ("2", None, torch.tensor([1.0, 2.0])):
+        with pytest.raises(ValueError, match=r"guidance scale must be finite and >= 0 \(one number\), got "):
+            ClassifierFreeGuidance(LabelledOracle(), bad, null_cond=-1)
+    with pytest.raises(ValueError, match=r"null_cond must be the condition .*label -1 .*got None"):
+        ClassifierFreeGuidance(LabelledOracle(), 2.0, null_cond=None)
+
+
+def test_cfg_condition_must_have_one_entry_per_sample():
+    cfg = ClassifierFreeGuidance(LabelledOracle(), 3.0, null_cond=-1)
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    for bad, got in ((torch.tensor([1]), r"\(1,\)"), (1, "int"), ([0, 1, 1, 0], "list")):
+        with pytest.raises(
+            ValueError, match=rf"needs cond as a tensor with one entry per sample \(labels \(4,\).*got {got}"
+        ):
+            cfg(x, torch.tensor(0.7), bad)
+
+
+def test_clamped_needs_low_below_high():
+    with pytest.raises(
+        ValueError, match=r"Clamped needs low < high, got low=1\.0, high=-1\.0"
+    ):  # clamp gave -1 everywhere
+        Clamped(LabelledOracle(), low=1.0, high=-1.0)

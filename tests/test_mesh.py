@@ -309,3 +309,28 @@ def test_video_frames_in_the_image_layout_are_read_as_channels_first_even_when_n
     assert out.shape == (2, 4, 3) and out[1, 3].tolist() == [0, 128, 255]
     hwc = torch.rand(6, 5, 3, generator=torch.Generator().manual_seed(0))
     assert to_uint8(hwc).shape == (6, 5, 3)
+
+
+def test_geometry_metrics_refuse_a_non_positive_tau_and_no_sample_points():
+    a, b = icosphere(1, 0.5), icosphere(2, 0.5)
+    for tau in (0.0, -1.0):  # the F-score was 0 whatever the meshes
+        with pytest.raises(ScorelabError, match=r"tau must be a distance > 0 \(world units\), got "):
+            surface_metrics(a, b, n=100, tau=tau)
+    with pytest.raises(ScorelabError, match=r"volume_iou needs an integer n >= 1 of sample points, got 0"):
+        volume_iou(a, b, n=0)  # was an error from torch.cat
+
+
+@pytest.mark.parametrize(
+    "frame", [torch.rand(8, 8), torch.rand(2, 8, 8), torch.rand(1, 3, 8, 8), torch.zeros(3, 8, 8, dtype=torch.uint8)]
+)
+def test_video_frames_of_another_layout_or_dtype_are_refused(frame):
+    from scorelab.three.export import to_uint8
+
+    # (H, W) and (2, H, W) gave garbage of the wrong shape, (1, 3, H, W) failed in the writer, uint8 came out all white
+    with pytest.raises(ScorelabError, match=r"a frame must be a float image in \[0, 1\], \(C, H, W\) or \(H, W, C\)"):
+        to_uint8(frame)
+
+
+def test_turntable_needs_a_whole_number_of_frames(tmp_path):
+    with pytest.raises(ScorelabError, match=r"turntable needs a whole number of frames >= 1, got 2\.5"):
+        turntable(lambda a: torch.zeros(3, 4, 4), 2.5, tmp_path / "t.gif")

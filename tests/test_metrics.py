@@ -386,3 +386,39 @@ def test_conditional_report_diversity_of_one_large_class_in_row_blocks():
     inked[:, 0, 4, 4] = 1.0
     r = dm.conditional_report(torch.cat([blank, inked]), torch.full((2100,), 7))
     assert r["within_class_diversity"] == pytest.approx(2 * 2 * 1050**2 / (2100 * 2099), rel=1e-9)
+
+
+def test_sliced_w2_needs_at_least_one_projection():
+    x = randn(20, 2)
+    for bad in (0, -1, 10.0):  # 0 returned NaN; the others failed inside torch.randn
+        with pytest.raises(ValueError, match=rf"n_projections must be an integer >= 1, got {bad!r}"):
+            sliced_wasserstein2(x, x, n_projections=bad)
+
+
+def test_mmd_bandwidths_must_be_finite_while_nan_samples_still_give_nan():
+    x, y = randn(20, 2, seed=1), randn(20, 2, seed=2)
+    for bad in ([math.nan], [math.inf]):  # NaN gave NaN, inf gave 0 whatever the sets
+        with pytest.raises(ValueError, match=r"bandwidths must be a non-empty list of positive finite numbers"):
+            mmd_rbf(x, y, bandwidths=bad)
+    assert math.isnan(mmd_rbf(torch.full((20, 2), math.nan), y))  # the median heuristic's NaN is not the user's
+
+
+def test_moment_z_scores_checks_the_samples_against_the_mixture():
+    from scorelab.analytic import GaussianMixture
+    from scorelab.metrics.moments import moment_z_scores
+
+    gm = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], 0.3)
+    with pytest.raises(ValueError, match=r"samples must have the mixture's dimension D = 2, got shape \(10, 3\)"):
+        moment_z_scores(randn(10, 3), gm)  # was a torch.cdist error
+    with pytest.raises(ValueError, match=r"samples must be a point set of shape \(N, D\), got \(0, 2\)"):
+        moment_z_scores(torch.zeros(0, 2), gm)  # was ZeroDivisionError
+
+
+def test_frechet_from_stats_refuses_a_covariance_that_is_not_symmetric_psd():
+    mu = torch.zeros(2)
+    with pytest.raises(
+        ValueError, match=r"cov_a must be a symmetric positive semi-definite covariance, got smallest eigenvalue -1"
+    ):
+        frechet_from_stats(mu, -torch.eye(2), mu, torch.eye(2))  # was 0.0
+    with pytest.raises(ValueError, match=r"cov_b must be a symmetric positive semi-definite covariance, .*asymmetry 2"):
+        frechet_from_stats(mu, torch.eye(2), mu, torch.tensor([[1.0, 2.0], [0.0, 1.0]]))

@@ -288,3 +288,15 @@ def test_meshes_without_colours_show_normals_as_half_plus_half_n():
     c, n = out["color"][0, :, 12, 12], out["normals"][0, :, 12, 12]
     torch.testing.assert_close(c, (0.5 + 0.5 * n).clamp(0, 1))
     assert n[0].item() > 0.95
+
+
+def test_render_mesh_needs_cameras_a_valid_background_and_a_positive_near():
+    mesh = icosphere(1, 0.4)
+    with pytest.raises(ScorelabError, match=r"render_mesh needs at least one camera"):  # was a torch.stack error
+        render_mesh(mesh, CAM[0:0])
+    for bg in ((0.5,), (255, 255, 255)):  # (0.5,) broadcast to grey, 255 gave colours of 255
+        with pytest.raises(ScorelabError, match=r"background must be three numbers \(R, G, B\) in \[0, 1\], got "):
+            render_mesh(mesh, CAM, background=bg)
+    for near in (0.0, -1.0):
+        with pytest.raises(ScorelabError, match=r"near must be a depth > 0, got "):
+            render_mesh(mesh, CAM, near=near)

@@ -70,7 +70,7 @@ def test_sampler_accuracy_target_at_20_evaluations():
 def test_an_interrupted_reproduction_leaves_no_folders(tmp_path, monkeypatch):
     """Folders for the figures and the JSON are made when they are written: Ctrl-C during the work leaves none."""
 
-    def interrupted(out_dir, quick=False):
+    def interrupted(out_dir, quick=False, progress=True):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ncsn_toy, "run", interrupted)
@@ -85,7 +85,7 @@ def test_an_interrupted_reproduction_leaves_no_folders(tmp_path, monkeypatch):
 
 
 def test_a_reproduction_that_does_not_show_what_the_paper_shows_exits_1(tmp_path, monkeypatch):
-    def fails(out, quick=False):
+    def fails(out, quick=False, progress=True):
         (out / "ncsn_toy.png").write_bytes(b"png")
         return {"figure": str(out / "ncsn_toy.png"), "table": [["a"], ["1"]], "passed": False}
 

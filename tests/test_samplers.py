@@ -324,3 +324,73 @@ def test_unipc_first_two_steps_written_out():
                              torch.tensor([phi1, 2 * phi2], dtype=torch.float64) / math.expm1(-h))  # fmt: skip
     x2 = base - math.expm1(-h) * (rho[0].item() * diff + rho[1].item() * (m2 - m1))
     torch.testing.assert_close(seen[1], x2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ([1.0, 0.5], r"sigmas must be a schedule ending in 0, got \[1, 0\.5\]; append_zero"),
+        ([0.5, 1.0, 0.0], r"sigmas must be strictly decreasing \(sigma_max down to 0\), got \[0\.5, 1, 0\]"),
+        ([1.0, -1.0, 0.0], r"sigmas must be positive before the final 0, got \[1, -1, 0\]"),
+        ([1.0, math.nan, 0.0], r"sigmas must be finite, got \[1, nan, 0\]"),
+    ],
+)
+def test_bad_schedule_errors_say_what_is_wrong_and_show_the_schedule(bad, message):
+    with pytest.raises(ValueError, match=message):
+        euler(GAUSS, torch.zeros(2, 1), bad)
+
+
+def test_solver_order_must_be_the_integer_1_2_or_3():
+    from scorelab.sampling.dpm_solver import dpmpp_multistep
+
+    sig = append_zero(loglinear_sigmas(0.1, 10.0, 4))
+    with pytest.raises(ValueError, match=r"order must be 1, 2 or 3, got '2'"):  # was 'got 2', which is allowed
+        dpmpp_multistep(GAUSS, torch.zeros(2, 1), sig, order="2")
+    for bad in (2.0, True):  # 2.0 used to fail inside range(); True ran as order 1
+        with pytest.raises(ValueError, match=rf"order must be 1, 2 or 3, got {bad!r}"):
+            unipc(GAUSS, torch.zeros(2, 1), sig, order=bad)
+
+
+def test_sampling_a_mixture_of_another_dimension_names_the_shapes():
+    sig = append_zero(loglinear_sigmas(0.1, 10.0, 4))
+    with pytest.raises(
+        ValueError,
+        match=r"x must hold 1 values per sample like the mixture: shape \(B, 1\) or \(B, \.\.\.\), got \(2, 3\)",
+    ):
+        euler(GAUSS, torch.zeros(2, 3), sig)
+    assert euler(GAUSS, torch.zeros(0, 1), sig).shape == (0, 1)  # an empty batch is an empty result
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"])
+def test_the_progress_bar_follows_the_model_evaluations(name, monkeypatch):
+    """At each model call the bar has counted the steps already taken, not all of them (UniPC once ran the whole bar
+    before its first evaluation)."""
+    import scorelab.sampling.common as common
+    from scorelab.sampling import SAMPLERS
+
+    class Bar:
+        def __init__(self, items, **kw):
+            self.items, self.n = items, 0
+
+        def __len__(self):
+            return len(self.items)
+
+        def __iter__(self):
+            for item in self.items:
+                yield item
+                self.n += 1
+
+    bars = []
+    monkeypatch.setattr(common, "tqdm", lambda items, **kw: bars.append(Bar(items, **kw)) or bars[-1])
+    seen = []
+    mix = GaussianMixture([1.0], [[0.0, 0.0]], 1.0)
+
+    def model(x, sigma, cond=None):
+        seen.append(bars[-1].n)
+        return mix(x, sigma)
+
+    sigmas = append_zero(loglinear_sigmas(0.1, 10.0, 6))
+    SAMPLERS[name](model, torch.zeros(3, 2), sigmas, generator=torch.Generator().manual_seed(0), progress=True)
+    assert len(seen) == evaluations(name, 6)
+    # the step each call belongs to; UniPC evaluates at the end of each step, and its last step (to 0) needs none
+    assert seen == sorted(seen) and seen[0] == 0 and seen[-1] == (4 if name == "unipc" else 5)

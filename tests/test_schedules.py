@@ -136,3 +136,42 @@ def test_karras_default_rho_is_seven():
     hi, lo = 80.0 ** (1 / 7), 0.002 ** (1 / 7)
     expect = [(hi + i / 4 * (lo - hi)) ** 7 for i in range(5)]
     assert karras_sigmas(0.002, 80.0, 5, dtype=torch.float64).tolist() == pytest.approx(expect, rel=1e-12)
+
+
+def test_sigma_ranges_are_checked_by_name_in_every_schedule():
+    from scorelab.schedules import geometric_sigmas
+
+    message = r"need 0 < sigma_min < sigma_max < inf, got sigma_min=80, sigma_max=0\.002"
+    with pytest.raises(ValueError, match=message):  # karras takes (sigma_min, sigma_max), geometric the other way
+        karras_sigmas(80, 0.002, 10)
+    with pytest.raises(ValueError, match=message):  # n = 1 used to return [0.002] unchecked
+        loglinear_sigmas(80, 0.002, 1)
+    with pytest.raises(ValueError, match=r"sigma_max=inf"):  # used to return NaN
+        geometric_sigmas(math.inf, 0.01, 5)
+    with pytest.raises(ValueError, match=r"need finite centre > 0 and width > 0, got centre=nan"):
+        lognormal_sigmas(0.002, 80.0, 5, centre=math.nan)
+    with pytest.raises(ValueError, match=r"rho must be a finite nonzero number .*got 0"):  # was ZeroDivisionError
+        karras_sigmas(0.002, 80.0, 10, rho=0)
+    with pytest.raises(ValueError, match=r"need an integer n \(noise levels\) >= 2, got 5\.0"):
+        geometric_sigmas(10.0, 0.01, 5.0)
+
+
+def test_options_a_schedule_ignores_are_refused():
+    with pytest.raises(ValueError, match=r"cosine takes neither, got beta_start=0\.001, beta_end=None"):
+        beta_schedule("cosine", 1000, beta_start=1e-3)
+    with pytest.raises(
+        ValueError, match=r"offset applies to leading spacing only, got offset=1 with spacing 'trailing'"
+    ):
+        timesteps(1000, 10, "trailing", offset=1)
+
+
+def test_discrete_sigmas_refuses_betas_for_alpha_bar():
+    betas = beta_schedule("linear", 1000)
+    with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\) and strictly decrease .*not the betas"):
+        discrete_sigmas(betas, timesteps(1000, 5))
+
+
+def test_append_zero_takes_a_list():
+    from scorelab.schedules import append_zero
+
+    assert append_zero([10.0, 1.0]).tolist() == [10.0, 1.0, 0.0]

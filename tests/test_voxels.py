@@ -361,3 +361,24 @@ def test_pyramid_cells_drawn_above_level_zero_span_at_most_one_pixel():
         drawn_above += span.numel()
         assert (span <= 1 + 1e-12).all()
     assert drawn_above > 0
+
+
+def test_volume_renderers_need_cameras_and_a_valid_background():
+    d, c = torch.rand(1, 4, 4, 4), torch.rand(3, 4, 4, 4)
+    cam = orbit_cameras(1.0, 0.3, 2.0, width=8)
+    for name, render in (("ray_march", ray_march), ("splat_voxels", splat_voxels)):
+        with pytest.raises(ScorelabError, match=rf"{name} needs at least one camera"):  # ZeroDivisionError / stack
+            render(d, c, cam[0:0])
+        with pytest.raises(
+            ScorelabError, match=r"background must be three numbers \(R, G, B\) in \[0, 1\], got \(0\.5,\)"
+        ):
+            render(d, c, cam, background=(0.5,))
+
+
+def test_trilinear_and_voxel_grid_inputs_are_checked():
+    with pytest.raises(ScorelabError, match=r"points must be world points of shape \(\.\.\., 3\), got \(5, 2\)"):
+        trilinear(torch.rand(3, 4, 4, 4), torch.zeros(5, 2))
+    with pytest.raises(ScorelabError, match=r"volume must have shape \(C, R, R, R\), got \(4, 4, 4\)"):
+        trilinear(torch.rand(4, 4, 4), torch.zeros(5, 3))
+    with pytest.raises(ScorelabError, match=r"voxel resolution must be an integer >= 1, got 4\.5"):
+        VoxelGrid(4.5)

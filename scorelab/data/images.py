@@ -79,6 +79,19 @@ def _to_array(img: Image.Image) -> np.ndarray:
     return a[..., None] if a.ndim == 2 else a
 
 
+def check_background(background) -> np.ndarray:
+    """A background colour: three numbers (R, G, B) in [0, 1] (a tuple, array or tensor), as float64; else a one-line
+    error. Shared by the image loader and the renderers in scorelab.three."""
+    try:
+        raw = background.detach().cpu() if isinstance(background, torch.Tensor) else background
+        bg = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        bg = np.zeros(0)
+    if bg.shape != (3,) or not ((bg >= 0) & (bg <= 1)).all():
+        raise ScorelabError(f"background must be three numbers (R, G, B) in [0, 1], got {background!r}")
+    return bg
+
+
 def load_image(
     path, *, channels: int = 3, multiple_of: int = 1, background=(1.0, 1.0, 1.0), what: str = "image"
 ) -> torch.Tensor:
@@ -89,12 +102,7 @@ def load_image(
         raise ScorelabError(f"channels must be one of {CHANNELS}, got {channels}")
     if multiple_of < 1:
         raise ScorelabError(f"multiple_of must be >= 1, got {multiple_of}")
-    try:
-        bg = np.asarray(background, dtype=np.float64)
-    except (TypeError, ValueError):
-        bg = np.zeros(0)
-    if bg.shape != (3,) or not ((bg >= 0) & (bg <= 1)).all():
-        raise ScorelabError(f"background must be three numbers (R, G, B) in [0, 1], got {background!r}")
+    bg = check_background(background)
     img = _open(path, what)
     try:
         a = _to_array(img)

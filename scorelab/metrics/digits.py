@@ -15,6 +15,7 @@ import argparse
 import functools
 import hashlib
 import json
+import math
 import platform
 import shlex
 import sys
@@ -250,12 +251,12 @@ def _logits_and_features(x) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def classifier_features(x) -> torch.Tensor:
-    """Penultimate-layer features (N, F) of digits (N, 1, 8, 8) in [-1, 1], on the input's device."""
+    """Penultimate-layer features (N, F) of digits (N, 1, 8, 8) in [-1, 1], on the CPU (where the classifier runs)."""
     return _logits_and_features(x)[1]
 
 
 def classifier_probs(x) -> torch.Tensor:
-    """Class probabilities (N, 10) of digits (N, 1, 8, 8) in [-1, 1], on the input's device."""
+    """Class probabilities (N, 10) of digits (N, 1, 8, 8) in [-1, 1], on the CPU (where the classifier runs)."""
     return F.softmax(_logits_and_features(x)[0], dim=1)
 
 
@@ -266,6 +267,21 @@ def _psd_sqrt(a: torch.Tensor) -> torch.Tensor:
     """Square root of a symmetric PSD matrix by eigen-decomposition; rounding-negative eigenvalues -> 0."""
     w, v = torch.linalg.eigh((a + a.T) / 2)
     return (v * w.clamp_min(0).sqrt()) @ v.T
+
+
+def _check_covariance(name: str, c: torch.Tensor) -> None:
+    """A covariance is symmetric positive semi-definite, up to rounding (relative 1e-6). Non-finite ones pass: NaN
+    features (a diverged sampler) give a NaN distance, as before."""
+    scale = c.abs().max().item() if c.numel() else 0.0
+    if not math.isfinite(scale):
+        return
+    eig = torch.linalg.eigvalsh((c + c.T) / 2)
+    asym = (c - c.T).abs().max().item()
+    if not (asym <= 1e-6 * scale and eig.min().item() >= -1e-6 * scale):
+        raise ValueError(
+            f"{name} must be a symmetric positive semi-definite covariance, got smallest eigenvalue "
+            f"{eig.min().item():.4g} and asymmetry {asym:.4g} (largest entry {scale:.4g})"
+        )
 
 
 def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,6 +308,8 @@ def frechet_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
             f"Frechet distance needs means (F,) and covariances (F, F) of one F, got {d}, "
             f"{mu_b.shape[0]}, {tuple(cov_a.shape)}, {tuple(cov_b.shape)}"
         )
+    for name, c in (("cov_a", cov_a), ("cov_b", cov_b)):
+        _check_covariance(name, c)
     s = _psd_sqrt(cov_a)
     m = s @ cov_b @ s
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()

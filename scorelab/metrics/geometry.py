@@ -15,9 +15,11 @@ of samples to it (`distance_to_sphere`, `distance_to_torus`).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
+from ..errors import ScorelabError
 from ..three.mesh import Mesh, face_areas, sample_surface, validate_mesh
 
 
@@ -63,6 +65,8 @@ def surface_metrics(pred: Mesh, ref: Mesh, *, n: int = 100_000, tau: float | Non
     validate_mesh(ref, name="reference mesh")
     if tau is None:
         tau = 0.01 * (ref.vertices.max(0).values - ref.vertices.min(0).values).max().item()
+    elif not 0 < tau < math.inf:  # tau <= 0 gives F-score 0 whatever the meshes
+        raise ScorelabError(f"tau must be a distance > 0 (world units), got {tau}")
     pred = validate_mesh(pred, name="predicted mesh", allow_empty=True, allow_degenerate=True)
     if pred.is_empty or _no_area(pred):  # nothing to sample: the worst value, not a crash
         return {"chamfer_l1": math.inf, "chamfer_l2": math.inf, "fscore": 0.0, "normal_consistency": 0.0, "tau": tau}
@@ -105,6 +109,8 @@ def winding_number(mesh: Mesh, points: torch.Tensor, *, max_pairs: int = 1_000_0
 def volume_iou(pred: Mesh, ref: Mesh, *, n: int = 10_000, seed: int = 0) -> float:
     """Intersection over union of the enclosed volumes, from n points uniform in the union of the bounding boxes."""
     validate_mesh(ref, name="reference mesh")
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ScorelabError(f"volume_iou needs an integer n >= 1 of sample points, got {n!r}")
     if validate_mesh(pred, name="predicted mesh", allow_empty=True, allow_degenerate=True).is_empty:
         return 0.0
     lo = torch.minimum(pred.vertices.min(0).values, ref.vertices.min(0).values).double()

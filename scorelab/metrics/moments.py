@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..analytic import GaussianMixture
+from .samples import _as_points
 
 
 def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
@@ -16,7 +17,9 @@ def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
     sample std). Returns {'max_z', 'weight_z', 'mean_z', 'std_z', 'weights'}; a component with weight that fewer
     than two samples reach gives max_z = inf.
     """
-    x = samples.detach().to(torch.float64).cpu()
+    x = _as_points(samples, "samples").detach().cpu()
+    if x.shape[1] != mixture.dim:
+        raise ValueError(f"samples must have the mixture's dimension D = {mixture.dim}, got shape {tuple(x.shape)}")
     n = x.shape[0]
     means, stds, w = mixture.means.cpu(), mixture.stds.cpu(), mixture.weights.cpu()
     if not torch.isfinite(x).all():

@@ -7,6 +7,7 @@ input's device, and return plain Python numbers / lists so the results can go st
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -33,6 +34,9 @@ def projections(dim: int, n_projections: int = 1000, *, seed: int = 0) -> torch.
     Drawn on CPU in float32 from a generator seeded with `seed` (so independent of any global RNG state),
     then normalised in float64.
     """
+    for name, n in (("dim", dim), ("n_projections", n_projections)):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(n_projections, dim, generator=g).to(torch.float64)
     return theta / theta.norm(dim=1, keepdim=True)
@@ -100,7 +104,8 @@ def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def median_bandwidth(x, y=None, *, max_points: int = 2000, seed: int = 0) -> float:
-    """Median heuristic: the median Euclidean distance between distinct points of the pooled set x (+ y).
+    """Median heuristic (Gretton et al. 2012, sec. 8): the median Euclidean distance between distinct points of the
+    pooled set x (+ y).
 
     For pooled sets larger than `max_points` the median is taken over a fixed random subset of
     `max_points` points (drawn with a generator seeded with `seed`) to keep memory at O(max_points^2).
@@ -147,10 +152,11 @@ def mmd_rbf(x, y, *, bandwidths=None) -> float:
     if n < 2 or m < 2:
         raise ValueError(f"unbiased MMD needs at least two points in each set, got {n} and {m}")
     if bandwidths is None:
-        bandwidths = [median_bandwidth(x, y)]
-    h = torch.as_tensor(bandwidths, dtype=torch.float64, device=x.device).reshape(-1)
-    if h.numel() == 0 or bool((h <= 0).any()):
-        raise ValueError(f"bandwidths must be a non-empty list of positive numbers, got {bandwidths!r}")
+        h = torch.tensor([median_bandwidth(x, y)], dtype=torch.float64, device=x.device)  # NaN for NaN samples
+    else:
+        h = torch.as_tensor(bandwidths, dtype=torch.float64, device=x.device).reshape(-1)
+        if h.numel() == 0 or not bool(((h > 0) & torch.isfinite(h)).all()):
+            raise ValueError(f"bandwidths must be a non-empty list of positive finite numbers, got {bandwidths!r}")
     inv_two_h2 = 1.0 / (2.0 * h * h)
     # Gretton et al. 2012, "A kernel two-sample test", JMLR, eq. (3): unbiased MMD_u^2.
     kxx = _kernel_sum(x, x, inv_two_h2, drop_diagonal=True) / (n * (n - 1))

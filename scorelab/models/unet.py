@@ -68,7 +68,7 @@ class SelfAttention(nn.Module):
     """x + W_o softmax(Q Kᵀ / √d) V over the H·W positions, per head (Vaswani et al. 2017, eq. 1). The projections
     act on (B, H·W, C) tokens, which a channels-last activation already is, so no layout copies are made."""
 
-    def __init__(self, ch: int, heads: int = 4):
+    def __init__(self, ch: int, heads: int):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(ch), ch)
         self.qkv = nn.Linear(ch, 3 * ch)
@@ -88,7 +88,7 @@ class CrossAttention(nn.Module):
     (Rombach et al. 2022, Sec. 3.3, eq. 3), per head. The output projection starts at zero, so a network gains it as
     an identity and learns to use the context from there."""
 
-    def __init__(self, ch: int, context_dim: int, heads: int = 4):
+    def __init__(self, ch: int, context_dim: int, heads: int):
         super().__init__()
         self.norm = nn.GroupNorm(_groups(ch), ch)
         self.q = nn.Linear(ch, ch)

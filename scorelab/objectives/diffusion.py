@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..denoisers import Denoiser, expand_sigma
-from ..schedules import sigma_from_alpha_bar
+from ..schedules import check_alpha_bar, sigma_from_alpha_bar
+from .score_matching import _check_x
 
 WEIGHTINGS = ("eps", "x0", "v", "min_snr")
 
@@ -17,6 +20,8 @@ def snr_weight(sigma: torch.Tensor, weighting: str, gamma: float = 5.0) -> torch
     v: 1 + 1/SNR since v - v_hat = sqrt(1 + sigma^2) (eps - eps_hat) (Salimans & Ho 2022, eq. 10);
     min_snr: min(SNR, gamma) / SNR (Hang et al. 2023, 'Min-SNR weighting', eq. 8 for eps-prediction).
     """
+    if weighting == "min_snr" and not 0 < gamma < math.inf:  # gamma <= 0 zeroes or flips every weight
+        raise ValueError(f"gamma (min_snr's SNR cap) must be a finite number > 0, got {gamma}")
     snr = sigma.to(torch.float64) ** -2
     if weighting == "eps":
         w = torch.ones_like(snr)
@@ -46,6 +51,8 @@ def ddpm_loss(
     The Denoiser sees the sigma-space state x0 + sigma_t eps; its eps-prediction is (x - D) / sigma_t. w is
     snr_weight(sigma_t, weighting, gamma); gamma is min_snr's cap.
     """
+    _check_x(x0, "x0")
+    alpha_bar = check_alpha_bar(alpha_bar)
     b = x0.shape[0]
     t = torch.randint(0, alpha_bar.shape[0], (b,), generator=generator)
     sigma = sigma_from_alpha_bar(alpha_bar[t]).to(x0.device, x0.dtype)

@@ -11,20 +11,23 @@ in nats per sample (summed over dimensions), computed in float64.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from tqdm.auto import tqdm
 
 from ..denoisers import Denoiser
-from ..schedules import sigma_from_alpha_bar
-from ..vp import posterior, q_sample
+from ..schedules import check_alpha_bar, sigma_from_alpha_bar
+from ..vp import _posterior, q_sample
+from .score_matching import _check_x
 
 VARIANCES = ("large", "small")
 DECODERS = ("discretized", "gaussian")
 
 
 def normal_kl(mean1, var1, mean2, var2) -> torch.Tensor:
-    """KL(N(mean1, var1) || N(mean2, var2)) elementwise (closed form for univariate Gaussians)."""
+    """KL(N(mean1, var1) || N(mean2, var2)) elementwise: 0.5 (log(var2/var1) + (var1 + (m1 - m2)^2) / var2 - 1), the
+    closed form for univariate Gaussians (Kullback 1959; the form Ho et al. 2020 use for every L_{t-1})."""
     return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
 
 
@@ -58,6 +61,7 @@ def discretized_gaussian_log_likelihood(x, mean, var, levels: int) -> torch.Tens
 
 
 def gaussian_log_density(x, mean, var) -> torch.Tensor:
+    """log N(x; mean, var) elementwise: -0.5 (log(2 pi var) + (x - mean)^2 / var)."""
     return -0.5 * (torch.log(2 * math.pi * var) + (x - mean) ** 2 / var)
 
 
@@ -69,9 +73,9 @@ class VariationalBound:
             raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-        if levels < 2:
-            raise ValueError(f"levels must be >= 2, got {levels}")
-        self.alpha_bar = alpha_bar.to(torch.float64)
+        if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 2:
+            raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+        self.alpha_bar = check_alpha_bar(alpha_bar).to(torch.float64)
         self.variance, self.decoder, self.levels = variance, decoder, levels
 
     @property
@@ -80,6 +84,7 @@ class VariationalBound:
 
     def prior_term(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x0) || N(0, I)), per sample."""
+        _check_x(x0, "x0")
         ab = self.alpha_bar[-1]
         x0 = x0.to(torch.float64)
         kl = normal_kl(ab.sqrt() * x0, 1 - ab, torch.zeros_like(x0), torch.ones_like(x0))
@@ -94,6 +99,12 @@ class VariationalBound:
 
     def term(self, denoiser: Denoiser, x0: torch.Tensor, i: int, noise: torch.Tensor, cond=None) -> torch.Tensor:
         """L_{t-1} for t = i + 1 at x_t = q_sample(x0, noise), per sample; i = 0 is the decoder term L_0."""
+        _check_x(x0, "x0")
+        if i == 0 and self.decoder == "discretized" and not ((x0 >= -1) & (x0 <= 1)).all():
+            raise ValueError(
+                f"x0 must lie in [-1, 1] for the discretized decoder ({self.levels} levels from -1 to 1), "
+                f"got values in [{x0.min().item():.4g}, {x0.max().item():.4g}]; rescale it or use decoder='gaussian'"
+            )
         x0_64 = x0.to(torch.float64)
         ab_t = self.alpha_bar[i]
         x_vp = q_sample(x0_64, ab_t, noise.to(torch.float64))
@@ -105,7 +116,7 @@ class VariationalBound:
             else:
                 ll = gaussian_log_density(x0_64, x0_hat, var)
             return -ll.flatten(1).sum(1)
-        c_x0, c_xt, var_small, var_large = posterior(ab_t, self.alpha_bar[i - 1])
+        c_x0, c_xt, var_small, var_large = _posterior(ab_t, self.alpha_bar[i - 1])
         var_p = var_large if self.variance == "large" else var_small
         # KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)): the means differ by c_x0 (x0 - x0_hat) (Ho et al. 2020, eq. 8)
         kl = normal_kl(c_x0 * x0_64 + c_xt * x_vp, var_small, c_x0 * x0_hat + c_xt * x_vp, var_p)
@@ -124,5 +135,5 @@ class VariationalBound:
 
     def bits_per_dim(self, denoiser: Denoiser, x0: torch.Tensor, **kwargs) -> torch.Tensor:
         """Mean bound over the batch in bits per dimension: nats / (D ln 2)."""
-        dim = x0[0].numel()
-        return self.per_sample(denoiser, x0, **kwargs).mean() / (dim * math.log(2))
+        total = self.per_sample(denoiser, x0, **kwargs)  # checks x0 first
+        return total.mean() / (x0[0].numel() * math.log(2))

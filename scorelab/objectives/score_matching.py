@@ -27,10 +27,10 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 PROJECTIONS = ("gaussian", "rademacher")
 
 
-def _check_x(x: torch.Tensor) -> None:
+def _check_x(x: torch.Tensor, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a tensor of shape (B, D) or (B, ...) with B >= 1, got {shape}")
+        raise ValueError(f"{name} must be a tensor of shape (B, D) or (B, ...) with B >= 1, got {shape}")
 
 
 def _call_score(score: ScoreFn, x: torch.Tensor) -> torch.Tensor:

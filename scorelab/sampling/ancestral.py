@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..vp import posterior
+from ..vp import _posterior
 from .common import Callback, denoise, randn_like, steps
 
 
@@ -72,7 +72,8 @@ def ddpm(
         d = denoise(denoiser, x, s, cond)
         a, a_next = _ab(s), _ab(s_next)
         c_x0, c_xt, var_small, var_large = (
-            float(v) for v in posterior(torch.tensor(a, dtype=torch.float64), torch.tensor(a_next, dtype=torch.float64))
+            float(v)
+            for v in _posterior(torch.tensor(a, dtype=torch.float64), torch.tensor(a_next, dtype=torch.float64))
         )
         x_vp = x * math.sqrt(a)
         x_vp = c_x0 * d + c_xt * x_vp

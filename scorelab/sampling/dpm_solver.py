@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .common import Callback, denoise, steps
+from .common import Callback, check_order, denoise, steps
 
 
 @torch.no_grad()
@@ -28,8 +28,7 @@ def dpmpp_multistep(
     callback: Callback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    check_order(order)
     history: list[tuple[float, torch.Tensor]] = []  # (lambda, D) at earlier steps, newest last
     for i, (s, s_next) in steps(sigmas, f"dpm++{order}m", progress):
         d0 = denoise(denoiser, x, s, cond)

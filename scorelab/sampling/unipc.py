@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .common import Callback, denoise, steps
+from .common import Callback, check_order, denoise, steps
 
 
 def _coefficients(rks: list[float], h: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,11 +43,11 @@ def unipc(
     callback: Callback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
-    pairs = list(steps(sigmas, f"unipc{order}", progress))
-    d = denoise(denoiser, x, pairs[0][1][0], cond)
-    history: list[tuple[float, torch.Tensor]] = [(-math.log(pairs[0][1][0]), d)]  # (lambda, D), newest last
+    check_order(order)
+    pairs = steps(sigmas, f"unipc{order}", progress)  # iterated step by step, so the progress bar follows
+    n_steps, s_max = len(pairs), float(sigmas[0])
+    d = denoise(denoiser, x, s_max, cond)
+    history: list[tuple[float, torch.Tensor]] = [(-math.log(s_max), d)]  # (lambda, D), newest last
     for i, (s, s_next) in pairs:
         lam0, m0 = history[-1]
         if s_next == 0:
@@ -72,7 +72,7 @@ def unipc(
             rhos_p = [0.5] if k == 2 else torch.linalg.solve(big_r[:-1, :-1], b[:-1]).tolist()
             x_pred = x_base - b_h * sum(r * dd for r, dd in zip(rhos_p, diffs, strict=True))
         m_next = denoise(denoiser, x_pred, s_next, cond)
-        last_positive = i + 1 == len(pairs) - 1 and pairs[-1][1][1] == 0
+        last_positive = i + 1 == n_steps - 1  # the step before the final 0 (the schedule ends in 0)
         if last_positive:
             x = x_pred
         else:

@@ -36,6 +36,24 @@ class Cameras:
     width: int
     height: int
 
+    def __post_init__(self):
+        # shapes only (no values), so building cameras never waits for a device
+        w2c = self.world_to_cam
+        n = w2c.shape[0] if isinstance(w2c, torch.Tensor) and w2c.ndim == 3 else -1
+        for name, t, shape in (
+            ("world_to_cam", self.world_to_cam, (n, 4, 4)),
+            ("focal", self.focal, (n, 2)),
+            ("principal", self.principal, (n, 2)),
+        ):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape or not t.is_floating_point():
+                got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                want = str(shape) if n >= 0 else "(N, 4, 4)"
+                raise ScorelabError(
+                    f"Cameras: {name} must be a float tensor of shape {want} (world_to_cam (N, 4, 4), "
+                    f"focal (N, 2) = (fx, fy), principal (N, 2) = (cx, cy)), got {got}"
+                )
+        check_image_size(self.width, self.height)
+
     def __len__(self) -> int:
         return self.world_to_cam.shape[0]
 
@@ -72,19 +90,52 @@ class Cameras:
         return -(r.transpose(1, 2) @ t.unsqueeze(-1)).squeeze(-1)
 
 
+def check_image_size(width, height) -> None:
+    if not isinstance(width, numbers.Integral) or not isinstance(height, numbers.Integral):
+        raise ScorelabError(f"image size must be whole pixels, got {width}x{height}")
+    if width <= 0 or height <= 0:
+        raise ScorelabError(f"image size must be positive, got {width}x{height}")
+
+
+def check_cameras(cameras, who: str) -> None:
+    """A renderer's cameras: a non-empty Cameras batch."""
+    if not isinstance(cameras, Cameras):
+        raise ScorelabError(
+            f"{who} needs cameras as a Cameras batch (e.g. orbit_cameras(...)), got {type(cameras).__name__}"
+        )
+    if len(cameras) == 0:
+        raise ScorelabError(f"{who} needs at least one camera")
+
+
 def _check_finite(name: str, value: torch.Tensor) -> None:
     if not torch.isfinite(value).all():
         raise ScorelabError(f"{name} must be finite, got {value.flatten()[:4].tolist()}...")
 
 
-def spherical_to_cartesian(theta, phi, radius) -> torch.Tensor:
-    """Polar angle theta (from +z), azimuth phi (from +x towards +y), radius -> (..., 3) position."""
-    theta, phi, radius = torch.broadcast_tensors(
-        *(torch.as_tensor(v, dtype=torch.float64) for v in (theta, phi, radius))
-    )
+def _spherical(theta, phi, radius) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(theta, phi, radius) as broadcast float64 tensors, checked: finite angles, theta in [0, pi], radius > 0."""
+    vals = [torch.as_tensor(v, dtype=torch.float64) for v in (theta, phi, radius)]
+    try:
+        theta, phi, radius = torch.broadcast_tensors(*vals)
+    except RuntimeError:
+        shapes = ", ".join(str(tuple(v.shape)) for v in vals)
+        raise ScorelabError(f"camera theta, phi and radius must broadcast to one shape, got {shapes}") from None
     _check_finite("camera angles", torch.stack([theta, phi]))
+    if theta.numel() and (theta.min() < -1e-6 or theta.max() > math.pi + 1e-6):  # 1e-6: pi rounded to float32
+        bad = theta.min() if theta.min() < -1e-6 else theta.max()
+        raise ScorelabError(
+            f"camera polar angle theta must be in [0, pi] radians (0 = top view, pi/2 = the equator), got {bad:g}"
+            + ("; degrees? multiply by pi / 180" if bad > math.pi else "")
+        )
+    _check_finite("camera radius", radius)
     if (radius <= 0).any():
         raise ScorelabError(f"camera radius must be > 0, got {radius.min().item():g}")
+    return theta, phi, radius
+
+
+def spherical_to_cartesian(theta, phi, radius) -> torch.Tensor:
+    """Polar angle theta in [0, pi] (from +z), azimuth phi (from +x towards +y), radius > 0 -> (..., 3) position."""
+    theta, phi, radius = _spherical(theta, phi, radius)
     st = torch.sin(theta)
     return torch.stack([radius * st * torch.cos(phi), radius * st * torch.sin(phi), radius * torch.cos(theta)], -1)
 
@@ -106,9 +157,23 @@ def look_at(eye: torch.Tensor, target: torch.Tensor | None = None, up=(0.0, 0.0,
     theta = 0 that is +x, the limit of the pose as theta -> 0 along phi = 3 pi / 2 (no single choice is the limit
     along every phi).
     """
-    eye = torch.as_tensor(eye, dtype=torch.float64).reshape(-1, 3)
-    target = torch.zeros_like(eye) if target is None else torch.as_tensor(target, dtype=torch.float64).expand_as(eye)
-    up_t = torch.as_tensor(up, dtype=torch.float64).expand_as(eye)
+    eye = torch.as_tensor(eye, dtype=torch.float64)
+    target = torch.zeros(3, dtype=torch.float64) if target is None else torch.as_tensor(target, dtype=torch.float64)
+    up_t = torch.as_tensor(up, dtype=torch.float64)
+    for name, t in (("eye", eye), ("target", target), ("up", up_t)):
+        if t.ndim == 0 or t.shape[-1] != 3:
+            raise ScorelabError(f"look_at needs {name} as 3D points (..., 3), got shape {tuple(t.shape)}")
+        _check_finite(f"look_at {name}", t)
+    eye = eye.reshape(-1, 3)
+    try:
+        target, up_t = target.expand_as(eye), up_t.expand_as(eye)
+    except RuntimeError:
+        raise ScorelabError(
+            f"look_at needs target and up as one point (3,) or one per eye {tuple(eye.shape)}, got "
+            f"{tuple(target.shape)} and {tuple(up_t.shape)}"
+        ) from None
+    if (up_t.norm(dim=-1) == 0).any():
+        raise ScorelabError("look_at needs a nonzero up direction")
     forward = target - eye
     dist = forward.norm(dim=-1, keepdim=True)
     if (dist <= 0).any():
@@ -147,10 +212,7 @@ def orbit_cameras(
 ) -> Cameras:
     """Cameras on spheres around the origin, looking at it, z up; fov spans the image width."""
     height = width if height is None else height
-    if not isinstance(width, numbers.Integral) or not isinstance(height, numbers.Integral):
-        raise ScorelabError(f"image size must be whole pixels, got {width}x{height}")
-    if width <= 0 or height <= 0:
-        raise ScorelabError(f"image size must be positive, got {width}x{height}")
+    check_image_size(width, height)
     eye = spherical_to_cartesian(theta, phi, radius).reshape(-1, 3)
     w2c = look_at(eye)
     n = eye.shape[0]
@@ -162,6 +224,14 @@ def orbit_cameras(
 
 def world_to_camera(cameras: Cameras, points: torch.Tensor) -> torch.Tensor:
     """(P, 3) world points -> (N, P, 3) camera-space points."""
+    if not isinstance(points, torch.Tensor) or points.ndim != 2 or points.shape[1] != 3:
+        got = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise ScorelabError(f"points must be a (P, 3) tensor of world points, got {got}")
+    if points.dtype != cameras.world_to_cam.dtype:
+        raise ScorelabError(
+            f"points ({points.dtype}) and cameras ({cameras.world_to_cam.dtype}) must share a dtype; "
+            "use cameras.to(dtype=points.dtype)"
+        )
     r, t = cameras.world_to_cam[:, :3, :3], cameras.world_to_cam[:, :3, 3]
     return torch.einsum("nij,pj->npi", r, points) + t[:, None, :]
 
@@ -199,10 +269,11 @@ def generate_rays(cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
 def relative_pose(theta_a, phi_a, r_a, theta_b, phi_b, r_b) -> torch.Tensor:
     """Zero-1-to-3 relative pose from view a to view b: (..., 4) = (dtheta, sin dphi, cos dphi, dr)."""
     # Liu et al. 2023 (Zero-1-to-3), sec. 3.1: the embedding of the relative viewpoint
-    vals = [torch.as_tensor(v, dtype=torch.float64) for v in (theta_a, phi_a, r_a, theta_b, phi_b, r_b)]
-    theta_a, phi_a, r_a, theta_b, phi_b, r_b = torch.broadcast_tensors(*vals)
-    _check_finite("camera angles", torch.stack([theta_a, phi_a, theta_b, phi_b]))
-    if (r_a <= 0).any() or (r_b <= 0).any():
-        raise ScorelabError("camera radius must be > 0")
+    vals = [*_spherical(theta_a, phi_a, r_a), *_spherical(theta_b, phi_b, r_b)]
+    try:
+        theta_a, phi_a, r_a, theta_b, phi_b, r_b = torch.broadcast_tensors(*vals)
+    except RuntimeError:
+        shapes = ", ".join(str(tuple(v.shape)) for v in vals)
+        raise ScorelabError(f"the two views' angles and radii must broadcast to one shape, got {shapes}") from None
     d_phi = phi_b - phi_a
     return torch.stack([theta_b - theta_a, torch.sin(d_phi), torch.cos(d_phi), r_b - r_a], -1)

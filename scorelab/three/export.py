@@ -3,6 +3,7 @@ Files are written to a temporary name in the same directory and renamed, so a cr
 
 from __future__ import annotations
 
+import numbers
 import os
 import tempfile
 from collections.abc import Callable
@@ -55,8 +56,18 @@ def export_mesh(mesh: Mesh, path) -> Path:
 def to_uint8(frame: torch.Tensor) -> np.ndarray:
     """(C, H, W), the layout of the project's images, or (H, W, C) float in [0, 1] -> (H, W, 3) uint8. A leading
     dimension of 1, 3 or 4 is read as channels, so an (H, W, C) frame must be more than 4 pixels high."""
+    if (
+        not isinstance(frame, torch.Tensor)
+        or not frame.is_floating_point()
+        or frame.ndim != 3
+        or (frame.shape[0] not in (1, 3, 4) and frame.shape[2] not in (1, 3, 4))
+    ):
+        got = f"{frame.dtype} {tuple(frame.shape)}" if isinstance(frame, torch.Tensor) else type(frame).__name__
+        raise ScorelabError(
+            f"a frame must be a float image in [0, 1], (C, H, W) or (H, W, C) with C = 1, 3 or 4, got {got}"
+        )
     f = frame.detach().float().cpu()
-    if f.ndim == 3 and f.shape[0] in (1, 3, 4):
+    if f.shape[0] in (1, 3, 4):
         f = f.permute(1, 2, 0)
     return (f[..., :3].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
 
@@ -69,8 +80,8 @@ def turntable(render: Callable[[float], torch.Tensor], n_frames: int, path, *, f
     path = Path(path)
     if path.suffix.lower() not in VIDEO_FORMATS:
         raise ScorelabError(f"{path}: unknown video format {path.suffix!r}; allowed: {', '.join(VIDEO_FORMATS)}")
-    if n_frames < 1:
-        raise ScorelabError(f"turntable needs at least one frame, got {n_frames}")
+    if isinstance(n_frames, bool) or not isinstance(n_frames, numbers.Integral) or n_frames < 1:
+        raise ScorelabError(f"turntable needs a whole number of frames >= 1, got {n_frames!r}")
     frames = np.stack([to_uint8(render(2 * np.pi * k / n_frames)) for k in range(n_frames)])
     if path.suffix.lower() == ".gif":
         return _atomic(path, ".gif", lambda tmp: iio.imwrite(tmp, frames, duration=1000 / fps, loop=0))

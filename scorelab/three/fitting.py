@@ -70,9 +70,10 @@ class Fitted:
 
 def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, guard: NonFiniteGuard, step: int) -> None:
     """Backward and one optimiser step, unless the loss or a gradient is not finite: then the step is skipped and
-    counted, and MAX_BAD_STEPS in a row stop the fit (scorelab.train.guard)."""
+    counted, and MAX_BAD_STEPS in a row stop the fit (scorelab.train.guard). A loss that depends on no parameter (a
+    render in which nothing is drawn, e.g. every voxel pruned) gives no gradient and the step changes nothing."""
     opt.zero_grad(set_to_none=True)
-    if bool(torch.isfinite(loss)):
+    if bool(torch.isfinite(loss)) and loss.requires_grad:
         loss.backward()
     if all_finite(loss, (p for group in opt.param_groups for p in group["params"])):
         opt.step()
@@ -95,12 +96,14 @@ def _progress(steps: int, desc: str, progress: bool):
 
 
 def _cosine(step: int, steps: int, low: float = 0.1) -> float:
-    """Learning-rate factor: cosine decay from 1 to `low`."""
+    """Learning-rate factor: cosine decay from 1 to `low` (Loshchilov & Hutter 2017, SGDR, eq. 5, one cycle)."""
     return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
 
 
 def _tv(volume: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between neighbouring cells of a (C, R, R, R) volume (total variation, squared)."""
+    """Mean squared difference between neighbouring cells of a (C, R, R, R) volume: the squared form of total
+    variation (Rudin, Osher & Fatemi 1992), a smoothness prior on voxel grids as in Plenoxels (Fridovich-Keil et al.
+    2022), which take the root."""
     return sum((volume.diff(dim=d) ** 2).mean() for d in (1, 2, 3))
 
 
@@ -167,7 +170,6 @@ def fit_splats(
     steps: int = 600,
     views_per_step: int = 1,
     lr: float = 0.3,
-    tv: float = 0.0,
     tile: int = 8,
     init_density: float = 0.3,
     min_density: float = 0.05,
@@ -195,7 +197,7 @@ def fit_splats(
             opts["min_density"] = max(min_density, prune_density)
         batch = train.pick(idx)
         out = grid.splat(batch.cameras, **opts)
-        loss = _loss(out["color"], out["mask"], batch) + tv * (_tv(grid.density_raw) + _tv(grid.color_raw))
+        loss = _loss(out["color"], out["mask"], batch)
         _update(opt, loss, guard, step)
 
     @torch.no_grad()

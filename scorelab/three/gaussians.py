@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from scorelab.data.images import check_background
 from scorelab.errors import ScorelabError
 
-from .cameras import Cameras
+from .cameras import Cameras, check_cameras
 
 SH_C0 = 0.28209479177387814  # real SH normalisation, degree 0: 1 / (2 sqrt(pi))
 SH_C1 = 0.4886025119029199  # degree 1: sqrt(3 / (4 pi))
@@ -157,11 +158,11 @@ def project(means, cov3d, cameras: Cameras, view: int = 0, near: float = 1e-6):
     mean's direction clamped to the image widened by 15% of its size on each side (1.3 tan(fov/2) for a centred
     principal point, as in Kerbl et al.'s reference rasterizer), so Gaussians far outside the view do not get the
     huge, nearly singular footprints the affine approximation gives there; inside that frustum J is exact."""
-    w2c = cameras.world_to_cam[view].to(means.dtype)
+    w2c = cameras.world_to_cam[view].to(means.device, means.dtype)
     rot, trans = w2c[:3, :3], w2c[:3, 3]
     t = means @ rot.T + trans
-    fx, fy = cameras.focal[view].to(means.dtype)
-    cx, cy = cameras.principal[view].to(means.dtype)
+    fx, fy = cameras.focal[view].to(means.device, means.dtype)
+    cx, cy = cameras.principal[view].to(means.device, means.dtype)
     tx, ty, tz = t.unbind(-1)
     zc = tz.clamp(min=near)
     mean2d = torch.stack([fx * tx / zc + cx, fy * ty / zc + cy], -1)  # pinhole projection, docs/cameras.md
@@ -355,15 +356,14 @@ def render_gaussians(
     alpha_min: contributions below it are skipped (1/255 in the reference; many faint kernels, as in voxel
     splatting, need 0 or their sum is lost)."""
     _check_gaussians(means, log_scales, quats, opacity, sh)
-    if len(cameras) == 0:
-        raise ScorelabError("render_gaussians needs at least one camera")
+    check_cameras(cameras, "render_gaussians")
     if max_work < 1 or near <= 0 or not 0 <= alpha_min < 1:
         raise ScorelabError(
             f"need max_work >= 1, near > 0 and alpha_min in [0, 1), got {max_work}, {near}, {alpha_min}"
         )
+    check_background(background)
     bg = torch.as_tensor(background, dtype=means.dtype, device=means.device)
-    if bg.shape != (3,):
-        raise ScorelabError(f"background must be 3 values (r, g, b), got shape {tuple(bg.shape)}")
+    cameras = cameras.to(means.device, means.dtype)  # everything follows the means
     h, w = cameras.height, cameras.width
     tiles_x, tiles_y = math.ceil(w / TILE), math.ceil(h / TILE)
     cov3d = covariance_3d(log_scales, quats)
@@ -376,7 +376,7 @@ def render_gaussians(
             det_raw = (cov2d[:, 0, 0] - DILATION) * (cov2d[:, 1, 1] - DILATION) - cov2d[:, 0, 1] ** 2
             op = opacity * torch.sqrt(det_raw.clamp(min=0) / det)
         conic, extent = conic_and_extent(cov2d, op, alpha_min)
-        centre = cameras.centre[v].to(means.dtype)
+        centre = cameras.centre[v]
         col = sh_color(sh, F.normalize(means - centre, dim=-1))
         feats = torch.cat([col, z[:, None]], -1)  # composite colour and depth together
         with torch.no_grad():

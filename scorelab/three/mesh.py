@@ -98,7 +98,8 @@ def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 
 
 def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """Area-weighted average of the incident faces' normals (the unnormalised cross product is 2 x area x normal)."""
+    """Area-weighted average of the incident faces' normals (Gouraud 1971 averages them; weighting by area as compared
+    by Max 1999): the unnormalised cross product is 2 x area x normal."""
     p = vertices[faces]
     n = torch.linalg.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0])
     out = torch.zeros_like(vertices).index_add(0, faces.reshape(-1), n.repeat_interleave(3, 0))

@@ -94,13 +94,4 @@ class Snowman:
         return Mesh(v, f_idx, self.color(v).clamp(0, 1))
 
 
-OBJECTS = {"snowman": Snowman}
-
-
-def get_object(name: str):
-    if name not in OBJECTS:
-        raise ScorelabError(f"unknown object {name!r}; allowed: {', '.join(OBJECTS)}")
-    return OBJECTS[name]()
-
-
-__all__ = ["OBJECTS", "Snowman", "get_object", "smooth_union"]
+__all__ = ["Snowman", "smooth_union"]

@@ -11,11 +11,15 @@ screen-space orientation (counter-clockwise from outside in the world is clockwi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from .cameras import Cameras, world_to_camera
+from scorelab.data.images import check_background
+from scorelab.errors import ScorelabError
+
+from .cameras import Cameras, check_cameras, world_to_camera
 from .mesh import Mesh, validate_mesh, vertex_normals
 
 
@@ -32,16 +36,16 @@ class Rasterized:
 
 def project_vertices(cameras: Cameras, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, V, 2) pixel coordinates and (N, V) camera depths, differentiable in the vertices."""
-    cam = world_to_camera(cameras.to(dtype=vertices.dtype), vertices)
+    cameras = cameras.to(vertices.device, vertices.dtype)  # the cameras follow the mesh
+    cam = world_to_camera(cameras, vertices)
     z = cam[..., 2]
-    uv = cam[..., :2] / z.unsqueeze(-1) * cameras.focal[:, None, :].to(vertices.dtype) + cameras.principal[
-        :, None, :
-    ].to(vertices.dtype)
+    uv = cam[..., :2] / z.unsqueeze(-1) * cameras.focal[:, None, :] + cameras.principal[:, None, :]
     return uv, z
 
 
 def _edge(a, b, p):
-    """Edge function: twice the signed area of (a, b, p); positive when p is to the left of a -> b (x right, y up)."""
+    """Edge function (Pineda 1988): twice the signed area of (a, b, p); positive when p is to the left of a -> b
+    (x right, y up)."""
     return (b[..., 0] - a[..., 0]) * (p[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (p[..., 0] - a[..., 0])
 
 
@@ -95,6 +99,9 @@ def _zbuffer(screen, depth, faces, height, width, near, max_pairs):
 
 def rasterize(mesh: Mesh, cameras: Cameras, *, near: float = 1e-3, max_pairs: int = 2_000_000) -> Rasterized:
     """Triangle id per pixel for each camera (no gradient), with the differentiable projected vertices kept."""
+    check_cameras(cameras, "rasterize")
+    if not 0 < near < math.inf:  # near <= 0 would draw faces behind the camera, mirrored
+        raise ScorelabError(f"near must be a depth > 0, got {near}")
     screen, depth = project_vertices(cameras, mesh.vertices)
     ids = torch.stack(
         [
@@ -277,6 +284,8 @@ def render_mesh(mesh: Mesh, cameras: Cameras, *, background=(1.0, 1.0, 1.0), nea
     and tri_id (N, H, W) int64, -1 on background. Faces with a vertex at depth <= near are not drawn (no clipping);
     an empty mesh renders background. Gradients flow to vertices and vertex colours."""
     validate_mesh(mesh, name="render_mesh: mesh", allow_empty=True, allow_degenerate=True)
+    check_cameras(cameras, "render_mesh")
+    check_background(background)
     rast = rasterize(mesh, cameras, near=near)
     bary, covered = barycentrics(rast)
     normals = interpolate(vertex_normals(mesh.vertices, mesh.faces), rast, bary)

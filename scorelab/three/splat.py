@@ -36,9 +36,10 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from scorelab.data.images import check_background
 from scorelab.errors import ScorelabError
 
-from .cameras import Cameras
+from .cameras import Cameras, check_cameras
 from .voxels import _check_box, _check_volume, cell_centres, mip_pyramid, pyramid_partition
 
 LOWPASS = 0.3  # px^2, screen-space anti-aliasing filter variance
@@ -189,6 +190,8 @@ def splat_voxels(
     _check_volume("density", density, 1)
     _check_volume("color", color, 3)
     _check_box(low, high)
+    check_cameras(cameras, "splat_voxels")
+    check_background(background)
     if color.shape[-1] != density.shape[-1]:
         raise ScorelabError(f"density and color resolutions differ: {density.shape[-1]} vs {color.shape[-1]}")
     if kernel_std <= 0 or tile < 1 or max_work < 1:

@@ -17,21 +17,30 @@ Conventions (world units, camera convention of docs/cameras.md):
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from scorelab.data.images import check_background
 from scorelab.errors import ScorelabError
 
-from .cameras import Cameras, generate_rays
+from .cameras import Cameras, check_cameras, generate_rays
 from .mesh import safe_normalize
 
 
-def _check_volume(name: str, volume: torch.Tensor, channels: int) -> None:
-    if volume.dim() != 4 or volume.shape[0] != channels or len(set(volume.shape[1:])) != 1:
-        raise ScorelabError(f"{name} must have shape ({channels}, R, R, R), got {tuple(volume.shape)}")
+def _check_volume(name: str, volume: torch.Tensor, channels: int | None) -> None:
+    """A cubic volume (channels, R, R, R); channels None: any number of channels."""
+    if (
+        not isinstance(volume, torch.Tensor)
+        or volume.dim() != 4
+        or (channels is not None and volume.shape[0] != channels)
+        or len(set(volume.shape[1:])) != 1
+    ):
+        got = tuple(volume.shape) if isinstance(volume, torch.Tensor) else type(volume).__name__
+        raise ScorelabError(f"{name} must have shape ({channels or 'C'}, R, R, R), got {got}")
 
 
 def _check_box(low: float, high: float) -> None:
@@ -44,6 +53,10 @@ def trilinear(volume: torch.Tensor, points: torch.Tensor, low: float = -0.5, hig
 
     Trilinear between cell centres, constant between the outer centres and the box faces, zero outside the box.
     """
+    _check_volume("volume", volume, None)
+    if not isinstance(points, torch.Tensor) or points.ndim == 0 or points.shape[-1] != 3:
+        got = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise ScorelabError(f"points must be world points of shape (..., 3), got {got}")
     shape = points.shape[:-1]
     p = points.reshape(-1, 3).to(volume.dtype)
     g = (p - low) / (high - low) * 2 - 1  # grid_sample wants (x, y, z) in [-1, 1], x indexing the last axis
@@ -72,8 +85,8 @@ class VoxelGrid(nn.Module):
 
     def __init__(self, resolution: int, *, low: float = -0.5, high: float = 0.5, density_raw=None, color_raw=None):
         super().__init__()
-        if resolution < 1:
-            raise ScorelabError(f"voxel resolution must be >= 1, got {resolution}")
+        if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral) or resolution < 1:
+            raise ScorelabError(f"voxel resolution must be an integer >= 1, got {resolution!r}")
         _check_box(low, high)
         r = resolution
         self.low, self.high = float(low), float(high)
@@ -89,10 +102,6 @@ class VoxelGrid(nn.Module):
     @property
     def resolution(self) -> int:
         return self.density_raw.shape[-1]
-
-    @property
-    def cell(self) -> float:
-        return (self.high - self.low) / self.resolution
 
     def density(self) -> torch.Tensor:
         return F.softplus(self.density_raw)
@@ -158,6 +167,8 @@ def ray_march(
     _check_volume("density", density, 1)
     _check_volume("color", color, 3)
     _check_box(low, high)
+    check_cameras(cameras, "ray_march")
+    check_background(background)
     if samples < 1 or chunk < 1:
         raise ScorelabError(f"samples and chunk must be >= 1, got samples={samples}, chunk={chunk}")
     if color.shape[-1] != density.shape[-1]:

@@ -9,7 +9,8 @@ from torch import nn
 
 
 class EMA:
-    """decay_t = min(decay, (1 + t) / (10 + t)): early averages do not remember the random initialisation."""
+    """decay_t = min(decay, (1 + t) / (10 + t)) (TensorFlow's ExponentialMovingAverage with num_updates): early
+    averages do not remember the random initialisation."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay

@@ -192,6 +192,7 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------------
     def _lr(self) -> float:
+        # linear warm-up to the base rate (Goyal et al. 2017, 'Accurate, Large Minibatch SGD', sec. 2.2)
         warm = self.cfg.train.lr_warmup
         return self.cfg.train.lr * min(1.0, (self.step + 1) / warm) if warm > 0 else self.cfg.train.lr
 
