@@ -64,9 +64,7 @@ class Clamped:
     """x0_hat clamped to [low, high] (the data range), e.g. [-1, 1] for images."""
 
     def __init__(self, denoiser: Denoiser, low: float = -1.0, high: float = 1.0):
-        if not bool(
-            (torch.as_tensor(low) < torch.as_tensor(high)).all()
-        ):  # clamp with low > high gives high everywhere
+        if not (torch.as_tensor(low) < torch.as_tensor(high)).all():  # low > high would clamp everything to high
             raise ValueError(f"Clamped needs low < high, got low={low}, high={high}")
         self.denoiser, self.low, self.high = denoiser, low, high
 
