@@ -1,7 +1,7 @@
 """3D Gaussian splatting: render + backward time and peak memory for 10k and 100k Gaussians at 128 and 256 px.
 
 Gaussians are random in the object box [-0.5, 0.5]^3, isotropic, 0.03 in scale, opacity 0.12, SH degree 1, one
-camera at radius 2 (fov 49.1 deg). Loss: sum of colour + alpha. Each setting runs in a fresh subprocess
+camera at radius 2 (fov 49.1 deg). Loss: sum of colour + mask. Each setting runs in a fresh subprocess
 (`_harness.py`): time is the median of 3 render + backward steps after one warm-up; memory is the growth of the
 process's peak resident set (ru_maxrss) over the size after building the inputs, which sees torch's CPU allocations
 (tracemalloc does not). `render_s` is the median of 3 forward passes without autograd, measured afterwards.
@@ -32,7 +32,7 @@ def child(n: str, size: str) -> dict:
     def step():
         g.zero_grad(set_to_none=True)
         out = g.render(cam)
-        (out["color"].sum() + out["alpha"].sum()).backward()
+        (out["color"].sum() + out["mask"].sum()).backward()
 
     row = {"gaussians": int(n), "size": int(size), "tile": TILE, **measure(step)}
     times = []

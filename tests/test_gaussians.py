@@ -39,6 +39,7 @@ def _sh(colors):
 
 
 def _render(means, scales, opac, colors, cam=CAM, **kw):
+    kw.setdefault("background", (0.0, 0.0, 0.0))  # the closed forms below are over black: colour = sum_i w_i c_i
     n = means.shape[0]
     return render_gaussians(means, scales.log(), _identity_quats(n), opac, _sh(colors), cam, **kw)
 
@@ -122,7 +123,7 @@ def test_single_gaussian_alpha_is_the_closed_form_2d_gaussian():
     alpha = (o * torch.exp(-0.5 * d2 / var)).clamp(max=ALPHA_MAX)
     alpha = torch.where(alpha >= ALPHA_MIN, alpha, torch.zeros_like(alpha))
     assert (alpha == 0).any() and (alpha > 0).sum() > 20  # the 1/255 cut is exercised
-    torch.testing.assert_close(out["alpha"][0, 0], alpha, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(out["mask"][0, 0], alpha, rtol=1e-12, atol=1e-14)
     # white over the background colour: C = alpha * 1 + (1 - alpha) * bg; expected depth = alpha * z
     bg = torch.tensor([0.2, 0.4, 0.6], dtype=F64)
     out = _render(
@@ -139,7 +140,7 @@ def test_opacity_is_capped_at_0_99():
         torch.zeros(1, 3, dtype=F64), torch.full((1, 3), 0.5, dtype=F64), torch.tensor([1.0], dtype=F64),
         torch.ones(1, 3, dtype=F64),
     )  # fmt: skip
-    assert out["alpha"].max().item() == ALPHA_MAX and (out["alpha"] == ALPHA_MAX).sum() >= 4
+    assert out["mask"].max().item() == ALPHA_MAX and (out["mask"] == ALPHA_MAX).sum() >= 4
 
 
 # --- (c) two Gaussians ----------------------------------------------------------------------------------------------
@@ -218,9 +219,9 @@ def test_tiled_chunked_render_equals_the_dense_definition(max_work):
     out = _render(means, scales, opac, colors, max_work=max_work)
     torch.testing.assert_close(out["color"][0], ref_img[:3], rtol=0, atol=1e-12)
     torch.testing.assert_close(out["depth"][0], ref_img[3:], rtol=0, atol=1e-12)
-    torch.testing.assert_close(out["alpha"][0, 0], ref_alpha, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out["mask"][0, 0], ref_alpha, rtol=0, atol=1e-12)
     base = _render(means, scales, opac, colors, max_work=4_000_000)
-    for key in ("color", "alpha", "depth"):
+    for key in ("color", "mask", "depth"):
         torch.testing.assert_close(out[key], base[key], rtol=0, atol=1e-12)
 
 
@@ -230,7 +231,7 @@ def test_three_sigma_boxes_lose_nothing_above_the_cut_for_opacity_below_0_35():
     ref_img, ref_alpha, _ = _dense_reference(means, scales, opac, colors, tile_cull=False)
     out = _render(means, scales, opac, colors, max_work=256 * 5)
     torch.testing.assert_close(out["color"][0], ref_img[:3], rtol=0, atol=1e-12)
-    torch.testing.assert_close(out["alpha"][0, 0], ref_alpha, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out["mask"][0, 0], ref_alpha, rtol=0, atol=1e-12)
 
 
 # --- (e) gradients --------------------------------------------------------------------------------------------------
@@ -261,8 +262,8 @@ def test_gradients_match_finite_differences_away_from_the_switches():
 
     def loss(*p):
         out = render_gaussians(*p, cam, alpha_min=0.0, background=(0.1, 0.5, 0.9))
-        assert out["alpha"].max() > 0.3  # the Gaussians are in view
-        return sum((out[k] * wk).sum() for k, wk in zip(("color", "alpha", "depth"), w, strict=True))
+        assert out["mask"].max() > 0.3  # the Gaussians are in view
+        return sum((out[k] * wk).sum() for k, wk in zip(("color", "mask", "depth"), w, strict=True))
 
     params = [p.requires_grad_() for p in _grad_scene(4, 1)]
     with torch.no_grad():
@@ -280,8 +281,8 @@ def test_gradients_with_the_reference_cutoffs_on_several_tiles_and_chunks():
     params[1] = params[1] - 0.6  # smaller Gaussians, so the cut at 1/255 falls inside the image
     w = torch.rand(1, 3, 32, 40, generator=torch.Generator().manual_seed(2), dtype=F64)
 
-    def loss(*p, max_work=1):
-        return (render_gaussians(*p, CAM, max_work=max_work)["color"] * w).sum()
+    def loss(*p, max_work=1):  # over black: a white background adds ~600 to the loss and round-off to the differences
+        return (render_gaussians(*p, CAM, max_work=max_work, background=(0.0, 0.0, 0.0))["color"] * w).sum()
 
     req = [p.clone().requires_grad_() for p in params]
     grads = torch.autograd.grad(loss(*req), req)
@@ -307,7 +308,7 @@ def test_opacity_logits_of_the_module_get_gradients():
     with torch.no_grad():
         gs.log_scales += torch.tensor([0.0, 0.5, 1.0])  # anisotropic, or rotations would not matter
     out = gs.render(orbit_cameras(1.0, 0.5, 2.0, width=24))
-    (out["color"].sum() + out["alpha"].sum()).backward()
+    (out["color"].sum() + out["mask"].sum()).backward()
     for p in gs.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
 
@@ -338,7 +339,7 @@ def test_rendered_colour_changes_with_the_camera_as_the_sh_says():
         cam = orbit_cameras(theta, phi, 2.0, width=32, dtype=F64)
         out = render_gaussians(
             torch.zeros(1, 3, dtype=F64), torch.full((1, 3), math.log(0.1), dtype=F64), _identity_quats(1),
-            torch.tensor([0.5], dtype=F64), sh, cam,
+            torch.tensor([0.5], dtype=F64), sh, cam, background=(0.0, 0.0, 0.0),
         )  # fmt: skip
         view = -torch.tensor(
             [math.sin(theta) * math.cos(phi), math.sin(theta) * math.sin(phi), math.cos(theta)], dtype=F64
@@ -372,7 +373,7 @@ def test_early_stop_at_low_transmittance():
     assert t3 * (1 - alphas[3]) < 1e-4 < t3
     torch.testing.assert_close(out["color"][0, :, 15, 19], expected, rtol=1e-12, atol=1e-14)
     assert (out["color"][0, :, 15, 19] - full).abs().max() <= T_MIN
-    assert out["alpha"][0, 0, 15, 19].item() == pytest.approx(1 - t3, rel=1e-12)
+    assert out["mask"][0, 0, 15, 19].item() == pytest.approx(1 - t3, rel=1e-12)
 
 
 def _matches_central_differences(loss, params, picks):
@@ -446,10 +447,10 @@ def test_a_batch_of_cameras_renders_each_view():
     both = gs.render(cams, background=(1.0, 1.0, 1.0))
     for v in range(2):
         one = gs.render(cams[v], background=(1.0, 1.0, 1.0))
-        for key in ("color", "alpha", "depth"):
+        for key in ("color", "mask", "depth"):
             assert both[key].shape[0] == 2 and one[key].shape[0] == 1
             torch.testing.assert_close(both[key][v], one[key][0], rtol=0, atol=0)
-    assert both["color"].shape == (2, 3, 20, 24) and (both["alpha"] > 0.1).any()
+    assert both["color"].shape == (2, 3, 20, 24) and (both["mask"] > 0.1).any()
 
 
 def test_from_points_uses_the_mean_distance_to_three_neighbours():
@@ -508,7 +509,7 @@ def test_constants_and_sh_basis_are_the_references_not_the_modules():
         torch.zeros(1, 3, dtype=F64), torch.full((1, 3), 0.5, dtype=F64), torch.tensor([1.0], dtype=F64),
         torch.ones(1, 3, dtype=F64),
     )  # fmt: skip
-    assert out["alpha"].max().item() == 0.99
+    assert out["mask"].max().item() == 0.99
     sh = torch.zeros(1, 4, 3, dtype=F64)
     sh[0, 0], sh[0, 1, 0], sh[0, 2, 1], sh[0, 3, 2] = 0.7, 0.3, -0.4, 0.5
     x, y, z = 0.36, -0.48, 0.8  # a unit view direction
@@ -556,7 +557,7 @@ def test_preserve_integral_scales_opacity_by_the_ewa_determinant_ratio():
         expected = o * factor * torch.exp(-0.5 * maha)
         sel = expected > 0.01  # inside the 3-sigma box, so binned
         assert sel.sum() > 100
-        torch.testing.assert_close(out["alpha"][0, 0][sel], expected[sel], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(out["mask"][0, 0][sel], expected[sel], rtol=1e-12, atol=1e-14)
 
 
 def test_jacobian_clamp_in_v_uses_the_image_height():
@@ -582,8 +583,8 @@ def test_gaussians_nearer_than_near_are_culled():
     # a small Gaussian 0.4 in front of the camera: drawn with near = 0.3, culled (not drawn at all) with near = 0.5
     means = torch.tensor([[1.6, 0.0, 0.0]], dtype=F64)
     args = (means, torch.full((1, 3), 0.01, dtype=F64), torch.tensor([0.8], dtype=F64), torch.ones(1, 3, dtype=F64))
-    assert _render(*args, near=0.3)["alpha"].max() > 0.5
-    assert (_render(*args, near=0.5)["alpha"] == 0).all()
+    assert _render(*args, near=0.3)["mask"].max() > 0.5
+    assert (_render(*args, near=0.5)["mask"] == 0).all()
 
 
 def test_gradient_is_zero_through_the_alpha_cap():
@@ -596,8 +597,8 @@ def test_gradient_is_zero_through_the_alpha_cap():
 
     def loss(*p):
         out = render_gaussians(*p, CAM)
-        assert (out["alpha"] == 0.99).sum() >= 4  # the cap is active
-        return (out["alpha"] * w).sum()
+        assert (out["mask"] == 0.99).sum() >= 4  # the cap is active
+        return (out["mask"] * w).sum()
 
     _matches_central_differences(loss, params, ((3, 0), (0, 1), (0, 2)))
 

@@ -238,13 +238,13 @@ def fit_gaussians(
         _set_lr(opt, base, _cosine(step, steps))
         batch = train.pick(idx)
         out = model.render(batch.cameras, background=WHITE)
-        loss = _loss(out["color"], out["alpha"], batch)
+        loss = _loss(out["color"], out["mask"], batch)
         _update(opt, loss, guard, step)
 
     @torch.no_grad()
     def render(cameras: Cameras):
         out = model.render(cameras, background=WHITE)
-        return out["color"], out["alpha"]
+        return out["color"], out["mask"]
 
     return Fitted(render, steps, skipped_steps=guard.skipped)
 

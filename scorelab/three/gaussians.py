@@ -339,14 +339,15 @@ def render_gaussians(
     sh,
     cameras: Cameras,
     *,
-    background=(0.0, 0.0, 0.0),
+    background=(1.0, 1.0, 1.0),
     near: float = 0.01,
     max_work: int = 1_000_000,
     preserve_integral: bool = False,
     alpha_min: float = ALPHA_MIN,
 ) -> dict:
-    """Render every view: colour (N, 3, H, W) over `background` (3 values), alpha (N, 1, H, W), expected depth
-    (N, 1, H, W) (camera z weighted by the compositing weights, not normalised by alpha).
+    """Render every view, as the other renderers do: colour (N, 3, H, W) over `background` (3 values, white by
+    default), mask (N, 1, H, W) = the opacity sum_i w_i, expected depth (N, 1, H, W) (camera z weighted by the
+    compositing weights, not normalised by the mask).
 
     Gaussians with camera depth z <= near are culled. max_work bounds the (pixel, Gaussian) pairs of one chunk, so
     peak memory is O(max_work) plus O(pairs of Gaussians and tiles), never O(G x pixels); the result does not depend
@@ -367,7 +368,7 @@ def render_gaussians(
     h, w = cameras.height, cameras.width
     tiles_x, tiles_y = math.ceil(w / TILE), math.ceil(h / TILE)
     cov3d = covariance_3d(log_scales, quats)
-    colors, alphas, depths = [], [], []
+    colors, masks, depths = [], [], []
     for v in range(len(cameras)):
         mean2d, cov2d, z = project(means, cov3d, cameras, v)
         op = opacity
@@ -388,5 +389,5 @@ def render_gaussians(
         img = f.reshape(tiles_y, tiles_x, TILE, TILE, 5).permute(0, 2, 1, 3, 4).reshape(tiles_y * TILE, -1, 5)[:h, :w]
         colors.append((img[..., :3] + img[..., 4:] * bg).permute(2, 0, 1))
         depths.append(img[..., 3])
-        alphas.append(1 - img[..., 4])
-    return {"color": torch.stack(colors), "alpha": torch.stack(alphas)[:, None], "depth": torch.stack(depths)[:, None]}
+        masks.append(1 - img[..., 4])
+    return {"color": torch.stack(colors), "mask": torch.stack(masks)[:, None], "depth": torch.stack(depths)[:, None]}
