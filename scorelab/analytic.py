@@ -8,14 +8,14 @@ import numbers
 import torch
 
 from .denoisers import expand_sigma
-from .errors import show_values
+from .errors import ScorelabError, show_values
 
 
 def _flatten(x: torch.Tensor, dim: int, what: str) -> torch.Tensor:
     """x (B, ...) as (B, dim), or a one-line error when a sample does not hold `dim` values."""
     if not isinstance(x, torch.Tensor) or x.ndim == 0 or math.prod(x.shape[1:]) != dim:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(
+        raise ScorelabError(
             f"x must hold {dim} values per sample like the {what}: shape (B, {dim}) or (B, ...), got {got}"
         )
     return x.reshape(x.shape[0], dim)
@@ -35,23 +35,23 @@ class GaussianMixture:
         mu = torch.as_tensor(means, dtype=torch.float64)
         std = torch.as_tensor(stds, dtype=torch.float64)
         if mu.ndim != 2:
-            raise ValueError(f"means must have shape (K, D), got {tuple(mu.shape)}")
+            raise ScorelabError(f"means must have shape (K, D), got {tuple(mu.shape)}")
         if not torch.isfinite(mu).all():
-            raise ValueError("means must be finite")
+            raise ScorelabError("means must be finite")
         k, d = mu.shape
         if w.shape != (k,):
-            raise ValueError(f"weights must have shape ({k},), got {tuple(w.shape)}")
+            raise ScorelabError(f"weights must have shape ({k},), got {tuple(w.shape)}")
         if (w < 0).any() or not math.isclose(float(w.sum()), 1.0, abs_tol=1e-6):
-            raise ValueError(f"weights must be non-negative and sum to 1 (within 1e-6), got sum {float(w.sum())}")
+            raise ScorelabError(f"weights must be non-negative and sum to 1 (within 1e-6), got sum {float(w.sum())}")
         w = w / w.sum()  # float32 weights sum to 1 only within their rounding
         if std.ndim == 0:  # one std for every component and dimension
             std = std.expand(k, d)
         elif std.ndim == 1:  # one std per component: isotropic components
             std = std[:, None].expand(k, d)
         if std.shape != (k, d):
-            raise ValueError(f"stds must be a scalar or have shape ({k},) or ({k}, {d}), got {tuple(std.shape)}")
+            raise ScorelabError(f"stds must be a scalar or have shape ({k},) or ({k}, {d}), got {tuple(std.shape)}")
         if not ((std > 0) & torch.isfinite(std)).all():
-            raise ValueError(f"stds must be positive and finite, got {show_values(std)}")
+            raise ScorelabError(f"stds must be positive and finite, got {show_values(std)}")
         self.weights, self.means, self.stds = w, mu, std.clone()
 
     @property
@@ -66,7 +66,7 @@ class GaussianMixture:
         s2 = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).reshape(-1, 1, 1) ** 2
         if s2.shape[0] not in (1, xf.shape[0]):
             got = tuple(torch.as_tensor(sigma).shape)
-            raise ValueError(f"sigma must be a scalar or have shape ({xf.shape[0]},), got {got}")
+            raise ScorelabError(f"sigma must be a scalar or have shape ({xf.shape[0]},), got {got}")
         return s2
 
     def _log_joint(self, x: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
@@ -118,11 +118,13 @@ class FiniteDataset:
     def __init__(self, data: torch.Tensor, chunk: int = 4096):
         data = torch.as_tensor(data)
         if data.ndim == 0 or data.shape[0] == 0 or data[0].numel() == 0:
-            raise ValueError(f"data must hold at least one sample, shape (N, ...) with N >= 1, got {tuple(data.shape)}")
+            raise ScorelabError(
+                f"data must hold at least one sample, shape (N, ...) with N >= 1, got {tuple(data.shape)}"
+            )
         if not torch.isfinite(data).all():
-            raise ValueError("data must be finite")
+            raise ScorelabError("data must be finite")
         if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
-            raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+            raise ScorelabError(f"chunk must be an integer >= 1, got {chunk!r}")
         self.data = data.reshape(data.shape[0], -1).to(torch.float64)
         self.item_shape = data.shape[1:]
         self.chunk = chunk

@@ -12,6 +12,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .errors import ScorelabError
+
 
 class Denoiser(Protocol):
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor: ...
@@ -23,7 +25,7 @@ def expand_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     if sigma.shape != (x.shape[0],):
-        raise ValueError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(sigma.shape)}")
+        raise ScorelabError(f"sigma must be a scalar or have shape ({x.shape[0]},), got {tuple(sigma.shape)}")
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -69,9 +71,11 @@ class Preconditioned(nn.Module):
     def __init__(self, net: nn.Module, parameterisation: str = "edm", sigma_data: float = 0.5):
         super().__init__()
         if parameterisation not in PARAMETERISATIONS:
-            raise ValueError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
+            raise ScorelabError(f"parameterisation must be one of {PARAMETERISATIONS}, got {parameterisation!r}")
         if not 0 < float(sigma_data) < math.inf:  # 0 makes 'edm' and 'v' output 0, a negative one flips c_out
-            raise ValueError(f"sigma_data must be a finite number > 0 (the data standard deviation), got {sigma_data}")
+            raise ScorelabError(
+                f"sigma_data must be a finite number > 0 (the data standard deviation), got {sigma_data}"
+            )
         self.net = net
         self.parameterisation = parameterisation
         self.sigma_data = float(sigma_data)

@@ -8,12 +8,13 @@ def warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-class ScorelabError(Exception):
-    """Bad input from the user: a one-line message naming what is wrong and what is allowed."""
+class ScorelabError(ValueError):
+    """Bad input, from the command line or a Python caller: a one-line message naming what is wrong and what is
+    allowed. Every check in the library raises it; it is a ValueError, so `except ValueError` catches it too."""
 
 
-class ConfigError(ScorelabError, ValueError):
-    pass
+class ConfigError(ScorelabError):
+    """A config file or key that is wrong; the message names the key."""
 
 
 def show_values(values, limit: int = 6) -> str:

@@ -11,6 +11,7 @@ import math
 import torch
 
 from .denoisers import Denoiser, expand_sigma
+from .errors import ScorelabError
 
 
 class ClassifierFreeGuidance:
@@ -28,9 +29,9 @@ class ClassifierFreeGuidance:
         except (TypeError, ValueError, RuntimeError):  # None, a tensor of several scales, ...
             value = math.nan
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"guidance scale must be finite and >= 0 (one number), got {scale!r}")
+            raise ScorelabError(f"guidance scale must be finite and >= 0 (one number), got {scale!r}")
         if null_cond is None:
-            raise ValueError(
+            raise ScorelabError(
                 "null_cond must be the condition the network was trained with for 'no condition' "
                 "(label -1 for scorelab's U-Net), got None"
             )
@@ -42,10 +43,10 @@ class ClassifierFreeGuidance:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
         if cond is None:
-            raise ValueError("classifier-free guidance needs a condition")
+            raise ScorelabError("classifier-free guidance needs a condition")
         if not isinstance(cond, torch.Tensor) or cond.ndim == 0 or cond.shape[0] != x.shape[0]:
             got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-            raise ValueError(
+            raise ScorelabError(
                 f"classifier-free guidance needs cond as a tensor with one entry per sample "
                 f"(labels ({x.shape[0]},) or a context ({x.shape[0]}, L, C)), got {got}"
             )
@@ -65,7 +66,7 @@ class Clamped:
 
     def __init__(self, denoiser: Denoiser, low: float = -1.0, high: float = 1.0):
         if not (torch.as_tensor(low) < torch.as_tensor(high)).all():  # low > high would clamp everything to high
-            raise ValueError(f"Clamped needs low < high, got low={low}, high={high}")
+            raise ScorelabError(f"Clamped needs low < high, got low={low}, high={high}")
         self.denoiser, self.low, self.high = denoiser, low, high
 
     def __call__(self, x, sigma, cond=None):
@@ -78,7 +79,7 @@ class DynamicThreshold:
 
     def __init__(self, denoiser: Denoiser, percentile: float = 0.995):
         if not 0 < percentile <= 1:
-            raise ValueError(f"percentile must be in (0, 1], got {percentile}")
+            raise ScorelabError(f"percentile must be in (0, 1], got {percentile}")
         self.denoiser, self.percentile = denoiser, percentile
 
     def __call__(self, x, sigma, cond=None):

@@ -8,17 +8,17 @@ import numbers
 import numpy as np
 import torch
 
-from .errors import show_values
+from .errors import ScorelabError, show_values
 
 
 def _check_range(sigma_min, sigma_max) -> None:
     if not (0 < sigma_min < sigma_max < math.inf):
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        raise ScorelabError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={sigma_min}, sigma_max={sigma_max}")
 
 
 def _check_count(n, least: int, what: str = "n") -> None:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < least:
-        raise ValueError(f"need an integer {what} >= {least}, got {n!r}")
+        raise ScorelabError(f"need an integer {what} >= {least}, got {n!r}")
 
 
 def geometric_sigmas(sigma_max: float, sigma_min: float, n: int, *, dtype=torch.float32) -> torch.Tensor:
@@ -56,7 +56,7 @@ def beta_schedule(
     """
     _check_count(T, 1, "T")
     if name == "cosine" and (beta_start is not None or beta_end is not None):
-        raise ValueError(
+        raise ScorelabError(
             f"beta_start and beta_end set the linear and scaled_linear schedules; cosine takes neither, "
             f"got beta_start={beta_start}, beta_end={beta_end}"
         )
@@ -65,7 +65,7 @@ def beta_schedule(
         b0 = default[0] if beta_start is None else beta_start
         b1 = default[1] if beta_end is None else beta_end
         if not 0 < b0 <= b1 < 1:
-            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {b0}, {b1}")
+            raise ScorelabError(f"need 0 < beta_start <= beta_end < 1, got {b0}, {b1}")
         if name == "linear":
             return torch.linspace(b0, b1, T, dtype=torch.float64)
         return torch.linspace(b0**0.5, b1**0.5, T, dtype=torch.float64) ** 2
@@ -74,7 +74,7 @@ def beta_schedule(
         t = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((t + s) / (1 + s) * torch.pi / 2) ** 2  # Nichol & Dhariwal 2021 eq. 17
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
-    raise ValueError(f"beta schedule must be one of {BETA_SCHEDULES}, got {name!r}")
+    raise ScorelabError(f"beta schedule must be one of {BETA_SCHEDULES}, got {name!r}")
 
 
 def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
@@ -98,7 +98,7 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0, 
     _check_range(sigma_min, sigma_max)
     _check_count(n, 1)
     if not (math.isfinite(rho) and rho != 0):
-        raise ValueError(f"rho must be a finite nonzero number (Karras et al. use 7), got {rho}")
+        raise ScorelabError(f"rho must be a finite nonzero number (Karras et al. use 7), got {rho}")
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return ((hi + ramp * (lo - hi)) ** rho).to(dtype)
@@ -120,13 +120,13 @@ def timesteps(T: int, n: int, spacing: str = "trailing", *, offset: int = 0) -> 
     _check_count(T, 1, "T")
     _check_count(n, 1)
     if n > T:
-        raise ValueError(f"need 1 <= n <= T, got n={n}, T={T}")
+        raise ScorelabError(f"need 1 <= n <= T, got n={n}, T={T}")
     if offset != 0 and spacing != "leading":
-        raise ValueError(f"offset applies to leading spacing only, got offset={offset} with spacing {spacing!r}")
+        raise ScorelabError(f"offset applies to leading spacing only, got offset={offset} with spacing {spacing!r}")
     if spacing == "leading":
         top = T - 1 - (n - 1) * (T // n)  # the largest offset that keeps every timestep <= T - 1
         if not 0 <= offset <= top:
-            raise ValueError(f"leading offset must be in [0, {top}] for T={T}, n={n}, got {offset}")
+            raise ScorelabError(f"leading offset must be in [0, {top}] for T={T}, n={n}, got {offset}")
         t = torch.arange(n, dtype=torch.float64) * (T // n) + offset
     elif spacing == "trailing":
         # numpy's arange and linspace, as diffusers computes them: their round-off decides the ties at .5 (T=1000,
@@ -135,7 +135,7 @@ def timesteps(T: int, n: int, spacing: str = "trailing", *, offset: int = 0) -> 
     elif spacing == "linspace":
         t = torch.from_numpy(np.round(np.linspace(0, T - 1, n)))
     else:
-        raise ValueError(f"timestep spacing must be one of {SPACINGS}, got {spacing!r}")
+        raise ScorelabError(f"timestep spacing must be one of {SPACINGS}, got {spacing!r}")
     return t.long().sort(descending=True).values
 
 
@@ -148,9 +148,9 @@ def check_alpha_bar(alpha_bar) -> torch.Tensor:
     """A VP schedule alpha_bar_1..alpha_bar_T: 1-D, in (0, 1), strictly decreasing (as alphas_cumprod gives it)."""
     ab = torch.as_tensor(alpha_bar)
     if ab.ndim != 1 or ab.numel() == 0:
-        raise ValueError(f"alpha_bar must be a non-empty 1-D schedule (alphas_cumprod), got shape {tuple(ab.shape)}")
+        raise ScorelabError(f"alpha_bar must be a non-empty 1-D schedule (alphas_cumprod), got shape {tuple(ab.shape)}")
     if not (((ab > 0) & (ab < 1)).all() and (ab[1:] < ab[:-1]).all()):
-        raise ValueError(
+        raise ScorelabError(
             f"alpha_bar must lie in (0, 1) and strictly decrease (alphas_cumprod(betas), not the betas), "
             f"got {show_values(ab)}"
         )
@@ -170,7 +170,7 @@ def lognormal_sigmas(
     _check_range(sigma_min, sigma_max)
     _check_count(n, 2)
     if not (0 < centre < math.inf and 0 < width < math.inf):
-        raise ValueError(f"need finite centre > 0 and width > 0, got centre={centre}, width={width}")
+        raise ScorelabError(f"need finite centre > 0 and width > 0, got centre={centre}, width={width}")
     c = torch.tensor(centre, dtype=torch.float64).log()
     lo = torch.special.ndtr((torch.tensor(sigma_min, dtype=torch.float64).log() - c) / width)
     hi = torch.special.ndtr((torch.tensor(sigma_max, dtype=torch.float64).log() - c) / width)

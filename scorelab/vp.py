@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import show_values
+from .errors import ScorelabError, show_values
 
 
 def q_sample(x0: torch.Tensor, alpha_bar_t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,7 @@ def posterior(alpha_bar_t, alpha_bar_s):
     ab_t = torch.as_tensor(alpha_bar_t, dtype=torch.float64)
     ab_s = torch.as_tensor(alpha_bar_s, dtype=torch.float64)
     if not ((0 < ab_t) & (ab_t < ab_s) & (ab_s <= 1)).all():
-        raise ValueError(
+        raise ScorelabError(
             "posterior needs 0 < alpha_bar_t < alpha_bar_s <= 1 (t the later, noisier step), "
             f"got alpha_bar_t={show_values(ab_t)}, alpha_bar_s={show_values(ab_s)}"
         )

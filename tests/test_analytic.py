@@ -7,6 +7,7 @@ import torch
 
 from scorelab.analytic import FiniteDataset, GaussianMixture
 from scorelab.denoisers import score_from_denoised
+from scorelab.errors import ScorelabError
 
 
 def _mixture():
@@ -82,7 +83,7 @@ def test_log_prob_takes_one_sigma_per_sample():
     sigma = torch.tensor([0.1, 3.0], dtype=torch.float64)
     rows = torch.cat([gm.log_prob(x[i : i + 1], sigma[i]) for i in range(2)])
     torch.testing.assert_close(gm.log_prob(x, sigma), rows)
-    with pytest.raises(ValueError, match="sigma must be a scalar or have shape"):
+    with pytest.raises(ScorelabError, match="sigma must be a scalar or have shape"):
         gm.log_prob(x, torch.ones(3))
 
 
@@ -99,11 +100,11 @@ def test_float32_weights_are_accepted_and_renormalised():
 
 
 def test_bad_mixture_arguments():
-    with pytest.raises(ValueError, match="weights"):
+    with pytest.raises(ScorelabError, match="weights"):
         GaussianMixture([0.5, 0.6], [[0.0], [1.0]], 1.0)
-    with pytest.raises(ValueError, match="stds"):
+    with pytest.raises(ScorelabError, match="stds"):
         GaussianMixture([1.0], [[0.0]], [-1.0])
-    with pytest.raises(ValueError, match="means"):
+    with pytest.raises(ScorelabError, match="means"):
         GaussianMixture([1.0], [0.0], 1.0)
 
 
@@ -119,13 +120,13 @@ def test_mixture_inputs_of_the_wrong_dimension_get_one_line_errors():
     gm = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], 0.3)
     message = r"x must hold 2 values per sample like the mixture: shape \(B, 2\) or \(B, \.\.\.\), got \(4, 3\)"
     for call in (lambda x: gm(x, torch.ones(4)), gm.score, gm.log_prob):  # were broadcasting errors from torch
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ScorelabError, match=message):
             call(torch.zeros(4, 3))
-    with pytest.raises(ValueError, match=r"sigma must be a scalar or have shape \(4,\), got \(3,\)"):
+    with pytest.raises(ScorelabError, match=r"sigma must be a scalar or have shape \(4,\), got \(3,\)"):
         gm.score(torch.zeros(4, 2), torch.ones(3))
-    with pytest.raises(ValueError, match=r"stds must be positive and finite, got \[nan, nan\]"):  # was accepted
+    with pytest.raises(ScorelabError, match=r"stds must be positive and finite, got \[nan, nan\]"):  # was accepted
         GaussianMixture([0.5, 0.5], [[0.0], [1.0]], math.nan)
-    with pytest.raises(ValueError, match="means must be finite"):
+    with pytest.raises(ScorelabError, match="means must be finite"):
         GaussianMixture([1.0], [[math.inf]], 1.0)
 
 
@@ -134,9 +135,9 @@ def test_finite_dataset_checks_its_data_and_inputs():
         ValueError, match=r"data must hold at least one sample, shape \(N, \.\.\.\) with N >= 1, got \(0, 2\)"
     ):
         FiniteDataset(torch.zeros(0, 2))
-    with pytest.raises(ValueError, match=r"chunk must be an integer >= 1, got 0"):
+    with pytest.raises(ScorelabError, match=r"chunk must be an integer >= 1, got 0"):
         FiniteDataset(torch.zeros(3, 2), chunk=0)
     fd = FiniteDataset([[0.0, 1.0], [1.0, 0.0]])  # anything torch.as_tensor takes
-    with pytest.raises(ValueError, match=r"x must hold 2 values per sample like the data: shape \(B, 2\)"):
+    with pytest.raises(ScorelabError, match=r"x must hold 2 values per sample like the data: shape \(B, 2\)"):
         fd(torch.zeros(4, 3), torch.ones(4))
     assert fd(torch.zeros(0, 2), torch.ones(0)).shape == (0, 2)

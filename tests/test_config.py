@@ -192,3 +192,14 @@ def test_sampler_names_in_config_and_cli_are_the_samplers_that_exist():
     assert tuple(options["sampler"].type.choices) == ("annealed_langevin", *SAMPLERS)
     options = {p.name: p for p in cli.commands["evaluate"].params}
     assert tuple(options["samplers"].type.choices) == tuple(SAMPLERS)
+
+
+def test_every_bad_input_error_is_one_type_and_a_value_error():
+    """Library checks, config checks and CLI checks all raise ScorelabError (the CLI prints it as one line), and
+    callers that catch ValueError keep catching it."""
+    from scorelab.errors import ScorelabError
+    from scorelab.schedules import karras_sigmas
+
+    assert issubclass(ConfigError, ScorelabError) and issubclass(ScorelabError, ValueError)
+    with pytest.raises(ValueError, match="n >= 1"):
+        karras_sigmas(0.01, 80.0, 0)

@@ -8,6 +8,7 @@ import torch
 from scorelab.data import toys
 from scorelab.data.digits import load_digits_split
 from scorelab.data.toys import ring8_mixture, sample_toy
+from scorelab.errors import ScorelabError
 
 
 def _gen(seed=0):
@@ -106,7 +107,7 @@ def test_sample_toy_draws_from_the_named_toy(name):
     got = sample_toy(name, 64, _gen(5))
     assert got.shape == (64, 2) and got.dtype == torch.float32
     torch.testing.assert_close(got, toys.TOYS[name](64, _gen(5)).float(), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="unknown 2D toy"):
+    with pytest.raises(ScorelabError, match="unknown 2D toy"):
         sample_toy("spiral", 4, _gen())
 
 

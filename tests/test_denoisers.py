@@ -9,6 +9,7 @@ from scorelab.denoisers import (
     expand_sigma,
     score_from_denoised,
 )
+from scorelab.errors import ScorelabError
 from scorelab.schedules import append_zero, geometric_sigmas
 
 
@@ -24,7 +25,7 @@ def test_conversions_round_trip():
 
 
 def test_expand_sigma_rejects_wrong_shape():
-    with pytest.raises(ValueError, match="sigma"):
+    with pytest.raises(ScorelabError, match="sigma"):
         expand_sigma(torch.ones(3), torch.zeros(4, 2))
 
 
@@ -54,7 +55,7 @@ def test_geometric_sigmas_constant_ratio():
     torch.testing.assert_close(ratios, torch.full_like(ratios, (1 / 20) ** (1 / 9)), rtol=1e-6, atol=0)
     assert s[0].item() == pytest.approx(20.0) and s[-1].item() == pytest.approx(1.0)
     assert append_zero(s)[-1] == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ScorelabError):
         geometric_sigmas(1.0, 2.0, 10)
 
 

@@ -8,6 +8,7 @@ import torch
 
 from scorelab.analytic import GaussianMixture
 from scorelab.denoisers import Preconditioned
+from scorelab.errors import ScorelabError
 from scorelab.objectives.diffusion import ddpm_loss, snr_weight
 from scorelab.schedules import alphas_cumprod, beta_schedule
 
@@ -59,7 +60,7 @@ def test_snr_weights_turn_the_eps_error_into_each_parameterisation_error():
     torch.testing.assert_close(snr_weight(sigma, "x0") * eps_err, x0_err)
     torch.testing.assert_close(snr_weight(sigma, "v") * eps_err, v_err)
     torch.testing.assert_close(snr_weight(sigma, "min_snr", gamma=5.0) * eps_err, (s[:, 0] ** -2).clamp(max=5) * x0_err)
-    with pytest.raises(ValueError, match="weighting must be one of"):
+    with pytest.raises(ScorelabError, match="weighting must be one of"):
         snr_weight(sigma, "p2")
 
 
@@ -124,7 +125,7 @@ def test_ddpm_loss_refuses_betas_for_alpha_bar_and_a_non_positive_min_snr_cap():
     ):
         ddpm_loss(data, x0, betas)  # used to train silently at sigma 7..100
     for gamma in (0.0, -1.0):  # the loss was 0, or negative
-        with pytest.raises(ValueError, match=r"gamma \(min_snr's SNR cap\) must be a finite number > 0, got "):
+        with pytest.raises(ScorelabError, match=r"gamma \(min_snr's SNR cap\) must be a finite number > 0, got "):
             ddpm_loss(data, x0, alphas_cumprod(betas), weighting="min_snr", gamma=gamma)
     with pytest.raises(
         ValueError, match=r"x0 must be a tensor of shape \(B, D\) or \(B, \.\.\.\) with B >= 1, got \(8,\)"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scorelab.analytic import GaussianMixture
+from scorelab.errors import ScorelabError
 from scorelab.objectives.elbo import VariationalBound, discretized_gaussian_log_likelihood, normal_kl
 from scorelab.schedules import alphas_cumprod, beta_schedule
 from scorelab.vp import posterior
@@ -179,9 +180,9 @@ def test_bits_per_dim_of_a_one_step_chain_with_a_perfect_denoiser_in_closed_form
 
 def test_bound_refuses_betas_data_outside_the_decoder_range_and_fractional_levels():
     betas = beta_schedule("linear", 20)
-    with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\) and strictly decrease .*not the betas"):
+    with pytest.raises(ScorelabError, match=r"alpha_bar must lie in \(0, 1\) and strictly decrease .*not the betas"):
         VariationalBound(betas)
-    with pytest.raises(ValueError, match=r"levels must be an integer >= 2, got 2\.5"):
+    with pytest.raises(ScorelabError, match=r"levels must be an integer >= 2, got 2\.5"):
         VariationalBound(alphas_cumprod(betas), levels=2.5)
     vb = VariationalBound(alphas_cumprod(betas))
     data = GaussianMixture([1.0], [[0.0]], 0.5)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from scorelab.analytic import GaussianMixture
+from scorelab.errors import ScorelabError
 from scorelab.guidance import Clamped, ClassifierFreeGuidance, DynamicThreshold
 from scorelab.sampling import ddim, dpmpp_2m, unipc
 from scorelab.sampling.common import initial_noise
@@ -92,7 +93,7 @@ def test_cfg_takes_a_scalar_sigma_and_rejects_a_bad_scale():
         cfg(x, torch.tensor(0.7), cond), cfg(x, torch.full((4,), 0.7, dtype=torch.float64), cond)
     )
     for bad in (-1.0, math.nan, math.inf):
-        with pytest.raises(ValueError, match="guidance scale must be finite and >= 0"):
+        with pytest.raises(ScorelabError, match="guidance scale must be finite and >= 0"):
             ClassifierFreeGuidance(LabelledOracle(), bad, null_cond=-1)
 
 
@@ -117,9 +118,9 @@ def test_dynamic_threshold_clips_at_the_percentile_of_the_absolute_values():
 
 def test_cfg_rejects_a_scale_that_is_not_one_number_and_a_missing_null_condition():
     for bad in ("2", None, torch.tensor([1.0, 2.0])):
-        with pytest.raises(ValueError, match=r"guidance scale must be finite and >= 0 \(one number\), got "):
+        with pytest.raises(ScorelabError, match=r"guidance scale must be finite and >= 0 \(one number\), got "):
             ClassifierFreeGuidance(LabelledOracle(), bad, null_cond=-1)
-    with pytest.raises(ValueError, match=r"null_cond must be the condition .*label -1 .*got None"):
+    with pytest.raises(ScorelabError, match=r"null_cond must be the condition .*label -1 .*got None"):
         ClassifierFreeGuidance(LabelledOracle(), 2.0, null_cond=None)
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from scorelab.analytic import GaussianMixture
+from scorelab.errors import ScorelabError
 from scorelab.sampling.langevin import annealed_langevin, langevin
 from scorelab.schedules import append_zero, geometric_sigmas
 
@@ -69,9 +70,9 @@ def test_annealed_langevin_callback_and_validation():
         callback=lambda i, x: seen.append(i),
     )
     assert seen == list(range(6))
-    with pytest.raises(ValueError):
+    with pytest.raises(ScorelabError):
         annealed_langevin(gm, torch.zeros(3, 1), torch.tensor([1.0, 2.0]), step_size=0.1, steps_per_level=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(ScorelabError):
         annealed_langevin(gm, torch.zeros(3, 1), torch.tensor([2.0, 1.0]), step_size=0.0, steps_per_level=2)
 
 
@@ -85,13 +86,13 @@ def test_annealed_langevin_callback_and_validation():
 )
 def test_annealed_langevin_rejects_non_finite_or_misshapen_schedules(sigmas, message):
     gm = GaussianMixture([1.0], [[0.0]], 1.0)
-    with pytest.raises(ValueError, match=message):  # NaN and inf used to run and return NaN
+    with pytest.raises(ScorelabError, match=message):  # NaN and inf used to run and return NaN
         annealed_langevin(gm, torch.zeros(3, 1), torch.tensor(sigmas), step_size=0.1, steps_per_level=2)
 
 
 def test_langevin_step_size_must_be_finite_and_step_counts_whole():
     gm = GaussianMixture([1.0], [[0.0]], 1.0)
-    with pytest.raises(ValueError, match=r"need a finite step_size > 0 and an integer n_steps >= 0, got nan, 3"):
+    with pytest.raises(ScorelabError, match=r"need a finite step_size > 0 and an integer n_steps >= 0, got nan, 3"):
         langevin(gm.score, torch.zeros(3, 1), step_size=float("nan"), n_steps=3)
-    with pytest.raises(ValueError, match=r"an integer steps_per_level >= 1, got 0\.1, 2\.5"):
+    with pytest.raises(ScorelabError, match=r"an integer steps_per_level >= 1, got 0\.1, 2\.5"):
         annealed_langevin(gm, torch.zeros(3, 1), torch.tensor([1.0, 0.5]), step_size=0.1, steps_per_level=2.5)

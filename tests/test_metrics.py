@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from scorelab.data.digits import load_digits_split
+from scorelab.errors import ScorelabError
 from scorelab.metrics import digits as dm
 from scorelab.metrics import samples as sm
 from scorelab.metrics.digits import (
@@ -133,11 +134,11 @@ def test_mmd_permutation_null_and_shift():
 
 
 def test_point_set_shape_validation():
-    with pytest.raises(ValueError, match=r"\(N, D\)"):
+    with pytest.raises(ScorelabError, match=r"\(N, D\)"):
         sliced_wasserstein2(torch.zeros(10), torch.zeros(10))
-    with pytest.raises(ValueError, match="same dimension"):
+    with pytest.raises(ScorelabError, match="same dimension"):
         mmd_rbf(torch.zeros(10, 2), torch.zeros(10, 3))
-    with pytest.raises(ValueError, match="at least two"):
+    with pytest.raises(ScorelabError, match="at least two"):
         mmd_rbf(torch.zeros(1, 2), torch.zeros(10, 2))
 
 
@@ -200,7 +201,7 @@ def test_frechet_distance_fits_mean_and_ddof1_covariance():
     )
     assert frechet_distance(fa, fb) == pytest.approx(expected, rel=1e-10)
     assert frechet_distance(fa, fa) == pytest.approx(0.0, abs=1e-9)
-    with pytest.raises(ValueError):
+    with pytest.raises(ScorelabError):
         frechet_distance(fa, fb[:, :3])
 
 
@@ -254,9 +255,9 @@ def test_digits_report_separates_noise_from_digits():
 
 @pytest.mark.parametrize("shape", [(3, 8, 8), (2, 3, 8, 8), (2, 1, 7, 7), (0, 1, 8, 8)])
 def test_digits_shape_validation(shape):
-    with pytest.raises(ValueError, match=r"\(N, 1, 8, 8\)"):
+    with pytest.raises(ScorelabError, match=r"\(N, 1, 8, 8\)"):
         digits_report(torch.zeros(shape))
-    with pytest.raises(ValueError, match=r"\(N, 1, 8, 8\)"):
+    with pytest.raises(ScorelabError, match=r"\(N, 1, 8, 8\)"):
         classifier_features(torch.zeros(shape))
 
 
@@ -314,7 +315,7 @@ def test_conditional_report_on_held_out_digits_and_bad_label_shapes():
     report = dm.conditional_report(x, y)
     assert report["conditional_accuracy"] > 0.95  # the classifier agrees with the true labels of real digits
     assert report["within_class_diversity"] == pytest.approx(report["held_out_within_class_diversity"])
-    with pytest.raises(ValueError, match=r"labels must have shape \(\d+,\)"):
+    with pytest.raises(ScorelabError, match=r"labels must have shape \(\d+,\)"):
         dm.conditional_report(x, y[:, None])
 
 
@@ -391,14 +392,14 @@ def test_conditional_report_diversity_of_one_large_class_in_row_blocks():
 def test_sliced_w2_needs_at_least_one_projection():
     x = randn(20, 2)
     for bad in (0, -1, 10.0):  # 0 returned NaN; the others failed inside torch.randn
-        with pytest.raises(ValueError, match=rf"n_projections must be an integer >= 1, got {bad!r}"):
+        with pytest.raises(ScorelabError, match=rf"n_projections must be an integer >= 1, got {bad!r}"):
             sliced_wasserstein2(x, x, n_projections=bad)
 
 
 def test_mmd_bandwidths_must_be_finite_while_nan_samples_still_give_nan():
     x, y = randn(20, 2, seed=1), randn(20, 2, seed=2)
     for bad in ([math.nan], [math.inf]):  # NaN gave NaN, inf gave 0 whatever the sets
-        with pytest.raises(ValueError, match=r"bandwidths must be a non-empty list of positive finite numbers"):
+        with pytest.raises(ScorelabError, match=r"bandwidths must be a non-empty list of positive finite numbers"):
             mmd_rbf(x, y, bandwidths=bad)
     assert math.isnan(mmd_rbf(torch.full((20, 2), math.nan), y))  # the median heuristic's NaN is not the user's
 
@@ -408,9 +409,9 @@ def test_moment_z_scores_checks_the_samples_against_the_mixture():
     from scorelab.metrics.moments import moment_z_scores
 
     gm = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], 0.3)
-    with pytest.raises(ValueError, match=r"samples must have the mixture's dimension D = 2, got shape \(10, 3\)"):
+    with pytest.raises(ScorelabError, match=r"samples must have the mixture's dimension D = 2, got shape \(10, 3\)"):
         moment_z_scores(randn(10, 3), gm)  # was a torch.cdist error
-    with pytest.raises(ValueError, match=r"samples must be a point set of shape \(N, D\), got \(0, 2\)"):
+    with pytest.raises(ScorelabError, match=r"samples must be a point set of shape \(N, D\), got \(0, 2\)"):
         moment_z_scores(torch.zeros(0, 2), gm)  # was ZeroDivisionError
 
 
@@ -420,5 +421,7 @@ def test_frechet_from_stats_refuses_a_covariance_that_is_not_symmetric_psd():
         ValueError, match=r"cov_a must be a symmetric positive semi-definite covariance, got smallest eigenvalue -1"
     ):
         frechet_from_stats(mu, -torch.eye(2), mu, torch.eye(2))  # was 0.0
-    with pytest.raises(ValueError, match=r"cov_b must be a symmetric positive semi-definite covariance, .*asymmetry 2"):
+    with pytest.raises(
+        ScorelabError, match=r"cov_b must be a symmetric positive semi-definite covariance, .*asymmetry 2"
+    ):
         frechet_from_stats(mu, torch.eye(2), mu, torch.tensor([[1.0, 2.0], [0.0, 1.0]]))

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from scorelab.denoisers import Preconditioned
+from scorelab.errors import ScorelabError
 from scorelab.guidance import ClassifierFreeGuidance
 from scorelab.models.unet import CrossAttention, ResBlock, SelfAttention, UNet
 
@@ -71,7 +72,7 @@ def test_unet_runs_at_any_size_divisible_by_its_factor(size):
 
 def test_unet_refuses_sizes_not_divisible_by_its_factor():
     net = UNet(in_channels=1, channels=8, channel_mult=(1, 2, 2))
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ScorelabError, match="divisible by 4"):
         net(torch.randn(1, 1, 8, 6), torch.zeros(1))
 
 
@@ -116,12 +117,12 @@ def test_unet_cross_attends_to_a_context_sequence_and_works_under_guidance():
 
 def test_unet_refuses_a_condition_it_cannot_take():
     plain = UNet(in_channels=1, channels=8, channel_mult=(1, 2))
-    with pytest.raises(ValueError, match="no class labels"):
+    with pytest.raises(ScorelabError, match="no class labels"):
         plain(torch.randn(1, 1, 8, 8), torch.zeros(1), torch.tensor([3]))
-    with pytest.raises(ValueError, match="no context sequence"):
+    with pytest.raises(ScorelabError, match="no context sequence"):
         plain(torch.randn(1, 1, 8, 8), torch.zeros(1), torch.randn(1, 2, 4))
     ctx_net = UNet(in_channels=1, channels=8, channel_mult=(1, 2), context_dim=4)
-    with pytest.raises(ValueError, match=r"context must have shape \(1, L, 4\)"):
+    with pytest.raises(ScorelabError, match=r"context must have shape \(1, L, 4\)"):
         ctx_net(torch.randn(1, 1, 8, 8), torch.zeros(1), torch.randn(1, 2, 5))
 
 
@@ -135,7 +136,7 @@ def test_labels_are_checked_and_sigma_zero_returns_x():
         (torch.tensor([10, 0]), "-1..9"),
         (torch.tensor([-2, 0]), "-1..9"),
     ):
-        with pytest.raises(ValueError, match=why):
+        with pytest.raises(ScorelabError, match=why):
             net(x, t, bad)
     assert net(x, t, torch.tensor([-1, 9])).shape == x.shape
     for param in ("eps", "x0", "v", "edm"):

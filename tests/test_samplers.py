@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from scorelab.analytic import GaussianMixture
+from scorelab.errors import ScorelabError
 from scorelab.sampling import ddim, ddpm, dpmpp_2m, dpmpp_3m, euler, evaluations, heun, unipc
 from scorelab.sampling.common import initial_noise
 from scorelab.schedules import append_zero, loglinear_sigmas
@@ -228,16 +229,16 @@ def test_deterministic_given_generator_and_counts_evaluations(sampler):
     ],
 )
 def test_bad_schedules_rejected(bad):
-    with pytest.raises(ValueError, match="sigmas must be"):
+    with pytest.raises(ScorelabError, match="sigmas must be"):
         euler(GAUSS, torch.zeros(2, 1), bad)
 
 
 def test_bad_sampler_options_rejected():
     sig = append_zero(loglinear_sigmas(0.1, 10.0, 4))
     for eta in (-0.1, 1.5, math.nan):
-        with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        with pytest.raises(ScorelabError, match=r"eta must be in \[0, 1\]"):
             ddim(GAUSS, torch.zeros(2, 1), sig, eta=eta)
-    with pytest.raises(ValueError, match="sampler must be one of ddpm, ddim"):
+    with pytest.raises(ScorelabError, match="sampler must be one of ddpm, ddim"):
         evaluations("Heun", 8)
 
 
@@ -336,7 +337,7 @@ def test_unipc_first_two_steps_written_out():
     ],
 )
 def test_bad_schedule_errors_say_what_is_wrong_and_show_the_schedule(bad, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ScorelabError, match=message):
         euler(GAUSS, torch.zeros(2, 1), bad)
 
 
@@ -344,10 +345,10 @@ def test_solver_order_must_be_the_integer_1_2_or_3():
     from scorelab.sampling.dpm_solver import dpmpp_multistep
 
     sig = append_zero(loglinear_sigmas(0.1, 10.0, 4))
-    with pytest.raises(ValueError, match=r"order must be 1, 2 or 3, got '2'"):  # was 'got 2', which is allowed
+    with pytest.raises(ScorelabError, match=r"order must be 1, 2 or 3, got '2'"):  # was 'got 2', which is allowed
         dpmpp_multistep(GAUSS, torch.zeros(2, 1), sig, order="2")
     for bad in (2.0, True):  # 2.0 used to fail inside range(); True ran as order 1
-        with pytest.raises(ValueError, match=rf"order must be 1, 2 or 3, got {bad!r}"):
+        with pytest.raises(ScorelabError, match=rf"order must be 1, 2 or 3, got {bad!r}"):
             unipc(GAUSS, torch.zeros(2, 1), sig, order=bad)
 
 

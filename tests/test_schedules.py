@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from scorelab.errors import ScorelabError
 from scorelab.schedules import (
     alpha_bar_from_sigma,
     alphas_cumprod,
@@ -23,9 +24,9 @@ def test_spacings_match_closed_form_lists():
     assert timesteps(1000, 10, "trailing").tolist() == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
     assert timesteps(1000, 10, "linspace").tolist() == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
     assert timesteps(1000, 10, "leading", offset=1).tolist()[0] == 901
-    with pytest.raises(ValueError):
+    with pytest.raises(ScorelabError):
         timesteps(1000, 0, "trailing")
-    with pytest.raises(ValueError):
+    with pytest.raises(ScorelabError):
         timesteps(1000, 10, "sideways")
 
 
@@ -81,7 +82,7 @@ def test_beta_schedules():
 
     ab = alphas_cumprod(cos)
     assert ab[499].item() == pytest.approx(f(500) / f(0), rel=1e-9)
-    with pytest.raises(ValueError):
+    with pytest.raises(ScorelabError):
         beta_schedule("quadratic")
 
 
@@ -120,13 +121,13 @@ def test_every_step_count_gives_n_distinct_timesteps_in_range(T, spacing):
 
 
 def test_bad_schedule_arguments_rejected():
-    with pytest.raises(ValueError, match="leading offset must be in"):
+    with pytest.raises(ScorelabError, match="leading offset must be in"):
         timesteps(1000, 1000, "leading", offset=1)
-    with pytest.raises(ValueError, match="leading offset must be in"):
+    with pytest.raises(ScorelabError, match="leading offset must be in"):
         timesteps(1000, 10, "leading", offset=-1)
-    with pytest.raises(ValueError, match="n >= 1"):
+    with pytest.raises(ScorelabError, match="n >= 1"):
         loglinear_sigmas(0.1, 10.0, 0)
-    with pytest.raises(ValueError, match="beta_start <= beta_end"):
+    with pytest.raises(ScorelabError, match="beta_start <= beta_end"):
         beta_schedule("linear", 10, beta_start=0.0)
     assert beta_schedule("linear", 3, beta_start=1e-3, beta_end=1e-3).tolist() == [1e-3] * 3
 
@@ -142,22 +143,22 @@ def test_sigma_ranges_are_checked_by_name_in_every_schedule():
     from scorelab.schedules import geometric_sigmas
 
     message = r"need 0 < sigma_min < sigma_max < inf, got sigma_min=80, sigma_max=0\.002"
-    with pytest.raises(ValueError, match=message):  # karras takes (sigma_min, sigma_max), geometric the other way
+    with pytest.raises(ScorelabError, match=message):  # karras takes (sigma_min, sigma_max), geometric the other way
         karras_sigmas(80, 0.002, 10)
-    with pytest.raises(ValueError, match=message):  # n = 1 used to return [0.002] unchecked
+    with pytest.raises(ScorelabError, match=message):  # n = 1 used to return [0.002] unchecked
         loglinear_sigmas(80, 0.002, 1)
-    with pytest.raises(ValueError, match=r"sigma_max=inf"):  # used to return NaN
+    with pytest.raises(ScorelabError, match=r"sigma_max=inf"):  # used to return NaN
         geometric_sigmas(math.inf, 0.01, 5)
-    with pytest.raises(ValueError, match=r"need finite centre > 0 and width > 0, got centre=nan"):
+    with pytest.raises(ScorelabError, match=r"need finite centre > 0 and width > 0, got centre=nan"):
         lognormal_sigmas(0.002, 80.0, 5, centre=math.nan)
-    with pytest.raises(ValueError, match=r"rho must be a finite nonzero number .*got 0"):  # was ZeroDivisionError
+    with pytest.raises(ScorelabError, match=r"rho must be a finite nonzero number .*got 0"):  # was ZeroDivisionError
         karras_sigmas(0.002, 80.0, 10, rho=0)
-    with pytest.raises(ValueError, match=r"need an integer n \(noise levels\) >= 2, got 5\.0"):
+    with pytest.raises(ScorelabError, match=r"need an integer n \(noise levels\) >= 2, got 5\.0"):
         geometric_sigmas(10.0, 0.01, 5.0)
 
 
 def test_options_a_schedule_ignores_are_refused():
-    with pytest.raises(ValueError, match=r"cosine takes neither, got beta_start=0\.001, beta_end=None"):
+    with pytest.raises(ScorelabError, match=r"cosine takes neither, got beta_start=0\.001, beta_end=None"):
         beta_schedule("cosine", 1000, beta_start=1e-3)
     with pytest.raises(
         ValueError, match=r"offset applies to leading spacing only, got offset=1 with spacing 'trailing'"
@@ -167,7 +168,7 @@ def test_options_a_schedule_ignores_are_refused():
 
 def test_discrete_sigmas_refuses_betas_for_alpha_bar():
     betas = beta_schedule("linear", 1000)
-    with pytest.raises(ValueError, match=r"alpha_bar must lie in \(0, 1\) and strictly decrease .*not the betas"):
+    with pytest.raises(ScorelabError, match=r"alpha_bar must lie in \(0, 1\) and strictly decrease .*not the betas"):
         discrete_sigmas(betas, timesteps(1000, 5))
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from scorelab.analytic import GaussianMixture
+from scorelab.errors import ScorelabError
 from scorelab.objectives.score_matching import (
     denoising_score_matching,
     exact_score_matching,
@@ -408,5 +409,5 @@ def _x():
     ],
 )
 def test_invalid_arguments_raise_value_error(call, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ScorelabError, match=match):
         call()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import ScorelabError
+
 HELD_OUT = 297  # fixed held-out split: 1,500 train / 297 held-out, stratified by class
 SPLIT_SEED = 0
 
@@ -23,7 +25,7 @@ def _load() -> tuple[np.ndarray, np.ndarray]:
 def load_digits_split(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images (N, 1, 8, 8) in [-1, 1], labels (N,)) for split 'train', 'test' or 'all'."""
     if split not in ("train", "test", "all"):
-        raise ValueError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
+        raise ScorelabError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
     images, labels = _load()
     x = torch.from_numpy(images / 8.0 - 1.0).unsqueeze(1)  # pixel values 0..16 -> [-1, 1]
     y = torch.from_numpy(labels)

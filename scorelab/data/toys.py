@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..analytic import GaussianMixture
+from ..errors import ScorelabError
 
 RING_RADIUS = 2.0
 RING_STD = 0.1
@@ -61,5 +62,5 @@ TOYS = {"ring8": ring8, "moons": moons, "swissroll": swissroll, "rings": rings, 
 
 def sample_toy(name: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     if name not in TOYS:
-        raise ValueError(f"unknown 2D toy {name!r}; allowed: {', '.join(TOYS)}")
+        raise ScorelabError(f"unknown 2D toy {name!r}; allowed: {', '.join(TOYS)}")
     return TOYS[name](n, generator).float()

@@ -278,7 +278,7 @@ def _check_covariance(name: str, c: torch.Tensor) -> None:
     eig = torch.linalg.eigvalsh((c + c.T) / 2)
     asym = (c - c.T).abs().max().item()
     if not (asym <= 1e-6 * scale and eig.min().item() >= -1e-6 * scale):
-        raise ValueError(
+        raise ScorelabError(
             f"{name} must be a symmetric positive semi-definite covariance, got smallest eigenvalue "
             f"{eig.min().item():.4g} and asymmetry {asym:.4g} (largest entry {scale:.4g})"
         )
@@ -288,7 +288,7 @@ def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (F,) and covariance (F, F) (ddof = 1) of features (N, F), in float64."""
     f = torch.as_tensor(feats).to(torch.float64)
     if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"features must have shape (N, F) with N >= 2, got {tuple(f.shape)}")
+        raise ScorelabError(f"features must have shape (N, F) with N >= 2, got {tuple(f.shape)}")
     return f.mean(0), torch.cov(f.T, correction=1).reshape(f.shape[1], f.shape[1])
 
 
@@ -304,7 +304,7 @@ def frechet_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
     cov_a, cov_b = (torch.as_tensor(c).to(torch.float64) for c in (cov_a, cov_b))
     d = mu_a.shape[0]
     if mu_b.shape[0] != d or cov_a.shape != (d, d) or cov_b.shape != (d, d):
-        raise ValueError(
+        raise ScorelabError(
             f"Frechet distance needs means (F,) and covariances (F, F) of one F, got {d}, "
             f"{mu_b.shape[0]}, {tuple(cov_a.shape)}, {tuple(cov_b.shape)}"
         )
@@ -326,7 +326,7 @@ def frechet_distance(feats_a, feats_b) -> float:
     """
     fa, fb = torch.as_tensor(feats_a), torch.as_tensor(feats_b)
     if fa.ndim != 2 or fb.ndim != 2 or fa.shape[1] != fb.shape[1]:
-        raise ValueError(f"features must be (N, F) and (M, F) with one F, got {tuple(fa.shape)}, {tuple(fb.shape)}")
+        raise ScorelabError(f"features must be (N, F) and (M, F) with one F, got {tuple(fa.shape)}, {tuple(fb.shape)}")
     return frechet_from_stats(*gaussian_stats(fa.cpu()), *gaussian_stats(fb.cpu()))
 
 
@@ -423,7 +423,7 @@ def conditional_report(samples, labels) -> dict:
     the same figure for the held-out digits (guidance trades diversity for accuracy)."""
     x, y = _check_digits(samples), torch.as_tensor(labels).long().cpu()
     if y.shape != (x.shape[0],):
-        raise ValueError(f"labels must have shape ({x.shape[0]},), one per sample, got {tuple(y.shape)}")
+        raise ScorelabError(f"labels must have shape ({x.shape[0]},), one per sample, got {tuple(y.shape)}")
     pred = classifier_probs(x).argmax(1)
 
     def diversity(images, classes) -> float:

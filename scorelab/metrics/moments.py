@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..analytic import GaussianMixture
+from ..errors import ScorelabError
 from .samples import _as_points
 
 
@@ -19,7 +20,7 @@ def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
     """
     x = _as_points(samples, "samples").detach().cpu()
     if x.shape[1] != mixture.dim:
-        raise ValueError(f"samples must have the mixture's dimension D = {mixture.dim}, got shape {tuple(x.shape)}")
+        raise ScorelabError(f"samples must have the mixture's dimension D = {mixture.dim}, got shape {tuple(x.shape)}")
     n = x.shape[0]
     means, stds, w = mixture.means.cpu(), mixture.stds.cpu(), mixture.weights.cpu()
     if not torch.isfinite(x).all():

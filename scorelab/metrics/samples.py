@@ -11,20 +11,22 @@ import numbers
 
 import torch
 
+from ..errors import ScorelabError
+
 BLOCK_ELEMENTS = 2**22  # pairwise-kernel values held in memory at once (32 MB in float64), whatever the set sizes
 
 
 def _as_points(x, name: str) -> torch.Tensor:
     t = torch.as_tensor(x)
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
-        raise ValueError(f"{name} must be a point set of shape (N, D), got {tuple(t.shape)}")
+        raise ScorelabError(f"{name} must be a point set of shape (N, D), got {tuple(t.shape)}")
     return t.to(torch.float64)
 
 
 def _check_pair(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _as_points(x, "x"), _as_points(y, "y")
     if x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must have the same dimension D, got {x.shape[1]} and {y.shape[1]}")
+        raise ScorelabError(f"x and y must have the same dimension D, got {x.shape[1]} and {y.shape[1]}")
     return x, y.to(x.device)
 
 
@@ -36,7 +38,7 @@ def projections(dim: int, n_projections: int = 1000, *, seed: int = 0) -> torch.
     """
     for name, n in (("dim", dim), ("n_projections", n_projections)):
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {n!r}")
+            raise ScorelabError(f"{name} must be an integer >= 1, got {n!r}")
     g = torch.Generator().manual_seed(seed)
     theta = torch.randn(n_projections, dim, generator=g).to(torch.float64)
     return theta / theta.norm(dim=1, keepdim=True)
@@ -77,7 +79,7 @@ class SlicedW2Reference:
     def distance(self, x) -> float:
         x = _as_points(x, "x")
         if x.shape[1] != self.theta.shape[1]:
-            raise ValueError(f"x must have dimension {self.theta.shape[1]} like the reference, got {x.shape[1]}")
+            raise ScorelabError(f"x must have dimension {self.theta.shape[1]} like the reference, got {x.shape[1]}")
         px = (self.theta @ x.to(self.theta.device).T).sort(dim=1).values  # (P, N)
         return math.sqrt(_w2_sq_1d(px, self.sorted).mean().item())
 
@@ -112,7 +114,7 @@ def median_bandwidth(x, y=None, *, max_points: int = 2000, seed: int = 0) -> flo
     """
     pooled = _as_points(x, "x") if y is None else torch.cat(_check_pair(x, y))
     if pooled.shape[0] < 2:
-        raise ValueError("the median heuristic needs at least two points")
+        raise ScorelabError("the median heuristic needs at least two points")
     if pooled.shape[0] > max_points:
         g = torch.Generator().manual_seed(seed)
         pooled = pooled[torch.randperm(pooled.shape[0], generator=g)[:max_points].to(pooled.device)]
@@ -120,7 +122,7 @@ def median_bandwidth(x, y=None, *, max_points: int = 2000, seed: int = 0) -> flo
     iu = torch.triu_indices(*d2.shape, offset=1, device=d2.device)
     h = d2[iu[0], iu[1]].median().sqrt().item()
     if h == 0:
-        raise ValueError("median heuristic bandwidth is 0 (most pooled pairs coincide); pass bandwidths")
+        raise ScorelabError("median heuristic bandwidth is 0 (most pooled pairs coincide); pass bandwidths")
     return h
 
 
@@ -150,13 +152,13 @@ def mmd_rbf(x, y, *, bandwidths=None) -> float:
     x, y = _check_pair(x, y)
     n, m = x.shape[0], y.shape[0]
     if n < 2 or m < 2:
-        raise ValueError(f"unbiased MMD needs at least two points in each set, got {n} and {m}")
+        raise ScorelabError(f"unbiased MMD needs at least two points in each set, got {n} and {m}")
     if bandwidths is None:
         h = torch.tensor([median_bandwidth(x, y)], dtype=torch.float64, device=x.device)  # NaN for NaN samples
     else:
         h = torch.as_tensor(bandwidths, dtype=torch.float64, device=x.device).reshape(-1)
         if h.numel() == 0 or not bool(((h > 0) & torch.isfinite(h)).all()):
-            raise ValueError(f"bandwidths must be a non-empty list of positive finite numbers, got {bandwidths!r}")
+            raise ScorelabError(f"bandwidths must be a non-empty list of positive finite numbers, got {bandwidths!r}")
     inv_two_h2 = 1.0 / (2.0 * h * h)
     # Gretton et al. 2012, "A kernel two-sample test", JMLR, eq. (3): unbiased MMD_u^2.
     kxx = _kernel_sum(x, x, inv_two_h2, drop_diagonal=True) / (n * (n - 1))
@@ -182,7 +184,7 @@ def component_stats(samples, means) -> dict:
     x = _as_points(samples, "samples")
     mu = _as_points(means, "means").to(x.device)
     if mu.shape[1] != x.shape[1]:
-        raise ValueError(f"samples and means must have the same dimension D, got {x.shape[1]}, {mu.shape[1]}")
+        raise ScorelabError(f"samples and means must have the same dimension D, got {x.shape[1]}, {mu.shape[1]}")
     assign = _sq_dists(x, mu).argmin(dim=1)
     n, d = x.shape
     out: dict[str, list] = {"count": [], "weight": [], "mean": [], "std": []}

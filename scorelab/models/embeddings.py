@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..errors import ScorelabError
+
 
 class FourierEmbedding(nn.Module):
     """Sinusoidal embedding of a scalar (Vaswani et al. 2017, Sec. 3.5; used for time in Ho et al. 2020)."""
@@ -14,7 +16,7 @@ class FourierEmbedding(nn.Module):
     def __init__(self, dim: int, max_period: float = 1000.0, scale: float = 64.0):
         super().__init__()
         if dim % 2:
-            raise ValueError(f"embedding dim must be even, got {dim}")
+            raise ScorelabError(f"embedding dim must be even, got {dim}")
         freqs = torch.exp(-math.log(max_period) * torch.arange(dim // 2, dtype=torch.float64) / (dim // 2))
         self.register_buffer("freqs", freqs.float(), persistent=False)
         self.scale = scale  # c_noise = ln(sigma)/4 lies in about [-1.5, 1]: frequencies 0.064 ... 64 per unit

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ScorelabError
 from .embeddings import NoiseEmbedding
 
 
@@ -32,7 +33,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"MLP expects inputs of shape (B, {self.dim}), got {tuple(x.shape)}")
+            raise ScorelabError(f"MLP expects inputs of shape (B, {self.dim}), got {tuple(x.shape)}")
         emb = self.embed(c_noise)
         h = self.inp(x)
         for block in self.blocks:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ScorelabError
 from .embeddings import NoiseEmbedding
 
 
@@ -184,28 +185,30 @@ class UNet(nn.Module):
         """(labels or None, context or None) from cond, with one-line errors for what the network cannot take."""
         if cond is None or not torch.is_floating_point(cond):
             if cond is not None and not self.num_classes:
-                raise ValueError("this UNet has no class labels (num_classes = 0); cond must be None or a context")
+                raise ScorelabError("this UNet has no class labels (num_classes = 0); cond must be None or a context")
             if self.num_classes and cond is None:
                 cond = torch.full((batch,), -1, device=device)
             if cond is not None:
                 if cond.dtype in (torch.bool, torch.uint8) or cond.shape != (batch,):
-                    raise ValueError(
+                    raise ScorelabError(
                         f"labels must be an integer tensor of shape ({batch},), got {cond.dtype} {tuple(cond.shape)}"
                     )
                 lo, hi = (int(v) for v in torch.aminmax(cond)) if cond.numel() else (-1, -1)  # one pass, one sync
                 if not -1 <= lo <= hi < self.num_classes:
-                    raise ValueError(f"labels must be in -1..{self.num_classes - 1} (-1 = no label), got {lo}..{hi}")
+                    raise ScorelabError(f"labels must be in -1..{self.num_classes - 1} (-1 = no label), got {lo}..{hi}")
             return cond, None
         if not self.context_dim:
-            raise ValueError("this UNet takes no context sequence (context_dim = 0); cond must be labels or None")
+            raise ScorelabError("this UNet takes no context sequence (context_dim = 0); cond must be labels or None")
         if cond.ndim != 3 or cond.shape[0] != batch or cond.shape[2] != self.context_dim:
-            raise ValueError(f"context must have shape ({batch}, L, {self.context_dim}), got {tuple(cond.shape)}")
+            raise ScorelabError(f"context must have shape ({batch}, L, {self.context_dim}), got {tuple(cond.shape)}")
         labels = torch.full((batch,), -1, device=device) if self.num_classes else None
         return labels, cond
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            raise ValueError(f"UNet expects (B, C, H, W) with H and W divisible by {self.factor}, got {tuple(x.shape)}")
+            raise ScorelabError(
+                f"UNet expects (B, C, H, W) with H and W divisible by {self.factor}, got {tuple(x.shape)}"
+            )
         labels, context = self._split_cond(cond, x.shape[0], x.device)
         emb = self.embed(c_noise)
         if labels is not None:

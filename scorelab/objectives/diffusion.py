@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..denoisers import Denoiser, expand_sigma
+from ..errors import ScorelabError
 from ..schedules import check_alpha_bar, sigma_from_alpha_bar
 from .score_matching import _check_x
 
@@ -21,7 +22,7 @@ def snr_weight(sigma: torch.Tensor, weighting: str, gamma: float = 5.0) -> torch
     min_snr: min(SNR, gamma) / SNR (Hang et al. 2023, 'Min-SNR weighting', eq. 8 for eps-prediction).
     """
     if weighting == "min_snr" and not 0 < gamma < math.inf:  # gamma <= 0 zeroes or flips every weight
-        raise ValueError(f"gamma (min_snr's SNR cap) must be a finite number > 0, got {gamma}")
+        raise ScorelabError(f"gamma (min_snr's SNR cap) must be a finite number > 0, got {gamma}")
     snr = sigma.to(torch.float64) ** -2
     if weighting == "eps":
         w = torch.ones_like(snr)
@@ -32,7 +33,7 @@ def snr_weight(sigma: torch.Tensor, weighting: str, gamma: float = 5.0) -> torch
     elif weighting == "min_snr":
         w = snr.clamp(max=gamma) / snr
     else:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        raise ScorelabError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     return w.to(sigma.dtype)
 
 

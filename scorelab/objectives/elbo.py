@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..denoisers import Denoiser
+from ..errors import ScorelabError
 from ..schedules import check_alpha_bar, sigma_from_alpha_bar
 from ..vp import _posterior, q_sample
 from .score_matching import _check_x
@@ -70,11 +71,11 @@ class VariationalBound:
 
     def __init__(self, alpha_bar: torch.Tensor, *, variance="large", decoder="discretized", levels: int = 256):
         if variance not in VARIANCES:
-            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+            raise ScorelabError(f"variance must be one of {VARIANCES}, got {variance!r}")
         if decoder not in DECODERS:
-            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+            raise ScorelabError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 2:
-            raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+            raise ScorelabError(f"levels must be an integer >= 2, got {levels!r}")
         self.alpha_bar = check_alpha_bar(alpha_bar).to(torch.float64)
         self.variance, self.decoder, self.levels = variance, decoder, levels
 
@@ -101,7 +102,7 @@ class VariationalBound:
         """L_{t-1} for t = i + 1 at x_t = q_sample(x0, noise), per sample; i = 0 is the decoder term L_0."""
         _check_x(x0, "x0")
         if i == 0 and self.decoder == "discretized" and not ((x0 >= -1) & (x0 <= 1)).all():
-            raise ValueError(
+            raise ScorelabError(
                 f"x0 must lie in [-1, 1] for the discretized decoder ({self.levels} levels from -1 to 1), "
                 f"got values in [{x0.min().item():.4g}, {x0.max().item():.4g}]; rescale it or use decoder='gaussian'"
             )

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from ..denoisers import Denoiser, expand_sigma, score_from_denoised
+from ..errors import ScorelabError
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -30,14 +31,14 @@ PROJECTIONS = ("gaussian", "rademacher")
 def _check_x(x: torch.Tensor, name: str = "x") -> None:
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a tensor of shape (B, D) or (B, ...) with B >= 1, got {shape}")
+        raise ScorelabError(f"{name} must be a tensor of shape (B, D) or (B, ...) with B >= 1, got {shape}")
 
 
 def _call_score(score: ScoreFn, x: torch.Tensor) -> torch.Tensor:
     s = score(x)
     if not isinstance(s, torch.Tensor) or s.shape != x.shape:
         got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-        raise ValueError(f"score must return a tensor shaped like its input {tuple(x.shape)}, got {got}")
+        raise ScorelabError(f"score must return a tensor shaped like its input {tuple(x.shape)}, got {got}")
     return s
 
 
@@ -80,9 +81,9 @@ def _check_sigma(sigma) -> float:
     try:
         value = float(sigma)
     except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"sigma must be a positive finite float, got {sigma!r}") from None
+        raise ScorelabError(f"sigma must be a positive finite float, got {sigma!r}") from None
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"sigma must be a positive finite float, got {value}")
+        raise ScorelabError(f"sigma must be a positive finite float, got {value}")
     return value
 
 
@@ -139,11 +140,11 @@ def sliced_score_matching(
     """
     _check_x(x)
     if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be a positive int, got {n_projections!r}")
+        raise ScorelabError(f"n_projections must be a positive int, got {n_projections!r}")
     if projection not in PROJECTIONS:
-        raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+        raise ScorelabError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
     if not isinstance(variance_reduced, bool):
-        raise ValueError(f"variance_reduced must be a bool, got {variance_reduced!r}")
+        raise ScorelabError(f"variance_reduced must be a bool, got {variance_reduced!r}")
     b = x.shape[0]
     v_all = _projections((n_projections, *x.shape), x, projection, generator)
     with torch.enable_grad():
@@ -182,9 +183,9 @@ def ncsn_loss(
     _check_x(x)
     sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1 or sigmas.numel() == 0:
-        raise ValueError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
+        raise ScorelabError(f"sigmas must be a non-empty 1-D tensor, got shape {tuple(sigmas.shape)}")
     if not (torch.isfinite(sigmas).all() and (sigmas > 0).all()):
-        raise ValueError("sigmas must be positive and finite")
+        raise ScorelabError("sigmas must be positive and finite")
     b = x.shape[0]
     idx = torch.randint(0, sigmas.numel(), (b,), generator=generator, device="cpu")
     sigma = sigmas.detach().to("cpu", torch.float64)[idx].to(device=x.device, dtype=x.dtype)  # (B,)

@@ -1,6 +1,7 @@
 """Samplers: pure functions sample(denoiser, x, sigmas, *, cond, generator, callback, progress, **opts) -> x over a
 materialised sigma schedule that ends in 0 (plus Langevin dynamics, which takes a score)."""
 
+from ..errors import ScorelabError
 from .ancestral import ddim, ddpm
 from .dpm_solver import dpmpp_2m, dpmpp_3m
 from .ode import euler, heun
@@ -21,7 +22,7 @@ SAMPLERS = {
 def evaluations(name: str, n_sigmas: int) -> int:
     """Model evaluations a sampler spends on a schedule with n_sigmas positive entries (then 0)."""
     if name not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+        raise ScorelabError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
     return 2 * n_sigmas - 1 if name == "heun" else n_sigmas
 
 

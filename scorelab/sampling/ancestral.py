@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from ..errors import ScorelabError
 from ..vp import _posterior
 from .common import Callback, denoise, randn_like, steps
 
@@ -37,7 +38,7 @@ def ddim(
     (c / sqrt(ab_s))^2 = sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2, k-diffusion's sigma_up, so eta = 1 is also
     its Euler ancestral step."""
     if not 0 <= eta <= 1:  # above 1 the noise added would exceed the next noise level
-        raise ValueError(f"eta must be in [0, 1], got {eta}")
+        raise ScorelabError(f"eta must be in [0, 1], got {eta}")
     for i, (s, s_next) in steps(sigmas, "ddim", progress):
         d = denoise(denoiser, x, s, cond)
         a, a_next = _ab(s), _ab(s_next)
@@ -67,7 +68,7 @@ def ddpm(
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): x_s ~ N(mu~(x_t, x0_hat), var) with the fixed-small
     (beta~) or fixed-large (beta) variance; the last step, to sigma = 0, adds no noise (Algorithm 2, z = 0 at t = 1)."""
     if variance not in ("small", "large"):
-        raise ValueError(f"variance must be 'small' or 'large', got {variance!r}")
+        raise ScorelabError(f"variance must be 'small' or 'large', got {variance!r}")
     for i, (s, s_next) in steps(sigmas, "ddpm", progress):
         d = denoise(denoiser, x, s, cond)
         a, a_next = _ab(s), _ab(s_next)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import show_values
+from ..errors import ScorelabError, show_values
 
 Callback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step, x after the step, denoised at the step)
 
@@ -22,24 +22,24 @@ def check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     """A schedule is a 1-D tensor, strictly decreasing, ending in 0."""
     sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1 or sigmas.numel() < 2:
-        raise ValueError(f"sigmas must be a 1-D schedule of at least 2 entries, got shape {tuple(sigmas.shape)}")
+        raise ScorelabError(f"sigmas must be a 1-D schedule of at least 2 entries, got shape {tuple(sigmas.shape)}")
     if not torch.isfinite(sigmas).all():
-        raise ValueError(f"sigmas must be finite, got {show_values(sigmas)}")
+        raise ScorelabError(f"sigmas must be finite, got {show_values(sigmas)}")
     if sigmas[-1] != 0:
-        raise ValueError(
+        raise ScorelabError(
             f"sigmas must be a schedule ending in 0, got {show_values(sigmas)}; append_zero(sigmas) adds the 0"
         )
     if (sigmas[:-1] <= 0).any():
-        raise ValueError(f"sigmas must be positive before the final 0, got {show_values(sigmas)}")
+        raise ScorelabError(f"sigmas must be positive before the final 0, got {show_values(sigmas)}")
     if (sigmas[1:] >= sigmas[:-1]).any():
-        raise ValueError(f"sigmas must be strictly decreasing (sigma_max down to 0), got {show_values(sigmas)}")
+        raise ScorelabError(f"sigmas must be strictly decreasing (sigma_max down to 0), got {show_values(sigmas)}")
     return sigmas
 
 
 def check_order(order) -> int:
     """A multistep solver's order: the integer 1, 2 or 3."""
     if isinstance(order, bool) or not isinstance(order, numbers.Integral) or order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+        raise ScorelabError(f"order must be 1, 2 or 3, got {order!r}")
     return order
 
 

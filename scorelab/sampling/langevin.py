@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..denoisers import Denoiser, score_from_denoised
-from ..errors import show_values
+from ..errors import ScorelabError, show_values
 
 
 def _is_int(n) -> bool:
@@ -34,7 +34,7 @@ def langevin(
 ) -> torch.Tensor:
     """Unadjusted Langevin dynamics x <- x + (eps/2) s(x) + sqrt(eps) z (Song & Ermon 2019, eq. 2)."""
     if not (math.isfinite(step_size) and step_size > 0) or not _is_int(n_steps) or n_steps < 0:
-        raise ValueError(f"need a finite step_size > 0 and an integer n_steps >= 0, got {step_size}, {n_steps!r}")
+        raise ScorelabError(f"need a finite step_size > 0 and an integer n_steps >= 0, got {step_size}, {n_steps!r}")
     noise_scale = step_size**0.5
     for i in tqdm(range(n_steps), desc="langevin", disable=not progress, leave=False):
         x = x + 0.5 * step_size * score(x) + noise_scale * _randn_like(x, generator)
@@ -64,7 +64,7 @@ def annealed_langevin(
     """
     sigmas = torch.as_tensor(sigmas)
     if sigmas.ndim != 1 or sigmas.numel() == 0:
-        raise ValueError(f"sigmas must be a non-empty 1-D schedule, got shape {tuple(sigmas.shape)}")
+        raise ScorelabError(f"sigmas must be a non-empty 1-D schedule, got shape {tuple(sigmas.shape)}")
     final_denoise = bool(sigmas[-1] == 0)
     levels = sigmas[:-1] if final_denoise else sigmas
     if (
@@ -73,12 +73,12 @@ def annealed_langevin(
         or (levels <= 0).any()
         or (levels[1:] > levels[:-1]).any()
     ):
-        raise ValueError(
+        raise ScorelabError(
             "sigmas must be finite, positive and non-increasing, optionally followed by a single 0, "
             f"got {show_values(sigmas)}"
         )
     if not (math.isfinite(step_size) and step_size > 0) or not _is_int(steps_per_level) or steps_per_level < 1:
-        raise ValueError(
+        raise ScorelabError(
             f"need a finite step_size > 0 and an integer steps_per_level >= 1, got {step_size}, {steps_per_level!r}"
         )
     sigma_last = float(levels[-1])
