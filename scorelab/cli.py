@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .config import CHOICES, canonical_choice
+from .config import CHOICES, TRAIN_MEMORY_HINT, canonical_choice
 from .errors import ScorelabError, warn
 
 
@@ -61,13 +61,17 @@ def cli() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Continue the run in this directory from its newest good checkpoint.",
 )
+@click.option(
+    "--max-memory", default=None, help="Refuse to train above this estimate (e.g. 4G; default: available memory)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> None:
+def train(config: Path, out: Path | None, resume: Path | None, max_memory: str | None, quiet: bool) -> None:
     """Train the model CONFIG describes.
 
     Checkpoints go to RUN_DIR/checkpoints; Ctrl-C saves one and stops. To continue: train CONFIG --resume RUN_DIR.
     """
     from .config import load_config
+    from .resources import parse_bytes
     from .train.checkpoint import list_checkpoints
     from .train.trainer import RUN_FILES, Trainer
 
@@ -83,7 +87,10 @@ def train(config: Path, out: Path | None, resume: Path | None, quiet: bool) -> N
             raise ScorelabError(
                 f"{run_dir} holds files that are not a run's ({', '.join(foreign[:3])}); choose a new or empty --out"
             )
-    trainer = Trainer(cfg, run_dir, progress=not quiet, log=click.echo, warn=warn, config_path=config)
+    budget = None if max_memory is None else parse_bytes(max_memory)
+    trainer = Trainer(
+        cfg, run_dir, progress=not quiet, log=click.echo, warn=warn, config_path=config, max_memory=budget
+    )
     if resume is not None:
         trainer.resume()
     summary = trainer.run()
@@ -275,7 +282,7 @@ def demo(out: Path, quiet: bool) -> None:
 
 
 OUT_OF_MEMORY_HINTS = {
-    "train": "lower train.batch_size, the model's size (model.width, model.channels) or noise.timesteps in the config",
+    "train": TRAIN_MEMORY_HINT,
     "sample": "lower --n",
     "evaluate": "lower --n",
 }

@@ -14,6 +14,11 @@ import yaml
 
 from .errors import ConfigError
 
+# what to lower when training would not fit in memory (the up-front estimate, and an allocation that fails anyway)
+TRAIN_MEMORY_HINT = (
+    "lower train.batch_size, the model's size (model.width, model.channels) or noise.timesteps in the config"
+)
+
 
 @dataclass
 class DataConfig:

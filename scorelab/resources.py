@@ -166,14 +166,15 @@ def activation_bytes_per_sample(model: torch.nn.Module, call, batch: int = 2) ->
     return -(-total // batch)
 
 
-def check_budget(what: str, need: int, budget: int | None, *, option: str) -> None:
-    """Raise a one-line ScorelabError when `need` bytes exceed `budget` (default: the available memory)."""
+def check_budget(what: str, need: int, budget: int | None, *, option: str, hint: str = "ask for less") -> None:
+    """Raise a one-line ScorelabError when `need` bytes exceed `budget` (default: the available memory); `hint`
+    says how to ask for less."""
     limit = available_memory() if budget is None else budget
     source = "the available memory" if budget is None else option
     if need > limit:
         raise ScorelabError(
             f"{what} needs about {format_bytes(need)} (an upper bound), more than the {format_bytes(limit)} allowed by "
-            f"{source}; ask for less, or raise {option}"
+            f"{source}; {hint}, or raise {option}"
         )
 
 

@@ -176,16 +176,56 @@ def test_guidance_must_be_a_finite_number(tmp_path):
         assert p.returncode == 2 and p.stderr.count("\n") == 1 and "is not a finite number" in p.stderr, p.stderr
 
 
-def test_training_out_of_memory_is_one_line_and_leaves_nothing(tmp_path):
-    """A batch of 1e14 2-D points (800 TB) cannot be allocated on any machine, whatever the overcommit setting."""
+def test_training_beyond_the_memory_budget_is_refused_up_front_and_leaves_nothing(tmp_path):
+    """A batch of 1e14 2-D points (800 TB) is refused by the estimate before anything is written; with the budget
+    raised past it, the allocation itself fails, and that is one line too, naming the settings to lower."""
     raw = yaml.safe_load(_tiny_config(tmp_path).read_text())
     raw["train"]["batch_size"] = 10**14
     cfg = tmp_path / "huge.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     p = _run("train", str(cfg), "--out", str(tmp_path / "runs" / "huge"), "--quiet")
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"error: training at batch size {10**14} needs about ") and "TB" in p.stderr
+    assert "the available memory; lower train.batch_size" in p.stderr and "raise --max-memory" in p.stderr
+    assert not (tmp_path / "runs").exists()
+    p = _run("train", str(cfg), "--out", str(tmp_path / "runs" / "huge"), "--quiet", "--max-memory", "10000000T")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert p.stderr.startswith("error: out of memory") and "train.batch_size" in p.stderr
     assert not (tmp_path / "runs").exists()  # the config it had written and the folders it made are gone
+    res = CliRunner().invoke(
+        cli, ["train", str(_tiny_config(tmp_path)), "--out", str(tmp_path / "runs" / "tiny"), "--max-memory", "1M"]
+    )
+    assert isinstance(res.exception, ScorelabError) and "allowed by --max-memory" in str(res.exception)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("data", ["ring8", "digits"])
+def test_the_training_memory_estimate_bounds_training(tmp_path, data):
+    """Measured in a fresh process set up as the scorelab command sets it up: the peak resident memory that
+    training adds (20 steps, two checkpoints) stays under the estimate, which also must not move training's random
+    streams."""
+    raw = yaml.safe_load(_tiny_config(tmp_path, data=data, steps=20).read_text())
+    raw["train"]["batch_size"] = 256
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    script = (
+        "import resource, sys, torch\n"
+        "from scorelab.config import load_config\n"
+        "from scorelab.resources import keep_freed_memory\n"
+        "from scorelab.train.trainer import Trainer\n"
+        "keep_freed_memory()\n"
+        "t = Trainer(load_config(sys.argv[1]), sys.argv[2], progress=False, log=lambda *a: None)\n"
+        "states = torch.get_rng_state(), t.generator.get_state()\n"
+        "est = t.memory_estimate()\n"
+        "assert torch.equal(states[0], torch.get_rng_state()) and torch.equal(states[1], t.generator.get_state())\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "t.run()\n"
+        "print(est, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script, str(cfg), str(tmp_path / "run")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    estimate, used = map(int, p.stdout.split())
+    assert used <= estimate, (used, estimate)
 
 
 def test_train_refuses_a_folder_of_other_files_and_resume_says_what_is_missing(tmp_path):

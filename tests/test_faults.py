@@ -469,4 +469,4 @@ def test_training_passes_the_configured_snr_gamma_to_the_loss(tmp_path, monkeypa
         "train": {"objective": "ddpm", "weighting": "min_snr", "snr_gamma": 2.5, "steps": 2, "batch_size": 8},
     }
     Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None).run()
-    assert seen == [("min_snr", 2.5)] * 2
+    assert seen == [("min_snr", 2.5)] * 3  # the memory estimate's probe loss, then one per step
