@@ -204,17 +204,18 @@ def test_ema_averages_with_a_warm_up_decay():
     from torch import nn
 
     from scorelab.train.ema import EMA
+    from scorelab.train.flat import FlatParameters
 
     model = nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(0.0)
-    ema = EMA(model, decay=0.99)
+    ema, params = EMA(model, decay=0.99), FlatParameters(model)
     assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10**6) == 0.99
     with torch.no_grad():
         model.weight.fill_(1.0)
-    ema.update(model, step=0)  # decay 0.1: nine tenths of the way to the model
+    ema.update(params, step=0)  # decay 0.1: nine tenths of the way to the model
     assert ema.model.weight.item() == pytest.approx(0.9)
-    ema.update(model, step=10**6)  # decay 0.99: one hundredth of the rest
+    ema.update(params, step=10**6)  # decay 0.99: one hundredth of the rest
     assert ema.model.weight.item() == pytest.approx(0.9 + 0.1 * 0.01)
     assert model.weight.item() == 1.0  # the average is a copy
 

@@ -43,7 +43,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def save_checkpoint(directory: Path, step: int, tensors: dict[str, torch.Tensor], meta: dict, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    # copies: parameters that are views into one flat buffer share memory, which safetensors refuses
+    blob = save({k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in tensors.items()})
     stem = directory / f"ckpt_{step:08d}"
     _atomic_write(stem.with_suffix(".safetensors"), blob)
     record = {"step": step, "sha256": hashlib.sha256(blob).hexdigest(), **meta}

@@ -24,6 +24,7 @@ from ..resources import check_budget
 from ..schedules import alphas_cumprod, beta_schedule, geometric_sigmas
 from .checkpoint import _atomic_write, list_checkpoints, load_latest, save_checkpoint
 from .ema import EMA
+from .flat import FlatParameters
 from .guard import NonFiniteGuard
 
 RUN_FILES = {"config.yaml", "checkpoints", "train.json"}  # what training writes into a run directory
@@ -118,9 +119,9 @@ class Trainer:
         self.config_path = config_path
         seed_global_rngs(cfg.train.seed)  # parameter initialisation, and any global draws a user's model makes
         self.denoiser = build_denoiser(cfg)
+        self.params = FlatParameters(self.denoiser)  # one buffer: Adam, clipping and the EMA are one kernel each
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
-        # fused: one kernel updates every parameter, instead of several kernels per parameter
-        self.opt = torch.optim.Adam(self.denoiser.parameters(), lr=cfg.train.lr, fused=True)
+        self.opt = torch.optim.Adam([self.params.flat], lr=cfg.train.lr, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.source = BatchSource(cfg.data.name, cfg.train.batch_size)
         if cfg.train.objective == "ncsn":
@@ -139,9 +140,10 @@ class Trainer:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         t = {f"model.{k}": v for k, v in self.denoiser.state_dict().items()}
         t.update({f"ema.{k}": v for k, v in self.ema.model.state_dict().items()})
-        for i, p in enumerate(self.denoiser.parameters()):
-            for k, v in self.opt.state.get(p, {}).items():
-                t[f"optim.{i}.{k}"] = torch.as_tensor(v)
+        # Adam's state per parameter, as checkpoints have always stored it (the step count once per parameter)
+        for k, v in self.opt.state.get(self.params.flat, {}).items():
+            parts = self.params.views(v) if v.shape == self.params.flat.shape else [v] * len(self.params.params)
+            t.update({f"optim.{i}.{k}": part.clone() for i, part in enumerate(parts)})
         t["rng.train"] = self.generator.get_state()
         t.update(rng_states())
         t.update(self.source.state())
@@ -150,15 +152,20 @@ class Trainer:
     def load_state(self, t: dict[str, torch.Tensor], record: dict) -> None:
         self.denoiser.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
         self.ema.model.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
-        params = list(self.denoiser.parameters())
+        state: dict[str, torch.Tensor] = {}
         for k, v in t.items():
             if k.startswith("optim."):
                 _, i, name = k.split(".", 2)
-                p = params[int(i)]
-                # in the parameter's own memory layout (a checkpoint stores it contiguous): fused Adam pairs a
-                # parameter's elements with its moments' in memory order, so contiguous moments of a channels-last
-                # weight would update it wrongly (the U-Net case of test_resume_is_bit_identical_to_a_straight_run)
-                self.opt.state[p][name] = torch.empty_like(p, dtype=v.dtype).copy_(v) if v.shape == p.shape else v
+                if name == "step":
+                    state[name] = v.clone()
+                    continue
+                flat = state.setdefault(name, torch.zeros_like(self.params.flat.detach(), dtype=v.dtype))
+                # into the parameter's own memory layout (a checkpoint stores it contiguous): Adam pairs the buffer's
+                # elements with its moments' in memory order, so a channels-last weight's moments must be laid out
+                # as the weight is (the U-Net case of test_resume_is_bit_identical_to_a_straight_run)
+                self.params.views(flat)[int(i)].copy_(v)
+        if state:
+            self.opt.state[self.params.flat] = state
         self.generator.set_state(t["rng.train"])
         set_rng_states(t)
         self.source.load_state(t)
@@ -252,17 +259,17 @@ class Trainer:
     def train_step(self) -> float | None:
         x, labels = self.source.next(self.generator)
         loss = self._loss(x, labels, self.generator)
-        self.opt.zero_grad(set_to_none=True)
+        self.params.zero_grad()
         if not torch.isfinite(loss):
             return None
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), self.cfg.train.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_([self.params.flat], self.cfg.train.grad_clip)
         if not torch.isfinite(grad_norm):
             return None
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         self.opt.step()
-        self.ema.update(self.denoiser, self.step)
+        self.ema.update(self.params, self.step)
         return loss.item()
 
     def _on_signal(self, signum, frame) -> None:
