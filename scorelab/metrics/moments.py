@@ -8,7 +8,7 @@ import torch
 
 from ..analytic import GaussianMixture
 from ..errors import ScorelabError
-from .samples import _as_points
+from .samples import _as_points, component_stats
 
 
 def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
@@ -22,15 +22,13 @@ def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
     if x.shape[1] != mixture.dim:
         raise ScorelabError(f"samples must have the mixture's dimension D = {mixture.dim}, got shape {tuple(x.shape)}")
     n = x.shape[0]
-    means, stds, w = mixture.means.cpu(), mixture.stds.cpu(), mixture.weights.cpu()
+    means, stds, w = mixture.means.cpu().double(), mixture.stds.cpu().double(), mixture.weights.cpu()
     if not torch.isfinite(x).all():
         return {"max_z": math.inf, "weights": [math.nan] * len(w)}
-    nearest = torch.cdist(x, means).argmin(1)
-    weight_z, mean_z, std_z, weights = [], [], [], []
-    for k in range(means.shape[0]):
-        xk = x[nearest == k]
-        nk, wk = xk.shape[0], w[k].item()
-        weights.append(nk / n)
+    stats = component_stats(x, means)
+    weight_z, mean_z, std_z = [], [], []
+    for k, (nk, mk, sk) in enumerate(zip(stats["count"], stats["mean"], stats["std"], strict=True)):
+        wk = w[k].item()
         if 0 < wk < 1:
             weight_z.append((nk / n - wk) / math.sqrt(wk * (1 - wk) / n))
         else:  # a certain or impossible component: any deviation is infinitely unlikely
@@ -41,7 +39,7 @@ def moment_z_scores(samples: torch.Tensor, mixture: GaussianMixture) -> dict:
             mean_z.append(math.inf)
             std_z.append(math.inf)
             continue
-        mean_z += ((xk.mean(0) - means[k]) / (stds[k] / math.sqrt(nk))).tolist()
-        std_z += ((xk.std(0) / stds[k] - 1) / math.sqrt(1 / (2 * (nk - 1)))).tolist()
+        mean_z += ((torch.tensor(mk, dtype=torch.float64) - means[k]) / (stds[k] / math.sqrt(nk))).tolist()
+        std_z += ((torch.tensor(sk, dtype=torch.float64) / stds[k] - 1) / math.sqrt(1 / (2 * (nk - 1)))).tolist()
     every = [abs(v) for v in weight_z + mean_z + std_z]
-    return {"max_z": max(every), "weight_z": weight_z, "mean_z": mean_z, "std_z": std_z, "weights": weights}
+    return {"max_z": max(every), "weight_z": weight_z, "mean_z": mean_z, "std_z": std_z, "weights": stats["weight"]}
