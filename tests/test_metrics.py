@@ -243,6 +243,26 @@ def test_digits_report_on_real_held_out_digits():
     assert r["frechet_real_same_n"] > 0 and r["frechet_real_n"] == len(x)
 
 
+def test_digits_report_for_one_class_compares_with_that_class():
+    """Samples all asked for one class are compared with the held-out digits of that class, and so is the real floor:
+    the held-out 7s are then at distance 0 and real training 7s near the floor, while against all held-out digits a
+    set of 7s is far away."""
+    x, y = load_digits_split("test")
+    sevens = x[y == 7]
+    r = digits_report(sevens, label=7)
+    assert r["n_reference"] == int((y == 7).sum()) and r["reference"] == "the held-out digits of class 7"
+    assert r["frechet"] == pytest.approx(0.0, abs=1e-4)
+    train_x, train_y = load_digits_split("train")
+    train_sevens = train_x[train_y == 7][: len(sevens)]
+    own = digits_report(train_sevens, label=7)
+    everyone = digits_report(train_sevens)
+    assert everyone["reference"] == "the held-out digits" and everyone["n_reference"] == len(x)
+    assert own["frechet"] < everyone["frechet"] / 3
+    assert own["frechet_real_same_n"] == pytest.approx(own["frechet"], rel=1.0)  # the floor is of the same kind
+    with pytest.raises(ScorelabError, match="class 0-9"):
+        digits_report(sevens, label=10)
+
+
 def test_digits_report_separates_noise_from_digits():
     x, _ = load_digits_split("test")
     noise = torch.rand(297, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -37,7 +37,7 @@ N_CLASSES = 10
 _BATCH = 1024  # evaluation batch size
 
 
-class DigitsShapeError(ScorelabError, ValueError):
+class DigitsShapeError(ScorelabError):
     """Digits of the wrong shape."""
 
 
@@ -340,6 +340,7 @@ def _held_out_baseline() -> dict:
     probs = F.softmax(logits, dim=1)
     return {
         "features": feats,
+        "labels": y,
         "accuracy": (probs.argmax(1) == y).double().mean().item(),
         "confident_share": (probs.max(1).values > CONFIDENT).double().mean().item(),
         "n": x.shape[0],
@@ -347,13 +348,14 @@ def _held_out_baseline() -> dict:
 
 
 @functools.lru_cache(maxsize=1)
-def _train_features() -> torch.Tensor:
-    """Features of the 1,500 training digits in a fixed shuffled order (seed 0)."""
-    x, _ = load_digits_split("train")
-    return classifier_features(x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))])
+def _train_features() -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of the 1,500 training digits in a fixed shuffled order (seed 0)."""
+    x, y = load_digits_split("train")
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))
+    return classifier_features(x[order]), y[order]
 
 
-def digits_report(samples, *, reference=None) -> dict:
+def digits_report(samples, *, reference=None, label: int | None = None) -> dict:
     """Classifier figures for generated digits (N, 1, 8, 8) in [-1, 1], beside the real held-out digits'.
 
     confident_share          share of samples whose max class probability exceeds 0.9
@@ -361,27 +363,36 @@ def digits_report(samples, *, reference=None) -> dict:
     min/max_class_share      the smallest / largest entry of class_histogram (uniform = 0.1)
     frechet                  Frechet distance of the samples' penultimate features to those of the
                              `reference` digits (N', 1, 8, 8); default: the 297 held-out digits,
-                             load_digits_split("test")
+                             load_digits_split("test"), or with `label` (samples all asked for that
+                             class) the held-out digits of that class only
     held_out_confident_share, classifier_held_out_accuracy: the same classifier on the real held-out digits
     frechet_real_same_n      the Frechet distance that real digits get: min(N, 1500) real training digits
-                             (a fixed subset) against the same reference. The Frechet estimate is biased
-                             upwards at small N (64 features), so read `frechet` against this floor at
-                             (nearly) the same N, not against 0. It is one draw: at N = 297, three
-                             different subsets gave 7.5, 10.7 and 18.8. (The classifier was trained on
-                             these digits; the reference digits it never saw.)
+                             (a fixed subset; of class `label` only, with `label`) against the same
+                             reference. The Frechet estimate is biased upwards at small N (64 features),
+                             so read `frechet` against this floor at (nearly) the same N, not against 0.
+                             It is one draw: at N = 297, three different subsets gave 7.5, 10.7 and 18.8.
+                             (The classifier was trained on these digits; the reference digits it never
+                             saw.)
     frechet_real_n           the number of real training digits behind frechet_real_same_n
+    reference                what `frechet` compares with, in words
     """
     x = _check_digits(samples, "samples").cpu()
+    if label is not None and (reference is not None or label not in range(N_CLASSES)):
+        raise ScorelabError(f"label must be a class 0-{N_CLASSES - 1} and comes without a reference, got {label!r}")
     logits, feats = _logits_and_features(x)
     probs = F.softmax(logits, dim=1)
     hist = torch.bincount(probs.argmax(1), minlength=N_CLASSES).double() / x.shape[0]
     base = _held_out_baseline()
-    if reference is None:
-        ref_feats, n_ref = base["features"], base["n"]
+    real, real_labels = _train_features()
+    if label is not None:
+        ref_feats, real = base["features"][base["labels"] == label], real[real_labels == label]
+        n_ref, described = ref_feats.shape[0], f"the held-out digits of class {label}"
+    elif reference is None:
+        ref_feats, n_ref, described = base["features"], base["n"], "the held-out digits"
     else:
         ref = _check_digits(reference, "reference").cpu()
-        ref_feats, n_ref = classifier_features(ref), ref.shape[0]
-    real = _train_features()[: x.shape[0]]
+        ref_feats, n_ref, described = classifier_features(ref), ref.shape[0], "the given reference"
+    real = real[: x.shape[0]]
     return {
         "n_samples": x.shape[0],
         "confident_share": (probs.max(1).values > CONFIDENT).double().mean().item(),
@@ -394,6 +405,7 @@ def digits_report(samples, *, reference=None) -> dict:
         "classifier_held_out_accuracy": base["accuracy"],
         "frechet_real_same_n": frechet_distance(real, ref_feats),
         "frechet_real_n": real.shape[0],
+        "reference": described,
     }
 
 

@@ -217,7 +217,8 @@ def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = N
     if cfg.data.name == "digits":
         from ..metrics.digits import conditional_report, digits_report
 
-        out = digits_report(samples)
+        one = labels is not None and labels.numel() > 0 and bool((labels == labels.flatten()[0]).all())
+        out = digits_report(samples, label=int(labels.flatten()[0]) if one else None)  # one class: its own digits
         if labels is not None:
             out.update(conditional_report(samples, labels))
         return out
