@@ -865,3 +865,11 @@ def test_the_package_and_the_command_report_the_same_version():
     res = CliRunner().invoke(cli, ["--version"])
     assert res.exit_code == 0 and res.output.strip().endswith(f"version {scorelab.__version__}"), res.output
     assert scorelab.__version__.count(".") >= 1
+
+
+def test_the_demo_report_rounds_metrics_inside_lists_too():
+    from scorelab.pipelines.demo import _row
+
+    row = _row("ring_component_std", [[0.10120494291808588, 0.10479629474551916], [0.1112, 0.2]])
+    assert "(0.101, 0.105), (0.111, 0.2)" in row and "0.10120494" not in row
+    assert "0.09832<" in _row("sw2", 0.098321234) and ">the held-out digits<" in _row("reference", "the held-out digits")

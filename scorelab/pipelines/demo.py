@@ -115,12 +115,17 @@ def _guidance_grids(run_dir: Path, progress: bool, log) -> list[dict]:
     return rows
 
 
-def _row(k, v) -> str:
+def _cell(v, digits: int = 4) -> str:
+    """A metric as text: floats to `digits` significant figures, lists (of lists) element by element."""
     if isinstance(v, float):
-        v = f"{v:.4g}"
-    elif isinstance(v, list):
-        v = ", ".join(f"{x:.3g}" if isinstance(x, float) else str(x) for x in v)
-    return f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
+        return f"{v:.{digits}g}"
+    if isinstance(v, list):
+        return ", ".join(f"({_cell(x, 3)})" if isinstance(x, list) else _cell(x, 3) for x in v)
+    return str(v)
+
+
+def _row(k, v) -> str:
+    return f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_cell(v))}</td></tr>"
 
 
 def _table(d: dict) -> str:
