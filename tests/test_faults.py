@@ -329,6 +329,40 @@ def test_resume_restores_the_global_random_state_that_unet_dropout_draws_from(tm
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_training_leaves_the_callers_global_random_states_alone(tmp_path):
+    """The trainer keeps its own torch, numpy and Python global states (seeded from train.seed, saved in
+    checkpoints): building one, training it (with U-Net dropout drawing from torch's global generator) and resuming
+    it leave the caller's generators where they were."""
+    import random
+
+    import numpy as np
+
+    def seed():
+        torch.manual_seed(123)
+        np.random.seed(4)
+        random.seed(5)
+
+    def draws():
+        return torch.rand(3), np.random.rand(3), random.random()
+
+    seed()
+    expected = draws()
+    seed()
+    raw = {
+        "data": {"name": "digits"},
+        "model": {"kind": "unet", "channels": 8, "attention_levels": [], "dropout": 0.5},
+        "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
+        "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 2},
+    }
+    Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None).run()
+    raw["train"]["steps"] = 4
+    longer = Trainer(config_from_dict(raw), tmp_path / "run", progress=False, log=lambda *_: None)
+    longer.resume()
+    longer.run()
+    got = draws()
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
 def test_the_skipped_count_carries_over_a_resume(tmp_path):
     trainer = _trainer(tmp_path, steps=4)
     _nan_batches(trainer, lambda n: n == 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -98,6 +99,19 @@ def set_rng_states(t: dict[str, torch.Tensor]) -> None:
     random.setstate((version, tuple(t["rng.python"].tolist()), gauss_next))
 
 
+@contextlib.contextmanager
+def _global_rngs(states: dict[str, torch.Tensor]):
+    """Run the block with torch's, numpy's and Python's global generators in `states`, then put the caller's back;
+    `states` is updated in place to where the block left them."""
+    caller = rng_states()
+    set_rng_states(states)
+    try:
+        yield
+    finally:
+        states.update(rng_states())
+        set_rng_states(caller)
+
+
 class Trainer:
     def __init__(
         self,
@@ -117,8 +131,15 @@ class Trainer:
         self.max_memory = max_memory
         self.warn = warn or log
         self.config_path = config_path
-        seed_global_rngs(cfg.train.seed)  # parameter initialisation, and any global draws a user's model makes
-        self.denoiser = build_denoiser(cfg)
+        # the training's own global random states: parameter initialisation, and any global draws a user's model
+        # makes, come from them; the caller's are put back after each use (seeded from train.seed when fresh)
+        caller = rng_states()
+        seed_global_rngs(cfg.train.seed)
+        self._rngs = rng_states()
+        set_rng_states(caller)
+        self._rngs_live = False  # whether the global generators hold the training's states (inside run)
+        with self._training_rngs():
+            self.denoiser = build_denoiser(cfg)
         self.params = FlatParameters(self.denoiser)  # one buffer: Adam, clipping and the EMA are one kernel each
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
         self.opt = torch.optim.Adam([self.params.flat], lr=cfg.train.lr, fused=True)
@@ -145,7 +166,7 @@ class Trainer:
             parts = self.params.views(v) if v.shape == self.params.flat.shape else [v] * len(self.params.params)
             t.update({f"optim.{i}.{k}": part.clone() for i, part in enumerate(parts)})
         t["rng.train"] = self.generator.get_state()
-        t.update(rng_states())
+        t.update({k: v.clone() for k, v in (rng_states() if self._rngs_live else self._rngs).items()})
         t.update(self.source.state())
         return t
 
@@ -167,7 +188,10 @@ class Trainer:
         if state:
             self.opt.state[self.params.flat] = state
         self.generator.set_state(t["rng.train"])
-        set_rng_states(t)
+        if "rng.torch" in t:  # checkpoints from before they kept the global states have none: then nothing changes
+            self._rngs = {k: v for k, v in t.items() if k.startswith("rng.") and k != "rng.train"}
+            if self._rngs_live:
+                set_rng_states(self._rngs)
         self.source.load_state(t)
         self.step = record["step"]
         self.guard.skipped = record.get("skipped_steps", 0)
@@ -211,6 +235,18 @@ class Trainer:
         # linear warm-up to the base rate (Goyal et al. 2017, 'Accurate, Large Minibatch SGD', sec. 2.2)
         warm = self.cfg.train.lr_warmup
         return self.cfg.train.lr * min(1.0, (self.step + 1) / warm) if warm > 0 else self.cfg.train.lr
+
+    @contextlib.contextmanager
+    def _training_rngs(self):
+        if self._rngs_live:
+            yield
+            return
+        self._rngs_live = True
+        try:
+            with _global_rngs(self._rngs):
+                yield
+        finally:
+            self._rngs_live = False
 
     def _loss(self, x: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         cond = None
@@ -311,7 +347,8 @@ class Trainer:
         had_config = (self.run_dir / "config.yaml").exists()
         save_run_config(self.run_dir, self.cfg)
         try:
-            return self._loop(first_step)
+            with self._training_rngs():
+                return self._loop(first_step)
         except BaseException:
             if first_step == 0 and not self._saved:
                 _remove_fresh_run(self.run_dir, made, had_config)
