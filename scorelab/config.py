@@ -16,7 +16,8 @@ from .errors import ConfigError
 
 # what to lower when training would not fit in memory (the up-front estimate, and an allocation that fails anyway)
 TRAIN_MEMORY_HINT = (
-    "lower train.batch_size, the model's size (model.width, model.channels) or noise.timesteps in the config"
+    "lower train.batch_size or the model's size (model.width and model.depth, or model.channels, "
+    "model.channel_mult and model.blocks_per_level) in the config"
 )
 
 

@@ -76,6 +76,24 @@ def test_zero_grad_clears_the_gradients_in_place():
     )
 
 
+def test_a_parameter_or_gradient_taken_out_of_the_buffer_is_caught():
+    """nn.Module.zero_grad() sets gradients to None and .to(dtype) gives parameters new memory: either would leave
+    the optimiser updating a buffer the model no longer reads, so check() refuses to go on."""
+    model = _unet()
+    fp = FlatParameters(model)
+    _loss(model).backward()
+    fp.check()
+    model.zero_grad()
+    _loss(model).backward()  # new gradient tensors, outside the buffer
+    with pytest.raises(ScorelabError, match="moved out of the flat training buffer"):
+        fp.check()
+    other = _unet()
+    fp = FlatParameters(other)
+    other.double()
+    with pytest.raises(ScorelabError, match="moved out"):
+        fp.check()
+
+
 def test_the_ema_moves_its_flat_copy_by_one_lerp():
     model = _unet()
     fp = FlatParameters(model)

@@ -261,6 +261,10 @@ def test_digits_report_for_one_class_compares_with_that_class():
     assert own["frechet_real_same_n"] == pytest.approx(own["frechet"], rel=1.0)  # the floor is of the same kind
     with pytest.raises(ScorelabError, match="class 0-9"):
         digits_report(sevens, label=10)
+    with pytest.raises(ScorelabError, match="class 0-9"):
+        digits_report(sevens, label=True)
+    with pytest.raises(ScorelabError, match="not both"):
+        digits_report(sevens, label=7, reference=sevens)
 
 
 def test_digits_report_separates_noise_from_digits():

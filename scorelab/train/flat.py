@@ -43,9 +43,12 @@ class FlatParameters:
         for p, view in zip(self.params, self.views(self.flat.detach()), strict=True):
             view.copy_(p.detach())
             p.data = view
+        self._data = [p.data_ptr() for p in self.params]
+        self._grads: list[torch.Tensor] = []
         if grads:
             self.flat.grad = torch.zeros_like(self.flat)
-            for p, view in zip(self.params, self.views(self.flat.grad), strict=True):
+            self._grads = self.views(self.flat.grad)
+            for p, view in zip(self.params, self._grads, strict=True):
                 p.grad = view
 
     def views(self, buffer: torch.Tensor) -> list[torch.Tensor]:
@@ -58,3 +61,14 @@ class FlatParameters:
 
     def zero_grad(self) -> None:
         self.flat.grad.zero_()
+
+    def check(self) -> None:
+        """Raise ScorelabError if a parameter or its gradient no longer lives in the buffer (module.zero_grad(),
+        which sets gradients to None, a .to() or load_state_dict(assign=True) do that): the optimiser would then
+        update a buffer that the model no longer reads, and training would silently stop learning."""
+        for p, ptr, g in zip(self.params, self._data, self._grads or [None] * len(self.params), strict=True):
+            if p.data_ptr() != ptr or (g is not None and p.grad is not g):
+                raise ScorelabError(
+                    "a parameter or its gradient was moved out of the flat training buffer (by module.zero_grad(), "
+                    ".to() or load_state_dict(assign=True)?); clear gradients with FlatParameters.zero_grad()"
+                )
