@@ -189,7 +189,8 @@ class Trainer:
             self.opt.state[self.params.flat] = state
         self.generator.set_state(t["rng.train"])
         if "rng.torch" in t:  # checkpoints from before they kept the global states have none: then nothing changes
-            self._rngs = {k: v for k, v in t.items() if k.startswith("rng.") and k != "rng.train"}
+            self._rngs.clear()  # in place: a run in progress writes its states back into this very dict
+            self._rngs.update({k: v for k, v in t.items() if k.startswith("rng.") and k != "rng.train"})
             if self._rngs_live:
                 set_rng_states(self._rngs)
         self.source.load_state(t)
