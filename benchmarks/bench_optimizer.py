@@ -6,8 +6,9 @@ scorelab's flat buffer (scorelab.train.flat.FlatParameters: one kernel each).
 
 Models: the digits U-Net of configs/ddpm-digits.yaml (185 parameter tensors, 1.08M values) and the 2D toy MLP of
 configs/ncsn-toy2d.yaml. Each variant runs on its own copy of the model with random gradients; the variants take
-turns, 15 rounds of 20 calls, medians of the per-round means. The whole training step is measured the same way:
-the Trainer's step (flat) against the same loss and backward followed by per-tensor clipping, Adam and EMA.
+turns, 15 rounds of 20 calls, medians of the per-round means. The whole training step takes turns the same way (10
+rounds of 3 steps): the Trainer's step (flat) against the same loss and backward followed by per-tensor clipping,
+Adam and EMA.
 """
 
 from __future__ import annotations
