@@ -99,19 +99,6 @@ def set_rng_states(t: dict[str, torch.Tensor]) -> None:
     random.setstate((version, tuple(t["rng.python"].tolist()), gauss_next))
 
 
-@contextlib.contextmanager
-def _global_rngs(states: dict[str, torch.Tensor]):
-    """Run the block with torch's, numpy's and Python's global generators in `states`, then put the caller's back;
-    `states` is updated in place to where the block left them."""
-    caller = rng_states()
-    set_rng_states(states)
-    try:
-        yield
-    finally:
-        states.update(rng_states())
-        set_rng_states(caller)
-
-
 class Trainer:
     def __init__(
         self,
@@ -189,8 +176,7 @@ class Trainer:
             self.opt.state[self.params.flat] = state
         self.generator.set_state(t["rng.train"])
         if "rng.torch" in t:  # checkpoints from before they kept the global states have none: then nothing changes
-            self._rngs.clear()  # in place: a run in progress writes its states back into this very dict
-            self._rngs.update({k: v for k, v in t.items() if k.startswith("rng.") and k != "rng.train"})
+            self._rngs = {k: v for k, v in t.items() if k.startswith("rng.") and k != "rng.train"}
             if self._rngs_live:
                 set_rng_states(self._rngs)
         self.source.load_state(t)
@@ -239,14 +225,19 @@ class Trainer:
 
     @contextlib.contextmanager
     def _training_rngs(self):
+        """Run the block with the global generators in the training's states, then put the caller's back, keeping
+        where the block left the training's."""
         if self._rngs_live:
             yield
             return
+        caller = rng_states()
+        set_rng_states(self._rngs)
         self._rngs_live = True
         try:
-            with _global_rngs(self._rngs):
-                yield
+            yield
         finally:
+            self._rngs.update(rng_states())
+            set_rng_states(caller)
             self._rngs_live = False
 
     def _loss(self, x: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
