@@ -122,11 +122,10 @@ class Trainer:
         # makes, come from them; the caller's are put back after each use (seeded from train.seed when fresh)
         caller = rng_states()
         seed_global_rngs(cfg.train.seed)
+        self.denoiser = build_denoiser(cfg)
         self._rngs = rng_states()
         set_rng_states(caller)
         self._rngs_live = False  # whether the global generators hold the training's states (inside run)
-        with self._training_rngs():
-            self.denoiser = build_denoiser(cfg)
         self.params = FlatParameters(self.denoiser)  # one buffer: Adam, clipping and the EMA are one kernel each
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
         self.opt = torch.optim.Adam([self.params.flat], lr=cfg.train.lr, fused=True)
@@ -153,7 +152,7 @@ class Trainer:
             parts = self.params.views(v) if v.shape == self.params.flat.shape else [v] * len(self.params.params)
             t.update({f"optim.{i}.{k}": part for i, part in enumerate(parts)})  # save_checkpoint copies them
         t["rng.train"] = self.generator.get_state()
-        t.update({k: v.clone() for k, v in (rng_states() if self._rngs_live else self._rngs).items()})
+        t.update(rng_states() if self._rngs_live else self._rngs)
         t.update(self.source.state())
         return t
 
