@@ -33,6 +33,15 @@ class _Scale(click.FloatRange):
         return value
 
 
+def _device_option(command):
+    return click.option(
+        "--device",
+        default="cpu",
+        show_default=True,
+        help="Where the model runs: auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.",
+    )(command)
+
+
 SAMPLER_NAMES = CHOICES["sample.sampler"]
 DIFFUSION_SAMPLER_NAMES = tuple(name for name in SAMPLER_NAMES if name != "annealed_langevin")
 
@@ -64,8 +73,11 @@ def cli() -> None:
 @click.option(
     "--max-memory", default=None, help="Refuse to train above this estimate (e.g. 4G; default: available memory)."
 )
+@_device_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config: Path, out: Path | None, resume: Path | None, max_memory: str | None, quiet: bool) -> None:
+def train(
+    config: Path, out: Path | None, resume: Path | None, max_memory: str | None, device: str, quiet: bool
+) -> None:
     """Train the model CONFIG describes.
 
     Checkpoints go to RUN_DIR/checkpoints; Ctrl-C saves one and stops. To continue: train CONFIG --resume RUN_DIR.
@@ -89,7 +101,14 @@ def train(config: Path, out: Path | None, resume: Path | None, max_memory: str |
             )
     budget = None if max_memory is None else parse_bytes(max_memory)
     trainer = Trainer(
-        cfg, run_dir, progress=not quiet, log=click.echo, warn=warn, config_path=config, max_memory=budget
+        cfg,
+        run_dir,
+        progress=not quiet,
+        log=click.echo,
+        warn=warn,
+        config_path=config,
+        max_memory=budget,
+        device=device,
     )
     if resume is not None:
         trainer.resume()
@@ -120,6 +139,7 @@ def train(config: Path, out: Path | None, resume: Path | None, max_memory: str |
 @click.option(
     "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
 )
+@_device_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sample(
     run_dir: Path,
@@ -131,6 +151,7 @@ def sample(
     guidance: float | None,
     label: int | None,
     max_memory: str | None,
+    device: str,
     quiet: bool,
 ) -> None:
     """Draw samples from a trained run.
@@ -151,6 +172,7 @@ def sample(
         label=label,
         progress=not quiet,
         max_memory=None if max_memory is None else parse_bytes(max_memory),
+        device=device,
         log=click.echo,
     )
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
@@ -184,9 +206,18 @@ def sample(
 @click.option(
     "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
 )
+@_device_option
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(
-    run_dir: Path, guidances, samplers, steps: int, n: int, no_bpd: bool, max_memory: str | None, quiet: bool
+    run_dir: Path,
+    guidances,
+    samplers,
+    steps: int,
+    n: int,
+    no_bpd: bool,
+    max_memory: str | None,
+    device: str,
+    quiet: bool,
 ) -> None:
     """Evaluate a digits run into RUN_DIR/eval.
 
@@ -205,6 +236,7 @@ def evaluate(
         bpd=not no_bpd,
         max_memory=None if max_memory is None else parse_bytes(max_memory),
         progress=not quiet,
+        device=device,
         log=click.echo,
     )
     click.echo(f"results: {Path(run_dir) / 'eval' / 'eval.json'}")

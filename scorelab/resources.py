@@ -166,11 +166,20 @@ def activation_bytes_per_sample(model: torch.nn.Module, call, batch: int = 2) ->
     return -(-total // batch)
 
 
-def check_budget(what: str, need: int, budget: int | None, *, option: str, hint: str = "ask for less") -> None:
-    """Raise a one-line ScorelabError when `need` bytes exceed `budget` (default: the available memory); `hint`
-    says how to ask for less."""
-    limit = available_memory() if budget is None else budget
-    source = "the available memory" if budget is None else option
+def check_budget(
+    what: str, need: int, budget: int | None, *, option: str, hint: str = "ask for less", device=None
+) -> None:
+    """Raise a one-line ScorelabError when `need` bytes exceed `budget` (default: the available memory, or the free
+    memory of `device` when that is a CUDA device); `hint` says how to ask for less."""
+    from .devices import free_device_memory
+
+    free = None if budget is not None or device is None else free_device_memory(device)
+    if budget is not None:
+        limit, source = budget, option
+    elif free is not None:
+        limit, source = free, f"the free memory of {device}"
+    else:
+        limit, source = available_memory(), "the available memory"
     if need > limit:
         raise ScorelabError(
             f"{what} needs about {format_bytes(need)} (an upper bound), more than the {format_bytes(limit)} allowed by "

@@ -14,9 +14,8 @@ from ..errors import ScorelabError
 from ..objectives.elbo import VariationalBound
 from ..outputs import check_output_dir, staged_output
 from ..plots import image_grid
-from ..resources import check_budget
 from ..schedules import alphas_cumprod, beta_schedule
-from .sample import check_guidance, evaluate, generate, load_run, sample_labels, sampling_bytes
+from .sample import check_guidance, check_sampling_budget, device_of, evaluate, generate, load_run, sample_labels
 
 DIGIT_LEVELS = 17  # the 8x8 digits take the integer values 0..16
 
@@ -28,6 +27,8 @@ def held_out_bits_per_dim(cfg, denoiser, *, conditional: bool, seed: int = 0, pr
     ab = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
     vb = VariationalBound(ab, variance="large", decoder="discretized", levels=DIGIT_LEVELS)
     cond = (y if conditional else torch.full_like(y, -1)) if cfg.model.num_classes else None
+    device = device_of(denoiser)
+    x, cond = x.to(device), None if cond is None else cond.to(device)
     bound = vb.per_sample(denoiser, x, cond=cond, generator=torch.Generator().manual_seed(seed), progress=progress)
     return bound.mean().item() / (x[0].numel() * math.log(2))
 
@@ -43,19 +44,20 @@ def evaluate_run(
     seed: int = 0,
     max_memory: int | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
     log=print,
 ) -> dict:
-    """Refuses up front (nothing written) a request whose memory estimate exceeds max_memory bytes (default: the
-    available memory); the samplers and guidance scales run one after another, so the largest of them counts."""
-    cfg, denoiser, record = load_run(run_dir)
+    """Evaluate on `device`. Refuses up front (nothing written) a request whose memory estimate exceeds max_memory
+    bytes (default: the available memory; see check_sampling_budget); the samplers and guidance scales run one
+    after another, so the largest of them counts."""
+    cfg, denoiser, record = load_run(run_dir, device)
     if cfg.data.name != "digits":
         raise ScorelabError(f"evaluate works on digits runs; {run_dir} trains on {cfg.data.name!r}")
     if guidances is None:  # 0, 1 and 3 for a class-conditional run; an unconditional one has only its own model
         guidances = (0.0, 1.0, 3.0) if cfg.model.num_classes else (1.0,)
     for g in guidances:
         check_guidance(cfg, g)
-    need = max(sampling_bytes(cfg, denoiser, n, g) for g in guidances)
-    check_budget(f"sampling {n} samples at a time", need, max_memory, option="--max-memory")
+    check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory)
     out_dir = Path(run_dir) / "eval"
     check_output_dir(out_dir, _owns)
     grids = {}

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 from ..config import Config, config_differences, config_from_dict
 from ..data.digits import load_digits_split
 from ..data.toys import ring8_mixture, sample_toy
+from ..devices import resolve_device
 from ..errors import ScorelabError
 from ..guidance import Clamped, ClassifierFreeGuidance
 from ..metrics.samples import BLOCK_ELEMENTS, component_stats, mmd_rbf, sliced_wasserstein2
@@ -40,9 +41,10 @@ EVAL_SEED = 10_000  # fresh reference sets are drawn from seeds the training nev
 SAMPLE_OUTPUTS = {"samples.safetensors", "samples.png", "held_out.png", "metrics.json"}
 
 
-def load_run(run_dir: Path) -> tuple[Config, torch.nn.Module, dict]:
-    """The run's config and its EMA denoiser from the newest good checkpoint (falling back past damaged ones, with a
-    warning on stderr)."""
+def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Config, torch.nn.Module, dict]:
+    """The run's config and its EMA denoiser, on `device` (scorelab.devices.DEVICE_NAMES), from the newest good
+    checkpoint (falling back past damaged ones, with a warning on stderr)."""
+    device = resolve_device(device)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ScorelabError(f"run directory {str(run_dir)!r} does not exist")
@@ -57,7 +59,7 @@ def load_run(run_dir: Path) -> tuple[Config, torch.nn.Module, dict]:
     check_model_format(cfg, record, run_dir)
     denoiser = build_denoiser(cfg)
     denoiser.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    return cfg, denoiser.eval().requires_grad_(False), record
+    return cfg, denoiser.to(device).eval().requires_grad_(False), record
 
 
 def sample_sigmas(cfg: Config) -> torch.Tensor:
@@ -137,18 +139,22 @@ def generate(
     progress: bool = True,
     callback=None,
 ) -> torch.Tensor:
+    """n samples from the run's (guided) denoiser, drawn on the denoiser's device from CPU generators seeded with
+    `seed` (so a seed gives the same start on every device), returned on the CPU."""
     sampler = sampler or cfg.sample.sampler
+    device = device_of(denoiser)
     g = torch.Generator().manual_seed(seed)
     shape = (n, 2) if cfg.data.name != "digits" else (n, 1, 8, 8)
     cond = sample_labels(cfg, n, label)
+    cond = None if cond is None else cond.to(device)
     model = sampling_denoiser(cfg, denoiser, cfg.sample.guidance if guidance is None else guidance)
     if sampler == "annealed_langevin":
         if cfg.train.objective != "ncsn":
             raise ScorelabError("annealed_langevin steps over an NCSN run's noise levels; this run is DDPM-trained")
         x = torch.randn(shape, generator=g) * cfg.noise.sigma_max  # the sigma_max-perturbed data is ~ N(0, sigma_max^2)
-        return annealed_langevin(
+        x = annealed_langevin(
             model,
-            x,
+            x.to(device),
             sample_sigmas(cfg),
             step_size=cfg.sample.step_size,
             steps_per_level=cfg.sample.steps_per_level,
@@ -157,11 +163,18 @@ def generate(
             callback=callback,
             progress=progress,
         )
+        return x.cpu()
     if sampler not in SAMPLERS:
         raise ScorelabError(f"unknown sampler {sampler!r}; allowed: annealed_langevin, {', '.join(SAMPLERS)}")
     sigmas, vp = diffusion_sigmas(cfg, steps or cfg.sample.steps, schedule or cfg.sample.schedule)
-    x = initial_noise(shape, float(sigmas[0]), vp_prior=vp, generator=g)
-    return SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, callback=callback, progress=progress)
+    x = initial_noise(shape, float(sigmas[0]), vp_prior=vp, generator=g, device=device)
+    return SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, callback=callback, progress=progress).cpu()
+
+
+def device_of(denoiser) -> torch.device:
+    """Where a denoiser's parameters live; the CPU for a plain function (an exact oracle, say)."""
+    params = denoiser.parameters() if isinstance(denoiser, torch.nn.Module) else iter(())
+    return next(params, torch.empty(0)).device
 
 
 def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None) -> int:
@@ -171,12 +184,28 @@ def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None)
     shape = (2,) if cfg.data.name != "digits" else (1, 8, 8)
     model = sampling_denoiser(cfg, denoiser, cfg.sample.guidance if guidance is None else guidance)
 
+    device = device_of(denoiser)
+
     def probe(b: int):
-        cond = torch.zeros(b, dtype=torch.long) if cfg.model.num_classes else None
-        model(torch.zeros(b, *shape), torch.full((b,), float(cfg.noise.sigma_max)), cond)
+        cond = torch.zeros(b, dtype=torch.long, device=device) if cfg.model.num_classes else None
+        model(torch.zeros(b, *shape, device=device), torch.full((b,), float(cfg.noise.sigma_max), device=device), cond)
 
     per_sample = activation_bytes_per_sample(denoiser, probe) + 8 * 4 * math.prod(shape)
     return n * per_sample + metrics_bytes(cfg, n)
+
+
+def check_sampling_budget(what: str, cfg: Config, denoiser, n: int, guidances, max_memory: int | None) -> None:
+    """Refuse, in one line, sampling n at a time at any of `guidances` whose estimate exceeds max_memory bytes
+    (default: the available memory). On a CUDA device the sampling part is held against that device's free memory
+    and the metrics, which run on the CPU, against the available memory."""
+    need = max(sampling_bytes(cfg, denoiser, n, g) for g in guidances)
+    device = device_of(denoiser)
+    if device.type == "cpu" or max_memory is not None:
+        check_budget(what, need, max_memory, option="--max-memory")
+        return
+    metrics = metrics_bytes(cfg, n)
+    check_budget(what, need - metrics, None, option="--max-memory", device=device)
+    check_budget(f"measuring {n} samples", metrics, None, option="--max-memory")
 
 
 def metrics_bytes(cfg: Config, n: int) -> int:
@@ -237,11 +266,13 @@ def sample_run(
     label: int | None = None,
     progress: bool = True,
     max_memory: int | None = None,
+    device: str | torch.device = "cpu",
     log=print,
 ) -> dict:
-    """Sample a trained run and write samples, figures and metrics. Refuses up front (nothing written) a request
-    whose memory estimate exceeds max_memory bytes (default: the available memory)."""
-    cfg, denoiser, record = load_run(run_dir)
+    """Sample a trained run on `device` and write samples, figures and metrics. Refuses up front (nothing written) a
+    request whose memory estimate exceeds max_memory bytes (default: the available memory; see
+    check_sampling_budget)."""
+    cfg, denoiser, record = load_run(run_dir, device)
     n = n or cfg.sample.n
     if n < 2:
         raise ScorelabError(f"--n must be >= 2 (the metrics compare sets of samples), got {n}")
@@ -256,7 +287,7 @@ def sample_run(
         raise ScorelabError(
             "--label has no effect at guidance 0 (the unconditional model); give --guidance above 0 or drop --label"
         )
-    check_budget(f"sampling {n} samples", sampling_bytes(cfg, denoiser, n, guidance), max_memory, option="--max-memory")
+    check_sampling_budget(f"sampling {n} samples", cfg, denoiser, n, [guidance], max_memory)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
     check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__)
     labels = sample_labels(cfg, n, label)

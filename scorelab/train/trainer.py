@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..config import TRAIN_MEMORY_HINT, Config, config_differences, config_from_dict, config_to_dict, load_config
 from ..data.sources import BatchSource
+from ..devices import resolve_device
 from ..errors import ScorelabError
 from ..models.build import build_denoiser, check_model_format, model_format
 from ..objectives.diffusion import ddpm_loss
@@ -68,13 +69,16 @@ def seed_global_rngs(seed: int) -> None:
     random.seed(seed)
 
 
-def rng_states() -> dict[str, torch.Tensor]:
-    """The global random states as tensors: torch's CPU generator, numpy's legacy MT19937 and Python's `random`.
-    Training draws its own randomness from `Trainer.generator`; these are saved too, so that code which reaches for a
-    global generator (a user's model with dropout, say) still resumes exactly."""
+def rng_states(cuda: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The global random states as tensors: torch's CPU generator, numpy's legacy MT19937 and Python's `random`, and
+    the `cuda` device's generator when one is given. Training draws its own randomness from `Trainer.generator`;
+    these are saved too, so that code which reaches for a global generator (a user's model with dropout, say) still
+    resumes exactly."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
+    on_device = {} if cuda is None else {"rng.cuda": torch.cuda.get_rng_state(cuda)}
     return {
+        **on_device,
         "rng.torch": torch.get_rng_state(),
         "rng.numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
         "rng.numpy_extra": torch.tensor([pos, has_gauss], dtype=torch.int64),
@@ -85,10 +89,13 @@ def rng_states() -> dict[str, torch.Tensor]:
     }
 
 
-def set_rng_states(t: dict[str, torch.Tensor]) -> None:
-    """Restore what `rng_states` saved (checkpoints from before it existed have none: then nothing changes)."""
+def set_rng_states(t: dict[str, torch.Tensor], cuda: torch.device | None = None) -> None:
+    """Restore what `rng_states` saved (checkpoints from before it existed have none: then nothing changes); the
+    CUDA generator's state only onto a `cuda` device, when the states hold one (a run trained there)."""
     if "rng.torch" not in t:
         return
+    if cuda is not None and "rng.cuda" in t:
+        torch.cuda.set_rng_state(t["rng.cuda"], cuda)
     torch.set_rng_state(t["rng.torch"])
     pos, has_gauss = t["rng.numpy_extra"].tolist()
     np.random.set_state(
@@ -110,23 +117,30 @@ class Trainer:
         warn=None,
         config_path: Path | None = None,
         max_memory: int | None = None,
+        device: str | torch.device = "cpu",
     ):
         """`log` takes progress lines, `warn` warnings (default: `log`); `config_path`, where the config came from,
         goes into the message that says how to continue an interrupted run. `run` refuses, before writing anything,
-        to train when `memory_estimate` exceeds max_memory bytes (default: the available memory)."""
+        to train when `memory_estimate` exceeds max_memory bytes (default: the available memory, or the free memory
+        of a CUDA `device`). `device` is one of scorelab.devices.DEVICE_NAMES; the model is initialised on the CPU and
+        moved, and every random draw comes from CPU generators, so a seed starts the same run on every device, and a
+        checkpoint resumes on any device."""
+        self.device = resolve_device(device)
+        self._cuda = self.device if self.device.type == "cuda" else None  # whose generator the global states hold
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
         self.max_memory = max_memory
         self.warn = warn or log
         self.config_path = config_path
         # the training's own global random states: parameter initialisation, and any global draws a user's model
         # makes, come from them; the caller's are put back after each use (seeded from train.seed when fresh)
-        caller = rng_states()
+        caller = rng_states(self._cuda)
         seed_global_rngs(cfg.train.seed)
-        self.denoiser = build_denoiser(cfg)
-        self._rngs = rng_states()
-        set_rng_states(caller)
+        self.denoiser = build_denoiser(cfg).to(self.device)
+        self._rngs = rng_states(self._cuda)
+        set_rng_states(caller, self._cuda)
         self._rngs_live = False  # whether the global generators hold the training's states (inside run)
-        self.params = FlatParameters(self.denoiser)  # one buffer: Adam, clipping and the EMA are one kernel each
+        # one buffer: Adam, clipping and the EMA are one kernel each; built after the move, which gives new memory
+        self.params = FlatParameters(self.denoiser)
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
         self.opt = torch.optim.Adam([self.params.flat], lr=cfg.train.lr, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -152,7 +166,7 @@ class Trainer:
             parts = self.params.views(v) if v.shape == self.params.flat.shape else [v] * len(self.params.params)
             t.update({f"optim.{i}.{k}": part for i, part in enumerate(parts)})  # save_checkpoint copies them
         t["rng.train"] = self.generator.get_state()
-        t.update(rng_states() if self._rngs_live else self._rngs)
+        t.update(rng_states(self._cuda) if self._rngs_live else self._rngs)
         t.update(self.source.state())
         return t
 
@@ -164,7 +178,7 @@ class Trainer:
             if k.startswith("optim."):
                 _, i, name = k.split(".", 2)
                 if name == "step":
-                    state[name] = v.clone()
+                    state[name] = v.to(self.device, copy=True)  # fused Adam keeps its step beside the parameters
                     continue
                 flat = state.setdefault(name, torch.zeros_like(self.params.flat.detach(), dtype=v.dtype))
                 # into the parameter's own memory layout (a checkpoint stores it contiguous): Adam pairs the buffer's
@@ -177,7 +191,7 @@ class Trainer:
         if "rng.torch" in t:  # checkpoints from before they kept the global states have none: then nothing changes
             self._rngs = {k: v for k, v in t.items() if k.startswith("rng.") and k != "rng.train"}
             if self._rngs_live:
-                set_rng_states(self._rngs)
+                set_rng_states(self._rngs, self._cuda)
         self.source.load_state(t)
         self.step = record["step"]
         self.guard.skipped = record.get("skipped_steps", 0)
@@ -229,21 +243,21 @@ class Trainer:
         if self._rngs_live:
             yield
             return
-        caller = rng_states()
-        set_rng_states(self._rngs)
+        caller = rng_states(self._cuda)
+        set_rng_states(self._rngs, self._cuda)
         self._rngs_live = True
         try:
             yield
         finally:
-            self._rngs.update(rng_states())
-            set_rng_states(caller)
+            self._rngs.update(rng_states(self._cuda))
+            set_rng_states(caller, self._cuda)
             self._rngs_live = False
 
     def _loss(self, x: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         cond = None
         if self.cfg.model.num_classes:
             # classifier-free guidance training: drop the label to the null label -1 (Ho & Salimans 2022, Alg. 1)
-            drop = torch.rand(labels.shape, generator=generator) < self.cfg.train.cond_dropout
+            drop = (torch.rand(labels.shape, generator=generator) < self.cfg.train.cond_dropout).to(labels.device)
             cond = torch.where(drop, torch.full_like(labels, -1), labels)
         if self.cfg.train.objective == "ncsn":
             return ncsn_loss(self.denoiser, x, self.sigmas, cond=cond, generator=generator)
@@ -277,15 +291,17 @@ class Trainer:
             return t
 
         shape = (1, 8, 8) if self.cfg.data.name == "digits" else (2,)
-        x = torch.zeros(probe, *shape)
-        labels = torch.zeros(probe, dtype=torch.long) if self.cfg.model.num_classes else None
-        with torch.random.fork_rng(devices=[]), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x = torch.zeros(probe, *shape, device=self.device)
+        labels = torch.zeros(probe, dtype=torch.long, device=self.device) if self.cfg.model.num_classes else None
+        devices = [] if self._cuda is None else [self._cuda]
+        with torch.random.fork_rng(devices=devices), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             self._loss(x, labels, torch.Generator().manual_seed(0))
         per_sample = 2 * -(-sum(saved.values()) // probe) + x[0].numel() * x.element_size()
         return FIXED_OVERHEAD + 16 * param_bytes + self.cfg.train.batch_size * per_sample
 
     def train_step(self) -> float | None:
         x, labels = self.source.next(self.generator)
+        x, labels = x.to(self.device), None if labels is None else labels.to(self.device)
         loss = self._loss(x, labels, self.generator)
         self.params.zero_grad()
         if not torch.isfinite(loss):
@@ -334,6 +350,7 @@ class Trainer:
             self.max_memory,
             option="--max-memory",
             hint=TRAIN_MEMORY_HINT,
+            device=self.device,
         )
         first_step = self.step
         made = [d for d in (self.run_dir, *self.run_dir.parents) if not d.exists()]
@@ -386,6 +403,7 @@ class Trainer:
             "session_seconds": round(session, 1),
             "final_loss": (sum(losses[-100:]) / len(losses[-100:])) if losses else None,  # this session's last 100
             "skipped_steps": self.guard.skipped,
+            "device": str(self.device),
         }
         _atomic_write(self.run_dir / "train.json", json.dumps(summary, indent=2).encode())
         return summary

@@ -1,0 +1,137 @@
+"""The --device option: names resolved to a torch.device with one-line errors, budgets held against a CUDA device's
+free memory, and (where a CUDA GPU exists) training, resuming and sampling there giving the CPU's run."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from scorelab.config import config_from_dict
+from scorelab.devices import resolve_device
+from scorelab.errors import ScorelabError
+from scorelab.resources import check_budget
+from scorelab.train.checkpoint import list_checkpoints
+from scorelab.train.trainer import Trainer
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+
+_RAW = {
+    "data": {"name": "ring8"},
+    "model": {"kind": "mlp", "width": 16, "depth": 1},
+    "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
+    "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 4, "keep_checkpoints": 5},
+}
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "scorelab", *args], capture_output=True, text=True)
+
+
+def test_device_names_resolve_and_others_are_refused_in_one_line(monkeypatch):
+    assert (
+        resolve_device("cpu") == resolve_device(" CPU ") == resolve_device(torch.device("cpu")) == torch.device("cpu")
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    for name, says in (
+        ("gpu", "unknown device 'gpu'; allowed: auto, cpu, cuda or cuda:N"),
+        ("mps", "device 'mps' is not supported; allowed: auto, cpu, cuda or cuda:N"),
+        ("cpu:1", "device 'cpu:1' is not supported"),
+        ("cuda", "device 'cuda' is not available: torch finds no CUDA GPU here"),
+        ("cuda:1", "device 'cuda:1' is not available"),
+    ):
+        with pytest.raises(ScorelabError, match=says.replace("(", r"\(")) as e:
+            resolve_device(name)
+        assert "\n" not in str(e.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ScorelabError, match="device 'cuda:2' does not exist; this machine has cuda:0 to cuda:1"):
+        resolve_device("cuda:2")
+
+
+def test_a_cuda_budget_is_the_devices_free_memory(monkeypatch):
+    import scorelab.devices
+
+    monkeypatch.setattr(scorelab.devices.torch.cuda, "mem_get_info", lambda device: (3 * 2**30, 80 * 2**30))
+    cuda = torch.device("cuda", 0)
+    check_budget("training", 2 * 2**30, None, option="--max-memory", device=cuda)  # fits in 3 GiB free
+    with pytest.raises(
+        ScorelabError, match=r"needs about 4\.0 GB .* than the 3\.0 GB allowed by the free memory of cuda:0"
+    ):
+        check_budget("training", 4 * 2**30, None, option="--max-memory", device=cuda)
+    with pytest.raises(ScorelabError, match="allowed by --max-memory"):  # an explicit budget wins
+        check_budget("training", 2 * 2**30, 2**30, option="--max-memory", device=cuda)
+    check_budget("training", 4 * 2**30, None, option="--max-memory", device=torch.device("cpu"))  # RAM, not 3 GiB
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without CUDA")
+def test_commands_refuse_a_device_that_is_not_here_and_write_nothing(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(_RAW))
+    run = tmp_path / "run"
+    for args in (
+        ["train", str(cfg), "--out", str(run), "--device", "cuda"],
+        ["train", str(cfg), "--out", str(run), "--device", "gpu"],
+    ):
+        p = _cli(*args)
+        assert p.returncode == 2 and p.stderr.startswith("error:") and p.stderr.strip().count("\n") == 0, p.stderr
+        assert not run.exists()
+    assert _cli("train", str(cfg), "--out", str(run), "--quiet").returncode == 0
+    for args in (["sample", str(run), "--device", "cuda:0"], ["evaluate", str(run), "--device", "tpu"]):
+        p = _cli(*args)
+        assert p.returncode == 2 and p.stderr.startswith("error:") and p.stderr.strip().count("\n") == 0, p.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "train.json"]
+
+
+def test_training_records_its_device(tmp_path):
+    summary = Trainer(config_from_dict(_RAW), tmp_path / "run", progress=False, log=lambda *_: None).run()
+    assert summary["device"] == "cpu"
+
+
+def _final(run):
+    return load_file(list_checkpoints(run / "checkpoints")[-1].with_suffix(".safetensors"))
+
+
+@needs_cuda
+@pytest.mark.parametrize("data", ["ring8", "digits"])
+def test_a_cuda_run_follows_the_cpu_run_and_resumes_on_either(tmp_path, data):
+    raw = {**_RAW, "data": {"name": data}}
+    if data == "digits":
+        raw["model"] = {"kind": "unet", "channels": 8, "attention_levels": []}
+    cfg = config_from_dict(raw)
+    quiet = {"progress": False, "log": lambda *_: None}
+    Trainer(cfg, tmp_path / "cpu", **quiet).run()
+    cuda = Trainer(cfg, tmp_path / "cuda", device="cuda", **quiet)
+    assert cuda.run()["device"] == "cuda:0"
+    a, b = _final(tmp_path / "cpu"), _final(tmp_path / "cuda")
+    for k in a:  # same initial weights and the same noise, so only float rounding differs
+        if k.startswith("model."):
+            assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+    # a CUDA checkpoint resumes on the CPU and a CPU one on CUDA, to the same run
+    half = config_from_dict({**raw, "train": {**raw["train"], "steps": 8}})
+    Trainer(half, tmp_path / "split", device="cuda", **quiet).run()
+    on_cpu = Trainer(cfg, tmp_path / "split", **quiet)
+    on_cpu.resume()
+    assert on_cpu.run()["step"] == 12
+    for k in a:
+        if k.startswith("model."):
+            assert torch.allclose(a[k], _final(tmp_path / "split")[k], rtol=1e-4, atol=1e-5), k
+
+
+@needs_cuda
+def test_sampling_on_cuda_matches_the_cpu(tmp_path):
+    from scorelab.pipelines.sample import generate, load_run
+
+    Trainer(config_from_dict(_RAW), tmp_path / "run", progress=False, log=lambda *_: None).run()
+    cfg, cpu_model, _ = load_run(tmp_path / "run")
+    _, cuda_model, _ = load_run(tmp_path / "run", "cuda")
+    for sampler in ("annealed_langevin", "dpmpp_2m"):
+        x = generate(cfg, cpu_model, 64, 0, sampler=sampler, steps=10, progress=False)
+        y = generate(cfg, cuda_model, 64, 0, sampler=sampler, steps=10, progress=False)
+        assert y.device.type == "cpu" and torch.allclose(x, y, rtol=1e-3, atol=1e-4), sampler
