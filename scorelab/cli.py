@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .config import CHOICES, TRAIN_MEMORY_HINT, canonical_choice
+from .config import CHOICES, MAX_STEPS, TRAIN_MEMORY_HINT, canonical_choice
 from .errors import ScorelabError, warn
 
 
@@ -106,7 +106,7 @@ def train(
         progress=not quiet,
         log=click.echo,
         warn=warn,
-        config_path=config,
+        continue_with=f"scorelab train {config} --resume {run_dir}",
         max_memory=budget,
         device=device,
     )
@@ -133,7 +133,12 @@ def train(
     default=None,
     help="Sampler (default: the config's sample.sampler).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Diffusion sampler steps (positive sigmas).")
+@click.option(
+    "--steps",
+    type=click.IntRange(1, MAX_STEPS, max_open=True),
+    default=None,
+    help="Diffusion sampler steps (positive sigmas; default: the config's sample.steps).",
+)
 @click.option("--guidance", type=_Scale(), default=None, help="Classifier-free guidance scale.")
 @click.option("--label", type=int, default=None, help="Class to sample (conditional runs; default: all in turn).")
 @click.option(
@@ -197,7 +202,11 @@ def sample(
     help="Samplers (repeatable; default dpmpp_2m).",
 )
 @click.option(
-    "--steps", type=click.IntRange(min=1), default=20, show_default=True, help="Sampler steps (positive sigmas)."
+    "--steps",
+    type=click.IntRange(1, MAX_STEPS, max_open=True),
+    default=20,
+    show_default=True,
+    help="Sampler steps (positive sigmas).",
 )
 @click.option(
     "--n", type=click.IntRange(min=2), default=1000, show_default=True, help="Samples per sampler and guidance."
@@ -271,10 +280,11 @@ def reproduce(
     from .outputs import check_output_dir, check_writable_dir, make_dirs, staged_output
     from .train.checkpoint import _atomic_write
 
-    def owns(file: str) -> bool:  # its figures, and results JSON written beside them
-        return any(fnmatch(file, pattern) for pattern in (*module.OUTPUTS, "*.json"))
-
     json_in_out = json_path is not None and json_path.resolve().parent == out.resolve()
+
+    def owns(file: str) -> bool:  # its figures, and a results JSON asked for beside them
+        return any(fnmatch(file, pattern) for pattern in module.OUTPUTS) or (json_in_out and file == json_path.name)
+
     if json_path is not None and not json_in_out and out.resolve() in json_path.resolve().parents:
         raise ScorelabError(f"--json must be in --out ({out}) itself or outside it, not in a folder below it")
     check_output_dir(out, owns)  # refuse a place that cannot take the figures before the work, not after it

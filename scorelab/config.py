@@ -89,10 +89,13 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+# upper bounds (exclusive, as every bound here) on sizes: far beyond any useful setting, and below where the maths
+# overflows or one tensor alone outgrows any machine's memory before the up-front estimates could say so
+MAX_STEPS = 100_000
 RANGES = {
     "noise.sigma_max": (0.0, None),
     "noise.sigma_min": (0.0, None),
-    "noise.levels": (2, None),
+    "noise.levels": (2, MAX_STEPS),
     "train.steps": (1, None),
     "train.batch_size": (1, None),
     "train.lr": (0.0, None),
@@ -104,15 +107,15 @@ RANGES = {
     "train.keep_checkpoints": (1, None),
     "sample.n": (2, None),  # the sample metrics compare sets, which needs two points
     "sample.step_size": (0.0, None),
-    "sample.steps_per_level": (1, None),
+    "sample.steps_per_level": (1, MAX_STEPS),
     "model.sigma_data": (0.0, None),
-    "model.num_classes": (0, None),
-    "model.width": (1, None),
-    "model.depth": (1, None),
-    "model.channels": (4, None),
-    "model.blocks_per_level": (1, None),
-    "noise.timesteps": (2, None),
-    "sample.steps": (1, None),
+    "model.num_classes": (0, MAX_STEPS),
+    "model.width": (1, 65_536),
+    "model.depth": (1, 1_000),
+    "model.channels": (4, 65_536),
+    "model.blocks_per_level": (1, 1_000),
+    "noise.timesteps": (2, MAX_STEPS),
+    "sample.steps": (1, MAX_STEPS),
 }
 CHOICES = {
     "data.name": ("ring8", "moons", "swissroll", "rings", "checkerboard", "digits"),

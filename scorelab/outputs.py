@@ -3,6 +3,7 @@ beside them, and swapped into place only when every file is written."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,11 +13,23 @@ from pathlib import Path
 
 from .errors import ScorelabError
 
+MANIFEST = ".scorelab-outputs.json"  # the names of the files a staged output wrote, kept beside them
+
+
+def written_before(out: Path) -> set[str]:
+    """The names an earlier staged output recorded in `out` (none when it has no readable manifest)."""
+    try:
+        names = json.loads((Path(out) / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {n for n in names if isinstance(n, str)}
+
 
 def check_output_dir(out: Path, owns: Callable[[str], bool]) -> None:
     """Raise ScorelabError now, before any work, if `out` cannot receive this command's outputs: its parent cannot
-    be created or written, it is a file, or it holds files this command did not write (`owns(name)` says which
-    names are its own; a folder of only those is replaced whole)."""
+    be created or written, it is a file, or it holds files this command did not write: `owns(name)` says which
+    names it writes now, and the folder's manifest which an earlier run wrote. A folder of only those is replaced
+    whole."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ScorelabError(f"output folder {out} is a file; choose a folder")
@@ -24,7 +37,8 @@ def check_output_dir(out: Path, owns: Callable[[str], bool]) -> None:
     if out.resolve() == here or out.resolve() in here.parents:  # it is swapped whole at the end
         raise ScorelabError(f"output folder {out} is the current folder or holds it; choose a folder inside it")
     if out.is_dir():
-        foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and owns(p.name)))
+        ours = written_before(out) | {MANIFEST}
+        foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and (p.name in ours or owns(p.name))))
         if foreign:
             raise ScorelabError(
                 f"output folder {out} holds files this command did not write ({', '.join(foreign[:3])}); "
@@ -68,8 +82,9 @@ def remove_empty(folders: list[Path]) -> None:
 
 @contextmanager
 def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
-    """Yield a staging folder to write every output into; on success it replaces `out`, on any error or Ctrl-C it
-    is deleted and `out` is left as it was."""
+    """Yield a staging folder to write every output into; on success it replaces `out` (with a manifest of the
+    files, MANIFEST, so that a later run knows them for its own), on any error or Ctrl-C it is deleted and `out` is
+    left as it was."""
     out = Path(out)
     check_output_dir(out, owns)
     created = make_dirs(out.parent)
@@ -78,6 +93,8 @@ def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
     stage.mkdir()
     try:
         yield stage
+        files = sorted(p.name for p in stage.iterdir() if p.is_file())
+        (stage / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         remove_empty(created)

@@ -246,6 +246,8 @@ def test_train_refuses_a_folder_of_other_files_and_resume_says_what_is_missing(t
     (tmp_path / "early" / "config.yaml").write_text(cfg.read_text())
     p = _run("train", str(cfg), "--resume", str(tmp_path / "early"))
     assert p.returncode == 2 and "train it again without --resume" in p.stderr, p.stderr
+    p = _run("train", str(cfg), "--resume", str(folder))  # not a run at all
+    assert p.returncode == 2 and f"{folder} is not a run directory (no config.yaml)" in p.stderr, p.stderr
 
 
 @pytest.mark.parametrize("records_time", [True, False])
@@ -369,6 +371,33 @@ def test_conditional_ddpm_train_sample_evaluate(tmp_path):
     assert isinstance(res.exception, ScorelabError) and "this run is DDPM-trained" in str(res.exception)
 
 
+def test_evaluate_refuses_what_it_cannot_do_before_the_bits_per_dim_and_owns_only_its_files(tmp_path):
+    from scorelab.outputs import MANIFEST
+
+    cfg = tmp_path / "trailing.yaml"
+    cfg.write_text(yaml.safe_dump({**_DDPM, "sample": {**_DDPM["sample"], "schedule": "trailing"}}))
+    run = tmp_path / "run"
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
+    res = r.invoke(cli, ["evaluate", str(run), "--n", "4", "--steps", "51", "--quiet"])
+    assert isinstance(res.exception, ScorelabError) and "takes at most 50 steps, got 51" in str(res.exception)
+    assert "bits/dim" not in res.output and not (run / "eval").exists()
+    res = r.invoke(cli, ["evaluate", str(run), "--n", "4", "--guidance", "0.1", "--guidance", "0.10000001"])
+    assert isinstance(res.exception, ScorelabError) and "the same grid name" in str(res.exception)
+    res = r.invoke(cli, ["sample", str(run), "--steps", "100000", "--quiet"])
+    assert res.exit_code == 2 and "100000 is not in the range 1<=x<100000" in res.output, res.output
+    args = ["evaluate", str(run), "--n", "4", "--steps", "2", "--no-bpd", "--quiet", "--guidance"]
+    assert r.invoke(cli, [*args, "1"]).exit_code == 0
+    wrote = ["dpmpp_2m_g1.png", "eval.json"]
+    assert sorted(p.name for p in (run / "eval").iterdir()) == sorted([MANIFEST, *wrote])
+    assert r.invoke(cli, [*args, "3"]).exit_code == 0  # replaces the first evaluation whole
+    assert sorted(p.name for p in (run / "eval").iterdir()) == sorted([MANIFEST, "dpmpp_2m_g3.png", "eval.json"])
+    (run / "eval" / "my_figure.png").write_text("mine")
+    res = r.invoke(cli, [*args, "1"])
+    assert isinstance(res.exception, ScorelabError) and "did not write (my_figure.png)" in str(res.exception)
+    assert (run / "eval" / "my_figure.png").read_text() == "mine"
+
+
 def test_sample_refuses_requests_beyond_the_memory_budget(tmp_path):
     cfg = _tiny_config(tmp_path, steps=10)
     assert CliRunner().invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"]).exit_code == 0
@@ -400,20 +429,32 @@ def test_a_run_whose_files_were_edited_or_damaged(tmp_path):
     assert isinstance(res.exception, ScorelabError) and "config.yaml: not valid YAML" in str(res.exception)
     (run / "config.yaml").write_text(good)
     # a checkpoint record that is valid JSON of the wrong shape: fall back to the older checkpoint
-    list_checkpoints(run / "checkpoints")[-1].write_text("[1, 2]")
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    record = json.loads(newest.read_text())
+    newest.write_text("[1, 2]")
     res = r.invoke(cli, ["sample", str(run), "--n", "16", "--quiet"])
     assert res.exit_code == 0 and "not a checkpoint record" in res.output, res.output
     assert json.loads((run / "samples" / "metrics.json").read_text())["step"] == 10
+    newest.write_text(json.dumps({k: v for k, v in record.items() if k != "config"}))  # a record without its config
+    res = r.invoke(cli, ["sample", str(run), "--n", "16", "--quiet"])
+    assert res.exit_code == 0 and "(needs 'step', 'sha256', 'config'); trying an older" in res.output, res.output
+    bad = {**record, "config": {**record["config"], "model": {**record["config"]["model"], "width": "wide"}}}
+    newest.write_text(json.dumps(bad))
+    res = r.invoke(cli, ["sample", str(run), "--n", "16", "--quiet"])
+    assert isinstance(res.exception, ScorelabError), res.output
+    assert str(res.exception).startswith(f"checkpoint {newest} holds a config that does not load (model.width:")
 
 
 def test_sample_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from scorelab.outputs import MANIFEST
+
     cfg, run = _trained(tmp_path, steps=10)
     r = CliRunner()
     out = tmp_path / "out"
     out.mkdir()
     (out / "held_out.png").write_bytes(b"stale")  # a file of this command's, from an earlier digits sampling
     assert r.invoke(cli, ["sample", str(run), "--n", "16", "--out", str(out), "--quiet"]).exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "samples.png", "samples.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "metrics.json", "samples.png", "samples.safetensors"]
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def fail(*args, **kwargs):
@@ -749,7 +790,7 @@ def test_the_demo_report_shows_every_section_and_each_figure_it_names_exists(tmp
     monkeypatch.setattr(demo, "DEMO_OVERRIDES", _TINY_DEMO)
     toy = {"langevin_weight": 0.5, "annealed_weight": 0.79, "true_weight": 0.8, "passed": True}
 
-    def ncsn_toy(out_dir):  # tests/test_reproduce.py runs the reproduction itself
+    def ncsn_toy(out_dir, progress=True):  # tests/test_reproduce.py runs the reproduction itself
         out_dir.mkdir(parents=True)
         return {**toy, "figure": image_grid(torch.zeros(1, 1, 2, 2), out_dir / "ncsn_toy.png")}
 
@@ -861,6 +902,30 @@ def test_a_rerun_demo_continues_its_runs_and_trains_again_those_it_cannot_contin
     logs.clear()
     demo._train("ncsn-digits", run, False, logs.append)
     assert logs[0] == f"{run} was trained with other demo settings (train.batch_size: 4 vs 8): training it again"
+
+
+def test_the_demo_refuses_a_folder_with_files_it_did_not_write_and_deletes_nothing(tmp_path, monkeypatch):
+    """A stale run in the demo folder is trained again from scratch (above), which removes its folder: so the demo
+    first refuses any folder holding files it did not write, anywhere it writes, before any work."""
+    import copy
+
+    from scorelab.pipelines import demo
+
+    monkeypatch.setattr(demo, "DEMO_OVERRIDES", copy.deepcopy(_TINY_DEMO))
+    out = tmp_path / "demo"
+    demo._train("ncsn-digits", out / "digits", False, lambda *a: None)
+    demo.check_demo_folder(out)  # a demo run alone is the demo's
+    for mine in ("notes.txt", "digits/notes.txt", "digits/samples/mine.png", "digits/checkpoints/best.pt"):
+        (out / mine).parent.mkdir(exist_ok=True)
+        (out / mine).write_text("mine")
+        monkeypatch.setattr(demo.ncsn_toy, "run", lambda *a, **k: pytest.fail("work began"))
+        with pytest.raises(ScorelabError, match=f"holds files the demo did not write \\({mine}\\); move them"):
+            demo.run_demo(out, progress=False, log=lambda *a: None)
+        assert (out / mine).read_text() == "mine"
+        (out / mine).unlink()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ScorelabError, match="is a file"):
+        demo.check_demo_folder(tmp_path / "afile")
 
 
 def test_the_package_and_the_command_report_the_same_version():

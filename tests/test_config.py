@@ -203,3 +203,17 @@ def test_every_bad_input_error_is_one_type_and_a_value_error():
     assert issubclass(ConfigError, ScorelabError) and issubclass(ScorelabError, ValueError)
     with pytest.raises(ValueError, match="n >= 1"):
         karras_sigmas(0.01, 80.0, 0)
+
+
+def test_sizes_have_upper_bounds_below_overflow():
+    """Sizes past these bounds overflowed inside torch (a C++ traceback) or in the schedule maths; now one line."""
+    for key, value, bound in (
+        ("model.width", 10**23, 65_536),
+        ("model.channels", 10**6, 65_536),
+        ("noise.levels", 10**23, 100_000),
+        ("noise.timesteps", 10**9, 100_000),
+        ("sample.steps", 100_000, 100_000),
+    ):
+        section, name = key.split(".")
+        with pytest.raises(ConfigError, match=f"^{key}: must be < {bound}, got {value}$"):
+            config_from_dict({section: {name: value}})

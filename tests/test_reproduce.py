@@ -41,15 +41,24 @@ def test_reproduce_refuses_a_folder_of_other_files_and_takes_underscores(tmp_pat
     assert isinstance(res.exception, ScorelabError) and "--json must be in --out" in str(res.exception)
 
 
-def test_reproduce_reruns_into_its_own_folder(tmp_path):
-    """A second run replaces the first one's figures and JSON whole, with or without --json."""
+def test_reproduce_reruns_into_its_own_folder_and_leaves_other_files_alone(tmp_path):
+    """A second run replaces the first one's figures and JSON whole, with or without --json (the folder's manifest
+    says what the first one wrote); a JSON it did not write is refused, not deleted."""
+    from scorelab.outputs import MANIFEST
+
     fig = tmp_path / "fig"
     runs = [["--json", str(fig / "r.json")], [], ["--json", str(fig / "r.json")]]
     for extra in runs:
         res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", "--out", str(fig), *extra])
         assert res.exit_code == 0, res.output
-        assert sorted(f.name for f in fig.iterdir()) == sorted(["ncsn_toy.png", *(["r.json"] if extra else [])])
+        wrote = ["ncsn_toy.png", *(["r.json"] if extra else [])]
+        assert sorted(f.name for f in fig.iterdir()) == sorted([MANIFEST, *wrote])
+        assert sorted(json.loads((fig / MANIFEST).read_text())["files"]) == sorted(wrote)
     assert not [f for f in tmp_path.iterdir() if f.name.startswith(".")]  # no staging folder left behind
+    (fig / "precious.json").write_text("{}")
+    res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", "--out", str(fig)])
+    assert isinstance(res.exception, ScorelabError) and "did not write (precious.json)" in str(res.exception)
+    assert (fig / "precious.json").read_text() == "{}"
 
 
 def test_sampler_accuracy_target_at_20_evaluations():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,13 +13,15 @@ import torch
 from ..config import config_differences, config_from_dict, config_to_dict, load_config
 from ..data.toys import ring8_mixture
 from ..denoisers import score_from_denoised
+from ..errors import ScorelabError
 from ..metrics.digits import conditional_report
 from ..models.build import model_format, record_format
+from ..outputs import MANIFEST, check_writable_dir, written_before
 from ..plots import image_grid, quiver, trajectories
 from ..reproduce import ncsn_toy
-from ..train.checkpoint import list_checkpoints, load_latest
-from ..train.trainer import Trainer
-from .sample import generate, load_run, sample_labels, sample_run, sample_sigmas
+from ..train.checkpoint import list_checkpoints
+from ..train.trainer import RUN_FILES, Trainer, load_run_checkpoint
+from .sample import SAMPLE_OUTPUTS, generate, load_run, sample_labels, sample_run, sample_sigmas
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -39,10 +42,55 @@ def _config(name: str):
     return config_from_dict(raw)
 
 
+RUN_FOLDERS = ("toy2d", "digits", "ddpm-digits")
+CHECKPOINT_FILE = re.compile(r"ckpt_[0-9]+\.(json|safetensors)(\.tmp)?")
+
+
+def _foreign(out: Path) -> list[str]:
+    """The files and folders under a demo folder that the demo does not write (paths relative to it)."""
+    grids = {f"grid_{s}_g{g:g}.png" for s in DEMO_SAMPLERS for g in DEMO_GUIDANCE}
+    figures = {"score_field.png", "trajectories.png", *grids}
+    top = {"metrics.json", "index.html", "ncsn-toy", *RUN_FOLDERS}
+    foreign = [p.name for p in out.iterdir() if p.name not in top]
+    for p in (out / "ncsn-toy").glob("*"):
+        if p.name not in ncsn_toy.OUTPUTS:
+            foreign.append(f"ncsn-toy/{p.name}")
+    for name in RUN_FOLDERS:
+        run = out / name
+        if not run.is_dir():
+            continue
+        for p in run.iterdir():
+            if p.name.removesuffix(".tmp") not in {*RUN_FILES, "samples", *figures}:
+                foreign.append(f"{name}/{p.name}")
+        for p in (run / "checkpoints").glob("*"):
+            if not CHECKPOINT_FILE.fullmatch(p.name):
+                foreign.append(f"{name}/checkpoints/{p.name}")
+        samples = {*SAMPLE_OUTPUTS, MANIFEST, *written_before(run / "samples")}
+        for p in (run / "samples").glob("*"):
+            if p.name not in samples:
+                foreign.append(f"{name}/samples/{p.name}")
+    return sorted(foreign)
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse, before any work, a demo folder that is a file or holds anything the demo did not write: the demo
+    replaces what it wrote (a run it cannot continue is trained again from scratch) and nothing else."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ScorelabError(f"output folder {out} is a file; choose a folder")
+    foreign = _foreign(out) if out.is_dir() else []
+    if foreign:
+        raise ScorelabError(
+            f"output folder {out} holds files the demo did not write ({', '.join(foreign[:3])}); "
+            "move them or choose a new --out"
+        )
+    check_writable_dir(out.parent)
+
+
 def _why_not_resumable(cfg, run_dir: Path) -> str | None:
     """Why this scorelab cannot continue an earlier demo run (another network version or other demo settings)."""
-    _, record = load_latest(run_dir / "checkpoints")
-    differ = config_differences(cfg, config_from_dict(record["config"]), ("data", "model", "noise", "train"))
+    _, record, recorded = load_run_checkpoint(run_dir)
+    differ = config_differences(cfg, recorded, ("data", "model", "noise", "train"))
     if differ:
         return f"was trained with other demo settings ({'; '.join(differ[:3])})"
     have, want = record_format(record, run_dir), model_format(cfg)
@@ -55,10 +103,10 @@ def _train(name: str, run_dir: Path, progress: bool, log) -> dict:
     cfg = _config(name)
     if list_checkpoints(run_dir / "checkpoints"):
         stale = _why_not_resumable(cfg, run_dir)
-        if stale:  # the demo owns its folder: a run it cannot continue is trained again
+        if stale:  # a run it cannot continue is trained again; check_demo_folder saw only the demo's files there
             log(f"{run_dir} {stale}: training it again")
             shutil.rmtree(run_dir)
-    trainer = Trainer(cfg, run_dir, progress=progress, log=log)
+    trainer = Trainer(cfg, run_dir, progress=progress, log=log, continue_with=f"scorelab demo --out {run_dir.parent}")
     if list_checkpoints(run_dir / "checkpoints"):
         trainer.resume()  # a rerun of the demo continues where it stopped
     return trainer.run()
@@ -134,9 +182,10 @@ def _table(d: dict) -> str:
 
 def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
     out = Path(out)
+    check_demo_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     log("[1/5] NCSN toy reproduction with exact scores (Song & Ermon 2019, Fig. 3)")
-    toy = ncsn_toy.run(out / "ncsn-toy")
+    toy = ncsn_toy.run(out / "ncsn-toy", progress=progress)
     log("[2/5] training the 2D score network on the ring of 8 Gaussians")
     toy_train = _train("ncsn-toy2d", out / "toy2d", progress, log)
     toy_metrics = sample_run(out / "toy2d", progress=progress, log=log)

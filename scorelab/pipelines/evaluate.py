@@ -15,7 +15,16 @@ from ..objectives.elbo import VariationalBound
 from ..outputs import check_output_dir, staged_output
 from ..plots import image_grid
 from ..schedules import alphas_cumprod, beta_schedule
-from .sample import check_guidance, check_sampling_budget, device_of, evaluate, generate, load_run, sample_labels
+from .sample import (
+    check_guidance,
+    check_sampling_budget,
+    device_of,
+    diffusion_sigmas,
+    evaluate,
+    generate,
+    load_run,
+    sample_labels,
+)
 
 DIGIT_LEVELS = 17  # the 8x8 digits take the integer values 0..16
 
@@ -58,8 +67,16 @@ def evaluate_run(
     for g in guidances:
         check_guidance(cfg, g)
     check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory)
+    diffusion_sigmas(cfg, steps, cfg.sample.schedule)  # steps the schedule cannot take: refused before the bits/dim
+    names = {(s, g): f"{s}_g{g:g}.png" for s in samplers for g in guidances}
+    if len(set(names.values())) < len(names):
+        raise ScorelabError(
+            f"--guidance {', '.join(f'{g!r}' for g in guidances)} (with --sampler {', '.join(samplers)}) repeats a "
+            "run or gives two the same grid name (6 significant digits); give each once"
+        )
     out_dir = Path(run_dir) / "eval"
-    check_output_dir(out_dir, _owns)
+    owns = {"eval.json", *names.values()}.__contains__
+    check_output_dir(out_dir, owns)
     grids = {}
     result = {"run": str(run_dir), "step": record["step"], "n": n, "steps": steps, "rows": []}
     if bpd and cfg.train.objective == "ddpm":
@@ -78,7 +95,7 @@ def evaluate_run(
             m = evaluate(cfg, samples, labels)
             row = {"sampler": sampler, "guidance": guidance, **{k: v for k, v in m.items() if not isinstance(v, list)}}
             result["rows"].append(row)
-            grids[f"{sampler}_g{guidance:g}.png"] = samples[:100]
+            grids[names[sampler, guidance]] = samples[:100]
             log(
                 f"{sampler} guidance {guidance:g}: "
                 + ", ".join(
@@ -87,12 +104,8 @@ def evaluate_run(
                     if k in row
                 )
             )
-    with staged_output(out_dir, _owns) as stage:  # written at once: an interrupted evaluation leaves the old one
+    with staged_output(out_dir, owns) as stage:  # written at once: an interrupted evaluation leaves the old one
         for name, images in grids.items():
             image_grid(images, stage / name, nrow=10)
         (stage / "eval.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def _owns(name: str) -> bool:
-    return name == "eval.json" or name.endswith(".png")

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..config import Config, config_differences, config_from_dict
+from ..config import MAX_STEPS, Config, config_differences
 from ..data.digits import load_digits_split
 from ..data.toys import ring8_mixture, sample_toy
 from ..devices import resolve_device
-from ..errors import ScorelabError
+from ..errors import ScorelabError, warn
 from ..guidance import Clamped, ClassifierFreeGuidance
 from ..metrics.samples import BLOCK_ELEMENTS, component_stats, mmd_rbf, sliced_wasserstein2
 from ..models.build import build_denoiser, check_model_format
@@ -34,8 +34,7 @@ from ..schedules import (
     sigma_from_alpha_bar,
     timesteps,
 )
-from ..train.checkpoint import load_latest
-from ..train.trainer import load_run_config
+from ..train.trainer import load_run_checkpoint, load_run_config
 
 EVAL_SEED = 10_000  # fresh reference sets are drawn from seeds the training never uses
 SAMPLE_OUTPUTS = {"samples.safetensors", "samples.png", "held_out.png", "metrics.json"}
@@ -49,8 +48,8 @@ def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Config,
     if not run_dir.is_dir():
         raise ScorelabError(f"run directory {str(run_dir)!r} does not exist")
     cfg = load_run_config(run_dir)
-    tensors, record = load_latest(run_dir / "checkpoints")
-    differ = config_differences(cfg, config_from_dict(record["config"]))
+    tensors, record, recorded = load_run_checkpoint(run_dir, warn=warn)
+    differ = config_differences(cfg, recorded)
     if differ:  # the network and its noise range are the checkpoint's; config.yaml was edited or replaced
         raise ScorelabError(
             f"{run_dir / 'config.yaml'} does not match the run's checkpoint ({'; '.join(differ[:3])}); "
@@ -69,6 +68,8 @@ def sample_sigmas(cfg: Config) -> torch.Tensor:
 
 def diffusion_sigmas(cfg: Config, steps: int, schedule: str) -> tuple[torch.Tensor, bool]:
     """(sigmas ending in 0, whether to start from the VP prior) over the noise range the model was trained on."""
+    if not 1 <= steps < MAX_STEPS:
+        raise ScorelabError(f"--steps must be >= 1 and < {MAX_STEPS}, got {steps}")
     if cfg.train.objective == "ddpm":
         ab = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
         if schedule == "trailing":
@@ -276,8 +277,6 @@ def sample_run(
     n = n or cfg.sample.n
     if n < 2:
         raise ScorelabError(f"--n must be >= 2 (the metrics compare sets of samples), got {n}")
-    if steps is not None and steps < 1:
-        raise ScorelabError(f"--steps must be >= 1, got {steps}")
     if steps is not None and (sampler or cfg.sample.sampler) == "annealed_langevin":
         raise ScorelabError(
             "--steps is for diffusion samplers; annealed_langevin runs noise.levels x sample.steps_per_level steps"

@@ -26,7 +26,8 @@ from ..three.objects import Snowman
 from ..three.raster import render_mesh
 
 TITLE = "Fit voxels, voxel splats, 3D Gaussians and DMTet to 24 views of a known object (PSNR >= 28 dB each)"
-OUTPUTS = ("fit_multiview.png", "*.glb", "*_turntable.gif")  # the files run() writes into its folder (patterns)
+# the files run() writes into its folder
+OUTPUTS = ("fit_multiview.png", *(f"{n}.glb" for n in FITTERS), *(f"{n}_turntable.gif" for n in FITTERS))
 SIZE, SUPERSAMPLE, RADIUS = 64, 4, 1.5
 TRAIN_THETA = [50.0, 70.0, 90.0, 110.0] * 6  # polar angles (degrees from +z) of the 24 training views
 TRAIN_PHI = [15.0 * i for i in range(24)]

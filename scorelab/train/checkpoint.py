@@ -72,29 +72,33 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(records, key=_step_of)
 
 
-def load_checkpoint(record_path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load one checkpoint, checking its hash; raises ScorelabError naming the file if it is damaged."""
+def load_checkpoint(record_path: Path, needs: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load one checkpoint, checking its hash; raises ScorelabError naming the file if it is damaged or its record
+    lacks one of the keys in `needs`."""
     try:
         record = json.loads(record_path.read_text())
         blob_path = record_path.with_suffix(".safetensors")
         blob = blob_path.read_bytes()
     except (OSError, ValueError) as e:
         raise ScorelabError(f"checkpoint {record_path} is unreadable ({e.__class__.__name__})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "sha256" not in record:
-        raise ScorelabError(f"checkpoint {record_path} is not a checkpoint record (needs 'step' and 'sha256')")
+    missing = [k for k in needs if not isinstance(record, dict) or k not in record]
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) or "sha256" not in record or missing:
+        keys = ", ".join(repr(k) for k in ("step", "sha256", *needs))
+        raise ScorelabError(f"checkpoint {record_path} is not a checkpoint record (needs {keys})")
     if hashlib.sha256(blob).hexdigest() != record.get("sha256"):
         raise ScorelabError(f"checkpoint {blob_path} is corrupt (content hash does not match its record)")
     return load(blob), record  # the very bytes that were hashed
 
 
-def load_latest(directory: Path, warn=warn) -> tuple[dict[str, torch.Tensor], dict]:
-    """The newest good checkpoint in a directory, falling back past damaged ones and saying so."""
+def load_latest(directory: Path, warn=warn, needs: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], dict]:
+    """The newest good checkpoint in a directory (whose record has the keys in `needs`), falling back past damaged
+    ones and saying so."""
     records = list_checkpoints(directory)
     if not records:
         raise ScorelabError(f"no checkpoint found in {directory}")
     for record_path in reversed(records):
         try:
-            return load_checkpoint(record_path)
+            return load_checkpoint(record_path, needs)
         except ScorelabError as e:
             warn(f"warning: {e}; trying an older checkpoint")
     raise ScorelabError(f"every checkpoint in {directory} is damaged")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..config import TRAIN_MEMORY_HINT, Config, config_differences, config_from_dict, config_to_dict, load_config
 from ..data.sources import BatchSource
 from ..devices import resolve_device
-from ..errors import ScorelabError
+from ..errors import ConfigError, ScorelabError
 from ..models.build import build_denoiser, check_model_format, model_format
 from ..objectives.diffusion import ddpm_loss
 from ..objectives.score_matching import ncsn_loss
@@ -52,6 +52,17 @@ def _remove_fresh_run(run_dir: Path, made: list[Path], had_config: bool) -> None
             folder.rmdir()  # only if empty
         except OSError:
             pass
+
+
+def load_run_checkpoint(run_dir: Path, warn=print) -> tuple[dict[str, torch.Tensor], dict, Config]:
+    """The newest good checkpoint of a run (falling back past damaged ones, and past records without a config),
+    with the config its record holds."""
+    tensors, record = load_latest(Path(run_dir) / "checkpoints", warn=warn, needs=("config",))
+    try:
+        return tensors, record, config_from_dict(record["config"])
+    except ConfigError as e:
+        where = Path(run_dir) / "checkpoints" / f"ckpt_{record['step']:08d}.json"
+        raise ScorelabError(f"checkpoint {where} holds a config that does not load ({e})") from None
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -115,22 +126,23 @@ class Trainer:
         progress: bool = True,
         log=print,
         warn=None,
-        config_path: Path | None = None,
+        continue_with: str | None = None,
         max_memory: int | None = None,
         device: str | torch.device = "cpu",
     ):
-        """`log` takes progress lines, `warn` warnings (default: `log`); `config_path`, where the config came from,
-        goes into the message that says how to continue an interrupted run. `run` refuses, before writing anything,
-        to train when `memory_estimate` exceeds max_memory bytes (default: the available memory, or the free memory
-        of a CUDA `device`). `device` is one of scorelab.devices.DEVICE_NAMES; the model is initialised on the CPU and
-        moved, and every random draw comes from CPU generators, so a seed starts the same run on every device, and a
-        checkpoint resumes on any device."""
+        """`log` takes progress lines, `warn` warnings (default: `log`); `continue_with` is the command that the
+        message after Ctrl-C or SIGTERM gives for continuing (default: scorelab train CONFIG --resume RUN_DIR).
+        `run` refuses, before writing anything, to train when `memory_estimate` exceeds max_memory bytes (default:
+        the available memory, or the free memory of a CUDA `device`). `device` is one of
+        scorelab.devices.DEVICE_NAMES; the model is initialised on the CPU and moved, and every random draw comes
+        from CPU generators, so a seed starts the same run on every device, and a checkpoint resumes on any
+        device."""
         self.device = resolve_device(device)
         self._cuda = self.device if self.device.type == "cuda" else None  # whose generator the global states hold
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
         self.max_memory = max_memory
         self.warn = warn or log
-        self.config_path = config_path
+        self.continue_with = continue_with or f"scorelab train CONFIG --resume {self.run_dir}"
         # the training's own global random states: parameter initialisation, and any global draws a user's model
         # makes, come from them; the caller's are put back after each use (seeded from train.seed when fresh)
         caller = rng_states(self._cuda)
@@ -212,14 +224,16 @@ class Trainer:
     def resume(self) -> None:
         if not self.run_dir.is_dir():
             raise ScorelabError(f"run directory {str(self.run_dir)!r} does not exist")
+        if not (self.run_dir / "config.yaml").is_file():
+            raise ScorelabError(f"{self.run_dir} is not a run directory (no config.yaml)")
         if not list_checkpoints(self.run_dir / "checkpoints"):
             raise ScorelabError(
                 f"no checkpoint found in {self.run_dir / 'checkpoints'}: the run stopped before its first one; "
                 "train it again without --resume"
             )
-        t, record = load_latest(self.run_dir / "checkpoints", warn=self.warn)
+        t, record, recorded = load_run_checkpoint(self.run_dir, warn=self.warn)
         # everything that shapes the updates must match for the resumed run to be the run the checkpoint records
-        differ = config_differences(self.cfg, config_from_dict(record["config"]), ("data", "model", "noise", "train"))
+        differ = config_differences(self.cfg, recorded, ("data", "model", "noise", "train"))
         if differ:
             raise ScorelabError(
                 f"cannot resume {self.run_dir}: the config differs from the run's ({'; '.join(differ[:3])})"
@@ -324,10 +338,9 @@ class Trainer:
         self.save()
         bar.close()  # before the message, so that the bar is not redrawn after it
         name = signal.Signals(self._stop_signal).name
-        config = self.config_path or "CONFIG"
         self.log(
             f"{name} received: saved checkpoint at step {self.step} in {self.run_dir}; "
-            f"continue with: scorelab train {config} --resume {self.run_dir}"
+            f"continue with: {self.continue_with}"
         )
         raise SystemExit(128 + self._stop_signal)
 
