@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import click
 
 from .config import CHOICES, MAX_STEPS, TRAIN_MEMORY_HINT, canonical_choice
 from .errors import ScorelabError, warn
+from .outputs import json_text
 
 
 class _Name(click.Choice):
@@ -139,8 +139,19 @@ def train(
     default=None,
     help="Diffusion sampler steps (positive sigmas; default: the config's sample.steps).",
 )
-@click.option("--guidance", type=_Scale(), default=None, help="Classifier-free guidance scale.")
-@click.option("--label", type=int, default=None, help="Class to sample (conditional runs; default: all in turn).")
+@click.option(
+    "--guidance",
+    type=_Scale(),
+    default=None,
+    help="Classifier-free guidance scale s in D_u + s (D_c - D_u): 0 unconditional, 1 the plain conditional model "
+    "(default: the config's sample.guidance).",
+)
+@click.option(
+    "--label",
+    type=int,
+    default=None,
+    help="Class to sample, 0 to model.num_classes - 1 (conditional runs; default: all in turn).",
+)
 @click.option(
     "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
 )
@@ -181,7 +192,7 @@ def sample(
         log=click.echo,
     )
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-    click.echo(json.dumps(shown, indent=2))
+    click.echo(json_text(shown))
     click.echo(f"samples and metrics written to {out or Path(run_dir) / 'samples'}")
 
 
@@ -192,7 +203,7 @@ def sample(
     "guidances",
     type=_Scale(),
     multiple=True,
-    help="Guidance scales (repeatable; default 0, 1 and 3, or 1 for an unconditional run).",
+    help="Guidance scales s in D_u + s (D_c - D_u) (repeatable; default 0, 1 and 3, or 1 for an unconditional run).",
 )
 @click.option(
     "--sampler",
@@ -263,9 +274,11 @@ def evaluate(
 def reproduce(
     name: str | None, list_: bool, quick: bool, json_path: Path | None, out: Path | None, quiet: bool
 ) -> None:
-    """Reproduce a paper's figure or table (--list shows them)."""
+    """Reproduce a paper's figure or table (--list shows them): ncsn-toy, sampler-accuracy, fit-multiview."""
     from .reproduce import REPRODUCTIONS
 
+    if list_ and name is not None:
+        raise ScorelabError(f"give a reproduction's NAME or --list, not both (got {name!r} and --list)")
     if list_ or name is None:
         for key, module in REPRODUCTIONS.items():
             click.echo(f"{key:20s} {module.TITLE}")
@@ -293,7 +306,7 @@ def reproduce(
     with staged_output(out, owns) as stage:  # the figures (and a JSON beside them) appear together, or not at all
         result = module.run(stage, quick=quick, progress=not quiet)
         result["figure"] = str(out / Path(result["figure"]).name)
-        payload = json.dumps({k: v for k, v in result.items() if k != "table"}, indent=2).encode()
+        payload = json_text({k: v for k, v in result.items() if k != "table"}).encode()
         if json_in_out:
             _atomic_write(stage / json_path.name, payload)
     if json_path is not None and not json_in_out:
@@ -310,7 +323,13 @@ def reproduce(
 
 
 @cli.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+    help="Report folder; a rerun continues the runs in it.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out: Path, quiet: bool) -> None:
     """Train the 2D and digits models at demo size and write a report.
@@ -341,7 +360,8 @@ def main() -> None:
         click.echo(e.format_message())
         sys.exit(0)
     except click.UsageError as e:
-        where = e.ctx.command_path if e.ctx is not None else "scorelab"
+        command = next((a for a in sys.argv[1:] if a in cli.commands), None)  # click gives no context for some
+        where = e.ctx.command_path if e.ctx is not None else " ".join(["scorelab", *([command] if command else [])])
         click.echo(f"error: {e.format_message()} (see '{where} --help')", err=True)
         sys.exit(2)
     except ScorelabError as e:
@@ -367,3 +387,7 @@ def main() -> None:
         click.echo(f"error: {e.strerror or e}{where}", err=True)
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # python -m scorelab.cli, as well as python -m scorelab and the scorelab command
+    main()

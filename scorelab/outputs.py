@@ -4,6 +4,7 @@ beside them, and swapped into place only when every file is written."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -14,6 +15,22 @@ from pathlib import Path
 from .errors import ScorelabError
 
 MANIFEST = ".scorelab-outputs.json"  # the names of the files a staged output wrote, kept beside them
+
+
+def json_text(obj, indent: int = 2) -> str:
+    """`obj` as strict JSON: a NaN or infinite number (a metric with nothing to measure, such as the spread of a
+    mixture component no sample reached) becomes null, since JSON has no NaN and strict parsers refuse it."""
+
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 
 def written_before(out: Path) -> set[str]:

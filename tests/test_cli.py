@@ -928,6 +928,33 @@ def test_the_demo_refuses_a_folder_with_files_it_did_not_write_and_deletes_nothi
         demo.check_demo_folder(tmp_path / "afile")
 
 
+def test_metrics_files_are_strict_json_with_null_for_what_could_not_be_measured(tmp_path):
+    """Two samples reach at most two of the ring's eight components: the others' spreads are NaN, which JSON does
+    not have (Python wrote a bare NaN that strict parsers refuse); they are null now."""
+    cfg, run = _trained(tmp_path)
+    res = CliRunner().invoke(cli, ["sample", str(run), "--n", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in metrics.json")
+
+    metrics = json.loads((run / "samples" / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["ring_std_max_rel_error"] is None and [None, None] in metrics["ring_component_std"]
+    assert all(w >= 0 for w in metrics["ring_component_weights"])
+
+
+def test_usage_errors_point_to_the_commands_help_and_reproduce_lists_its_names():
+    from scorelab.reproduce import REPRODUCTIONS
+
+    p = _run("train", "x.yaml", "--quiet=yes")
+    assert p.returncode == 2 and p.stderr.strip().endswith("(see 'scorelab train --help')"), p.stderr
+    p = _run("reproduce", "nope", "--list")
+    assert p.returncode == 2 and "give a reproduction's NAME or --list, not both" in p.stderr, p.stderr
+    assert all(name in cli.commands["reproduce"].help for name in REPRODUCTIONS)
+    p = subprocess.run([sys.executable, "-m", "scorelab.cli", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "Commands:" in p.stdout
+
+
 def test_the_package_and_the_command_report_the_same_version():
     import scorelab
 

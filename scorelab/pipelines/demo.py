@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..denoisers import score_from_denoised
 from ..errors import ScorelabError
 from ..metrics.digits import conditional_report
 from ..models.build import model_format, record_format
-from ..outputs import MANIFEST, check_writable_dir, written_before
+from ..outputs import MANIFEST, check_writable_dir, json_text, written_before
 from ..plots import image_grid, quiver, trajectories
 from ..reproduce import ncsn_toy
 from ..train.checkpoint import list_checkpoints
@@ -205,7 +204,7 @@ def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
         "digits": {"train": dig_train, **dig_metrics},
         "ddpm_digits": {"train": ddpm_train, "guidance": [{k: v for k, v in r.items() if k != "grid"} for r in guided]},
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "metrics.json").write_text(json_text(metrics))
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
     guided_rows = "".join(
         "<tr><td>{sampler}</td><td>{guidance:g}</td><td><img src='{src}' width='160'></td><td>{acc:.3f}</td>"

@@ -3,7 +3,6 @@ and sampler, the classifier figures (conditional accuracy, diversity within a cl
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 from ..data.digits import load_digits_split
 from ..errors import ScorelabError
 from ..objectives.elbo import VariationalBound
-from ..outputs import check_output_dir, staged_output
+from ..outputs import check_output_dir, json_text, staged_output
 from ..plots import image_grid
 from ..schedules import alphas_cumprod, beta_schedule
 from .sample import (
@@ -107,5 +106,5 @@ def evaluate_run(
     with staged_output(out_dir, owns) as stage:  # written at once: an interrupted evaluation leaves the old one
         for name, images in grids.items():
             image_grid(images, stage / name, nrow=10)
-        (stage / "eval.json").write_text(json.dumps(result, indent=2))
+        (stage / "eval.json").write_text(json_text(result))
     return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from ..errors import ScorelabError, warn
 from ..guidance import Clamped, ClassifierFreeGuidance
 from ..metrics.samples import BLOCK_ELEMENTS, component_stats, mmd_rbf, sliced_wasserstein2
 from ..models.build import build_denoiser, check_model_format
-from ..outputs import as_umask_allows, check_output_dir, staged_output
+from ..outputs import as_umask_allows, check_output_dir, json_text, staged_output
 from ..plots import image_grid, scatter
 from ..resources import activation_bytes_per_sample, check_budget
 from ..sampling import SAMPLERS
@@ -317,5 +316,5 @@ def sample_run(
         else:
             ref = sample_toy(cfg.data.name, n, torch.Generator().manual_seed(EVAL_SEED))
             scatter({"data": ref, "samples": samples}, stage / "samples.png", lim=3, s=1)
-        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (stage / "metrics.json").write_text(json_text(metrics))
     return metrics

@@ -22,6 +22,7 @@ from ..errors import ConfigError, ScorelabError
 from ..models.build import build_denoiser, check_model_format, model_format
 from ..objectives.diffusion import ddpm_loss
 from ..objectives.score_matching import ncsn_loss
+from ..outputs import json_text
 from ..resources import check_budget
 from ..schedules import alphas_cumprod, beta_schedule, geometric_sigmas
 from .checkpoint import _atomic_write, list_checkpoints, load_latest, save_checkpoint
@@ -418,5 +419,5 @@ class Trainer:
             "skipped_steps": self.guard.skipped,
             "device": str(self.device),
         }
-        _atomic_write(self.run_dir / "train.json", json.dumps(summary, indent=2).encode())
+        _atomic_write(self.run_dir / "train.json", json_text(summary).encode())
         return summary
