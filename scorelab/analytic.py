@@ -21,6 +21,13 @@ def _flatten(x: torch.Tensor, dim: int, what: str) -> torch.Tensor:
     return x.reshape(x.shape[0], dim)
 
 
+def _nonnegative(sigma: torch.Tensor) -> torch.Tensor:
+    """The oracles square sigma: a negative one would pass as its absolute value, a NaN would give NaN silently."""
+    if not sigma.is_meta and not (torch.isfinite(sigma) & (sigma >= 0)).all():  # meta tensors hold no values
+        raise ScorelabError(f"sigma must be finite and >= 0, got {show_values(sigma)}")
+    return sigma
+
+
 class GaussianMixture:
     """p(x0) = sum_k w_k N(mu_k, diag(std_k^2)); exact posterior mean under x = x0 + sigma * noise.
 
@@ -63,7 +70,7 @@ class GaussianMixture:
 
     def _sigma2(self, sigma, xf: torch.Tensor) -> torch.Tensor:
         """sigma^2 shaped (B or 1, 1, 1) for a scalar sigma or one per sample (B,)."""
-        s2 = torch.as_tensor(sigma, dtype=torch.float64, device=xf.device).reshape(-1, 1, 1) ** 2
+        s2 = _nonnegative(torch.as_tensor(sigma, dtype=torch.float64, device=xf.device)).reshape(-1, 1, 1) ** 2
         if s2.shape[0] not in (1, xf.shape[0]):
             got = tuple(torch.as_tensor(sigma).shape)
             raise ScorelabError(f"sigma must be a scalar or have shape ({xf.shape[0]},), got {got}")
@@ -80,7 +87,7 @@ class GaussianMixture:
     def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         xf = self._flat(x)
-        s2 = expand_sigma(sigma, xf).to(torch.float64) ** 2  # (B, 1)
+        s2 = _nonnegative(expand_sigma(sigma, xf).to(torch.float64)) ** 2  # (B, 1)
         var0 = self.stds.to(xf.device)[None] ** 2  # (1, K, D)
         var = var0 + s2[:, :, None]
         means = self.means.to(xf.device)
@@ -132,7 +139,7 @@ class FiniteDataset:
     def __call__(self, x: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         xf = _flatten(x, self.data.shape[1], "data").to(torch.float64)
-        s2 = expand_sigma(sigma, xf).to(torch.float64) ** 2
+        s2 = _nonnegative(expand_sigma(sigma, xf).to(torch.float64)) ** 2
         data = self.data.to(xf.device)
         out = []
         for i in range(0, xf.shape[0], self.chunk):

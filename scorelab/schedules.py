@@ -157,6 +157,11 @@ def check_alpha_bar(alpha_bar) -> torch.Tensor:
     return ab
 
 
+def _ndtr(z: torch.Tensor) -> torch.Tensor:
+    """The standard normal CDF, through its logarithm in the lower tail, where torch's ndtr is 0 from z = -9.5."""
+    return torch.where(z < -5, torch.special.log_ndtr(z).exp(), torch.special.ndtr(z))
+
+
 def lognormal_sigmas(
     sigma_min: float, sigma_max: float, n: int, *, centre: float, width: float = 2.0, dtype=torch.float32
 ) -> torch.Tensor:
@@ -172,9 +177,20 @@ def lognormal_sigmas(
     if not (0 < centre < math.inf and 0 < width < math.inf):
         raise ScorelabError(f"need finite centre > 0 and width > 0, got centre={centre}, width={width}")
     c = torch.tensor(centre, dtype=torch.float64).log()
-    lo = torch.special.ndtr((torch.tensor(sigma_min, dtype=torch.float64).log() - c) / width)
-    hi = torch.special.ndtr((torch.tensor(sigma_max, dtype=torch.float64).log() - c) / width)
+    z_min = (torch.tensor(sigma_min, dtype=torch.float64).log() - c) / width
+    z_max = (torch.tensor(sigma_max, dtype=torch.float64).log() - c) / width
+    # Phi(z_i) = Phi(z_max) + u_i (Phi(z_min) - Phi(z_max)); when the range lies above the centre, the same
+    # quantiles through the upper tail, Phi(-z_i) = Phi(-z_max) + u_i (Phi(-z_min) - Phi(-z_max)), which keeps the
+    # precision that 1 - Phi(z) loses there
+    flip = -1.0 if z_min > 0 else 1.0
+    lo, hi = _ndtr(flip * z_min), _ndtr(flip * z_max)
+    if not (lo - hi).abs() > 0:
+        raise ScorelabError(
+            f"centre={centre}, width={width} put no representable probability in [{sigma_min}, {sigma_max}] "
+            f"({abs(float(z_min)):.3g} to {abs(float(z_max)):.3g} widths away); choose a centre nearer the range "
+            "or a larger width"
+        )
     u = torch.linspace(0, 1, n, dtype=torch.float64)
-    s = torch.exp(c + width * torch.special.ndtri(hi + u * (lo - hi)))
+    s = torch.exp(c + flip * width * torch.special.ndtri(hi + u * (lo - hi)))
     s[0], s[-1] = sigma_max, sigma_min
     return s.to(dtype)

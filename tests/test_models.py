@@ -250,3 +250,20 @@ def test_mlp_blocks_are_residual_and_the_output_follows_each_rows_noise_level():
             block.fc2.weight.zero_()
             block.fc2.bias.zero_()
     torch.testing.assert_close(net(x, c), net.out(net.inp(x)))
+
+
+def test_networks_refuse_inputs_and_conditions_they_cannot_take():
+    """A 3-channel or float64 image failed deep inside a convolution; labels given to the MLP were silently ignored,
+    so guidance around it did nothing."""
+    from scorelab.models.mlp import MLP
+
+    net = UNet(in_channels=1, channels=8, channel_mult=(1, 2))
+    with pytest.raises(ScorelabError, match="takes 1-channel torch.float32 images, got 3-channel torch.float32"):
+        net(torch.randn(1, 3, 8, 8), torch.zeros(1))
+    with pytest.raises(ScorelabError, match="got 1-channel torch.float64 .convert x, or the model with .to.dtype.."):
+        net(torch.randn(1, 1, 8, 8, dtype=torch.float64), torch.zeros(1))
+    assert net.double()(torch.randn(1, 1, 8, 8, dtype=torch.float64), torch.zeros(1)).dtype == torch.float64
+    mlp = MLP(dim=2, width=16, depth=1)
+    assert mlp(torch.randn(4, 2), torch.zeros(4)).shape == (4, 2)
+    with pytest.raises(ScorelabError, match="this MLP takes no condition"):
+        mlp(torch.randn(4, 2), torch.zeros(4), torch.arange(4))

@@ -395,3 +395,22 @@ def test_the_progress_bar_follows_the_model_evaluations(name, monkeypatch):
     assert len(seen) == evaluations(name, 6)
     # the step each call belongs to; UniPC evaluates at the end of each step, and its last step (to 0) needs none
     assert seen == sorted(seen) and seen[0] == 0 and seen[-1] == (4 if name == "unipc" else 5)
+
+
+def test_an_integer_state_or_a_bad_starting_sigma_is_one_line():
+    """ddim and euler failed inside lerp on an integer x ('not implemented for Long'), an exact mixture truncated its
+    output to integers; initial_noise took a negative or NaN sigma_max."""
+    sig = append_zero(loglinear_sigmas(0.1, 10.0, 4))
+    for sampler in (ddim, euler, dpmpp_2m, unipc):
+        with pytest.raises(
+            ScorelabError, match="x must be a floating-point tensor .the sampler's state., got torch.int64"
+        ):
+            sampler(GAUSS, torch.zeros(2, 1, dtype=torch.long), sig)
+    for bad in (-1.0, float("nan"), float("inf"), 0.0):
+        with pytest.raises(ScorelabError, match="sigma_max must be positive and finite"):
+            initial_noise((2, 1), bad)
+    for bad in (-0.5, float("nan")):
+        with pytest.raises(ScorelabError, match="sigma must be finite and >= 0"):
+            GAUSS(torch.zeros(2, 1), torch.full((2,), bad))
+        with pytest.raises(ScorelabError, match="sigma must be finite and >= 0"):
+            GAUSS.score(torch.zeros(2, 1), bad)

@@ -176,3 +176,17 @@ def test_append_zero_takes_a_list():
     from scorelab.schedules import append_zero
 
     assert append_zero([10.0, 1.0]).tolist() == [10.0, 1.0, 0.0]
+
+
+def test_lognormal_quantiles_hold_far_in_the_tails_and_no_mass_is_one_line():
+    """With the range several widths above the centre, 1 - Phi loses every digit (torch's ndtr is 0 below z = -9.5,
+    1 above 8) and the schedule came out inf; the quantiles now go through the upper tail, and a range with no
+    representable probability is refused."""
+    for centre in (1e-6, 1e6):  # the range 9.9-20 widths above the centre, and 7.6-23 below it
+        ln = lognormal_sigmas(0.02, 500.0, 12, centre=centre, width=1.0, dtype=torch.float64)
+        assert torch.isfinite(ln).all() and (ln.diff() < 0).all() and ln[0] == 500.0 and ln[-1] == 0.02
+        z = (ln.log() - math.log(centre)) / 1.0
+        tail = torch.special.log_ndtr(-z if centre < 0.02 else z).exp()  # the mass beyond each sigma, accurately
+        torch.testing.assert_close(tail.diff(), tail.diff()[0].expand(11), rtol=1e-6, atol=0)
+    with pytest.raises(ScorelabError, match=r"centre=1e-12, width=0.01 put no representable probability in"):
+        lognormal_sigmas(0.02, 500.0, 5, centre=1e-12, width=0.01)

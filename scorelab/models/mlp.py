@@ -34,6 +34,8 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond=None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ScorelabError(f"MLP expects inputs of shape (B, {self.dim}), got {tuple(x.shape)}")
+        if cond is not None:  # silently ignoring labels would make guidance around this model a no-op
+            raise ScorelabError("this MLP takes no condition (no class labels or context); cond must be None")
         emb = self.embed(c_noise)
         h = self.inp(x)
         for block in self.blocks:

@@ -209,6 +209,11 @@ class UNet(nn.Module):
             raise ScorelabError(
                 f"UNet expects (B, C, H, W) with H and W divisible by {self.factor}, got {tuple(x.shape)}"
             )
+        if x.shape[1] != self.inp.in_channels or x.dtype != self.inp.weight.dtype:
+            raise ScorelabError(
+                f"this UNet takes {self.inp.in_channels}-channel {self.inp.weight.dtype} images, got "
+                f"{x.shape[1]}-channel {x.dtype} (convert x, or the model with .to(dtype))"
+            )
         labels, context = self._split_cond(cond, x.shape[0], x.device)
         emb = self.embed(c_noise)
         if labels is not None:

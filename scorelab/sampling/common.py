@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable
 
@@ -46,6 +47,8 @@ def check_order(order) -> int:
 def initial_noise(shape, sigma_max: float, *, vp_prior: bool = False, generator=None, device=None, dtype=None):
     """x at the first sigma: sigma_max * z, or sqrt(1 + sigma_max^2) * z for the VP prior x_T ~ N(0, I)
     (a DDPM sample x_T in sigma-space is x_T / sqrt(alpha_bar_T))."""
+    if not 0 < sigma_max < math.inf:
+        raise ScorelabError(f"sigma_max must be positive and finite, got {sigma_max}")
     scale = (1 + sigma_max**2) ** 0.5 if vp_prior else sigma_max
     z = torch.randn(shape, generator=generator, dtype=torch.float32)
     return (scale * z).to(device=device, dtype=dtype or torch.float32)
@@ -59,4 +62,6 @@ def steps(sigmas: torch.Tensor, desc: str, progress: bool):
 
 
 def denoise(denoiser, x: torch.Tensor, sigma: float, cond) -> torch.Tensor:
+    if not torch.is_floating_point(x):  # an integer state would be truncated, or fail deep inside an update
+        raise ScorelabError(f"x must be a floating-point tensor (the sampler's state), got {x.dtype}")
     return denoiser(x, torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device), cond)
