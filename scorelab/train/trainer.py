@@ -169,6 +169,7 @@ class Trainer:
         self.seconds_before = 0.0  # training time of the run's earlier sessions, up to the checkpoint resumed from
         self._session_start = time.time()
         self._saved = False  # whether this session has written a checkpoint
+        self._saved_at: tuple[int, float] | None = None  # (step, session seconds) of this session's last checkpoint
 
     # ---- state -------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -211,11 +212,13 @@ class Trainer:
         self.seconds_before = record.get("seconds", 0.0)
 
     def save(self) -> None:
+        session = time.time() - self._session_start
+        self._saved_at = (self.step, session)
         meta = {
             "config": config_to_dict(self.cfg),
             "model_format": model_format(self.cfg),
             "skipped_steps": self.guard.skipped,
-            "seconds": round(self.seconds_before + time.time() - self._session_start, 1),  # every session so far
+            "seconds": round(self.seconds_before + session, 1),  # every session so far
         }
         save_checkpoint(
             self.run_dir / "checkpoints", self.step, self.state_tensors(), meta, self.cfg.train.keep_checkpoints
@@ -384,7 +387,7 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 handlers[s] = signal.signal(s, self._on_signal)
-        self._session_start, losses = time.time(), []
+        self._session_start, losses, self._saved_at = time.time(), [], None
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress)
         try:
             while self.step < cfg.steps:
@@ -408,7 +411,9 @@ class Trainer:
             bar.close()
             for s, h in handlers.items():
                 signal.signal(s, h)
-        session = time.time() - self._session_start
+        # a session that ends on a checkpoint (every finished one) reports the time that checkpoint records
+        ended_on_save = self._saved_at is not None and self._saved_at[0] == self.step
+        session = self._saved_at[1] if ended_on_save else time.time() - self._session_start
         summary = {
             "step": self.step,
             # over every session of the run, interrupted ones included up to their last checkpoint
