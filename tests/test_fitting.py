@@ -380,3 +380,31 @@ def test_a_fit_with_nothing_drawn_runs_and_renders_empty(small_views):
     color, mask = fitted.render(test.cameras)
     assert fitted.iterations == 3 and fitted.skipped_steps == 0
     assert mask.abs().max() == 0 and torch.equal(color, torch.ones_like(color))  # white background only
+
+
+def test_views_refuse_integer_or_bool_images_and_values_outside_0_1():
+    # 0..255 colours, uint8 colours and bool masks were accepted and the fitters trained on them silently
+    cams = orbit_cameras(1.0, 0.0, 2.0, width=8)
+    color, mask = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 8, 8)
+    with pytest.raises(ScorelabError, match=r"views need color values in \[0, 1\], got .*\.\.2[0-9][0-9]"):
+        Views(cams, color * 255, mask)
+    with pytest.raises(ScorelabError, match=r"views need mask values in \[0, 1\], got -0\.5\.\.0\.5"):
+        Views(cams, color, torch.full_like(mask, 0.5).index_fill(3, torch.tensor([0, 1]), -0.5))
+    with pytest.raises(ScorelabError, match=r"views need float color images with values in \[0, 1\], got torch\.uint8"):
+        Views(cams, (color * 255).to(torch.uint8), mask)
+    with pytest.raises(ScorelabError, match=r"views need float mask images with values in \[0, 1\], got torch\.bool"):
+        Views(cams, color, mask > 0.5)
+    with pytest.raises(ScorelabError, match=r"views need color values in \[0, 1\], got .*inf"):
+        Views(cams, color.index_fill(3, torch.tensor([2]), float("inf")), mask)
+    Views(cams, color.clamp(0, 1) * (1 + 1e-7), torch.ones_like(mask))  # rounding slack, and the range's ends
+    Views(cams, color * float("nan"), mask)  # NaN is left to the fitters, which skip non-finite steps
+
+
+@pytest.mark.parametrize("name", list(FITTERS))
+def test_fitters_refuse_negative_or_fractional_steps(name):
+    # steps=-5 returned a fit that reported iterations=-5
+    cams = orbit_cameras(1.0, 0.0, 2.0, width=8)
+    views = Views(cams, torch.ones(1, 3, 8, 8), torch.zeros(1, 1, 8, 8))
+    for steps in (-5, -1, 2.5, True):
+        with pytest.raises(ScorelabError, match=r"steps must be a whole number >= 0"):
+            FITTERS[name](views, steps=steps, progress=False, **SMALL[name])

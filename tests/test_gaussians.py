@@ -609,3 +609,39 @@ def test_from_points_scale_is_the_mean_of_exactly_three_neighbour_distances():
     pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 4], [8, 0, 0]], dtype=F64)
     gs = Gaussians.from_points(pts, degree=0)
     assert gs.log_scales[0].exp().tolist() == pytest.approx([7 / 3] * 3, rel=1e-12)
+
+
+def test_opacities_outside_0_1_and_non_finite_parameters_are_refused():
+    # logits passed as opacities gave a blank image (-1) or were drawn as if opaque (5); a NaN mean was silently dropped
+    # (all NaN: a plain background image)
+    means, scales, opac, colors = _scene(3, 0, (0.2, 0.5))
+    params = [means, scales.log(), _identity_quats(3), opac, _sh(colors)]
+    for bad in (-1.0, 5.0):
+        with pytest.raises(ScorelabError, match=r"opacity must lie in \[0, 1\] \(opacities, not logits\)"):
+            render_gaussians(*params[:3], torch.full((3,), bad, dtype=F64), params[4], CAM)
+    for k, name in enumerate(("means", "log_scales", "quats", "opacity", "sh")):
+        for value in (float("nan"), float("inf")):
+            p = [t.clone() for t in params]
+            p[k].reshape(-1)[0] = value
+            with pytest.raises(ScorelabError, match=f"^{name} must be finite"):
+                render_gaussians(*p, CAM)
+    edge = render_gaussians(*params[:3], torch.tensor([0.0, 0.5, 1.0], dtype=F64), params[4], CAM)  # the range's ends
+    assert (edge["mask"] > 0).any()
+
+
+def test_from_points_refuses_colours_outside_0_1():
+    pts = torch.rand(5, 3, dtype=F64)
+    for bad in (torch.rand(5, 3, dtype=F64) * 255, torch.full((5, 3), -0.1, dtype=F64), torch.full((5, 3), 200).byte()):
+        with pytest.raises(ScorelabError, match=r"colors must be finite and lie in \[0, 1\]"):
+            Gaussians.from_points(pts, bad, scale=0.1)
+    nan = torch.full((5, 3), 0.5, dtype=F64)
+    nan[2, 1] = float("nan")
+    with pytest.raises(ScorelabError, match="colors must be finite"):
+        Gaussians.from_points(pts, nan, scale=0.1)
+    Gaussians.from_points(pts, torch.tensor([[0.0, 1.0, 0.5]], dtype=F64).repeat(5, 1), scale=0.1)  # the ends are fine
+
+
+@pytest.mark.parametrize("n", [10.5, 10.0, True, "10"])
+def test_random_in_box_needs_a_whole_number_of_gaussians(n):
+    with pytest.raises(ScorelabError, match="random_in_box needs a whole number of Gaussians n > 0"):
+        Gaussians.random_in_box(n)

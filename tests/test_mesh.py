@@ -334,3 +334,17 @@ def test_video_frames_of_another_layout_or_dtype_are_refused(frame):
 def test_turntable_needs_a_whole_number_of_frames(tmp_path):
     with pytest.raises(ScorelabError, match=r"turntable needs a whole number of frames >= 1, got 2\.5"):
         turntable(lambda a: torch.zeros(3, 4, 4), 2.5, tmp_path / "t.gif")
+
+
+def test_export_to_a_path_below_a_file_or_onto_a_folder_is_one_line(tmp_path):
+    # a parent that is a file raised a raw FileExistsError from mkdir (NotADirectoryError one level deeper)
+    (tmp_path / "file").write_text("not a folder\n")
+    for path in (tmp_path / "file" / "x.obj", tmp_path / "file" / "sub" / "x.obj"):
+        with pytest.raises(ScorelabError, match=r"cannot create folder .*: .*file is a file"):
+            export_mesh(icosphere(1), path)
+    (tmp_path / "dir.obj").mkdir()
+    with pytest.raises(ScorelabError, match=r"dir\.obj is a folder; give a file name"):
+        export_mesh(icosphere(1), tmp_path / "dir.obj")
+    with pytest.raises(ScorelabError, match="is a file"):
+        turntable(lambda a: torch.zeros(3, 4, 4), 2, tmp_path / "file" / "t.gif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.obj", "file"]  # nothing else written

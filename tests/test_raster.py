@@ -300,3 +300,18 @@ def test_render_mesh_needs_cameras_a_valid_background_and_a_positive_near():
     for near in (0.0, -1.0):
         with pytest.raises(ScorelabError, match=r"near must be a depth > 0, got "):
             render_mesh(mesh, CAM, near=near)
+
+
+def test_int32_faces_render_as_int64_faces():
+    # validate_mesh allows int32 faces; render_mesh crashed on them ("Index put requires the source and destination
+    # dtypes match") in the antialias pass's edge_neighbours
+    ico = icosphere(2, 0.6, dtype=torch.float64)
+    ico.vertex_colors = torch.rand(ico.vertices.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    cams = orbit_cameras([1.0, 1.6], [0.3, 2.0], 2.0, width=W, dtype=torch.float64)
+    wide = render_mesh(ico, cams)
+    narrow = render_mesh(Mesh(ico.vertices, ico.faces.int(), ico.vertex_colors), cams)
+    assert (wide["mask"] > 0.5).any() and (wide["mask"] < 0.5).any()
+    for key in ("color", "mask", "depth", "normals", "tri_id"):
+        torch.testing.assert_close(narrow[key], wide[key], rtol=0, atol=0)
+    for got, want in zip(edge_neighbours(ico.faces.int()), edge_neighbours(ico.faces), strict=True):
+        assert got.dtype == torch.int64 and torch.equal(got, want)

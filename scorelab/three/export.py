@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from scorelab.errors import ScorelabError
-from scorelab.outputs import as_umask_allows
+from scorelab.outputs import as_umask_allows, check_writable_dir
 
 from .mesh import Mesh, validate_mesh
 
@@ -22,6 +22,9 @@ VIDEO_FORMATS = (".gif", ".mp4")
 
 
 def _atomic(path: Path, suffix: str, write: Callable[[str], None]) -> Path:
+    if path.is_dir():
+        raise ScorelabError(f"{path} is a folder; give a file name")
+    check_writable_dir(path.parent)  # a file where a folder should be, or no permission: one line
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix, dir=path.parent)
     os.close(fd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from .tets import regular_grid
 from .voxels import VoxelGrid, trilinear
 
 WHITE = (1.0, 1.0, 1.0)
+RANGE_TOL = 1e-6  # rounding slack on the [0, 1] range of view colours and masks
 
 
 @dataclass
@@ -44,6 +46,13 @@ class Views:
                 f"views need color (N, 3, H, W) and mask (N, 1, H, W) matching {n} cameras of {h}x{w}, got "
                 f"{tuple(self.color.shape)} and {tuple(self.mask.shape)}"
             )
+        for name, t in (("color", self.color), ("mask", self.mask)):
+            if not t.is_floating_point():
+                raise ScorelabError(f"views need float {name} images with values in [0, 1], got {t.dtype}")
+            if ((t < -RANGE_TOL) | (t > 1 + RANGE_TOL)).any():  # NaN passes: the fitters skip non-finite steps
+                seen = t[~t.isnan()]
+                got = f"{seen.min().item():g}..{seen.max().item():g}"
+                raise ScorelabError(f"views need {name} values in [0, 1], got {got}")
 
     def __len__(self) -> int:
         return len(self.cameras)
@@ -118,6 +127,11 @@ def _deterministic(fit):
     return wrapped
 
 
+def _check_steps(steps) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ScorelabError(f"steps must be a whole number >= 0 (0 gives the initial state), got {steps!r}")
+
+
 def _set_lr(opt: torch.optim.Optimizer, base: list[float], factor: float) -> None:
     for group, lr in zip(opt.param_groups, base, strict=True):
         group["lr"] = lr * factor
@@ -138,6 +152,7 @@ def fit_voxels(
 ) -> Fitted:
     """A `VoxelGrid` rendered by `ray_march` on `rays` random pixels per step, plus a squared-TV prior on the raw
     density and colour. Its 'surface' is not extracted (no mesh)."""
+    _check_steps(steps)
     guard = NonFiniteGuard("fit voxels", log=tqdm.write)
     g = generator or torch.Generator().manual_seed(0)
     grid = VoxelGrid(resolution, density_raw=torch.full((1, resolution, resolution, resolution), -3.0))
@@ -183,6 +198,7 @@ def fit_splats(
     The grid starts at `init_density` everywhere. Cells below `min_density` are not drawn; after the first
     `prune_after` of the steps the threshold rises to `prune_density`, which removes the faint haze in free space
     and most of the drawing cost (pruning, as in Plenoxels). Undrawn cells get no gradient, so they stay empty."""
+    _check_steps(steps)
     guard = NonFiniteGuard("fit voxel splats", log=tqdm.write)
     g = generator or torch.Generator().manual_seed(0)
     raw = math.log(math.expm1(init_density))  # softplus^-1
@@ -220,6 +236,7 @@ def fit_gaussians(
 ) -> Fitted:
     """3D Gaussians (degree-1 SH) initialised uniformly in the box, no densification; learning rates per parameter
     group as in Kerbl et al. 2023 (sec. 7.1), raised for a short schedule."""
+    _check_steps(steps)
     guard = NonFiniteGuard("fit Gaussians", log=tqdm.write)
     g = generator or torch.Generator().manual_seed(0)
     model = Gaussians.random_in_box(count, half=0.45, scale=0.02, opacity=0.1, degree=1, generator=g)
@@ -294,6 +311,7 @@ def fit_dmtet(
 ) -> Fitted:
     """DMTet on a regular tet grid, initialised as a sphere, rendered by the rasterizer (antialiased silhouettes give
     the shape gradient), with a colour volume, the SDF sign-flip regulariser and optional mesh smoothness terms."""
+    _check_steps(steps)
     guard = NonFiniteGuard("fit DMTet", log=tqdm.write)
     g = generator or torch.Generator().manual_seed(0)
     model = TexturedDMTet(resolution, color_resolution, init_radius, coarse)

@@ -17,6 +17,7 @@ transmittance < 1e-4 cut-offs are switches, as in the reference rasterizer.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,16 @@ def _check_gaussians(means, log_scales, quats, opacity, sh) -> None:
         )
 
 
+def _check_values(means, log_scales, quats, opacity, sh) -> None:
+    """Finite parameters and opacities in [0, 1] (not logits): one reduction each per render call."""
+    for name, t in (("means", means), ("log_scales", log_scales), ("quats", quats), ("opacity", opacity), ("sh", sh)):
+        if not torch.isfinite(t).all():
+            raise ScorelabError(f"{name} must be finite, got NaN or infinite values")
+    if ((opacity < 0) | (opacity > 1)).any():
+        got = f"{opacity.min().item():g}..{opacity.max().item():g}"
+        raise ScorelabError(f"opacity must lie in [0, 1] (opacities, not logits), got {got}")
+
+
 class Gaussians(nn.Module):
     """A trainable Gaussian set: means (G, 3); log_scales (G, 3); quats (G, 4) unnormalised (w, x, y, z);
     opacity_logits (G,) (opacity = sigmoid); sh (G, K, 3) with K = 1 (degree 0) or 4 (degree 1)."""
@@ -75,6 +86,8 @@ class Gaussians(nn.Module):
     ) -> Gaussians:
         """n isotropic Gaussians uniform in [-half, half]^3, of std `scale`, random colours in [0.25, 0.75] and zero
         degree-1 coefficients; drawn on CPU in float32 from `generator`."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise ScorelabError(f"random_in_box needs a whole number of Gaussians n > 0, got {n!r}")
         if n <= 0 or degree not in (0, 1) or not 0 < opacity < 1 or scale <= 0:
             raise ScorelabError(
                 f"random_in_box needs n > 0, degree 0 or 1, opacity in (0, 1), scale > 0; got {n}, {degree}, "
@@ -101,6 +114,10 @@ class Gaussians(nn.Module):
         colors = torch.as_tensor(colors, dtype=dt, device=dev)
         if colors.shape != (n, 3):
             raise ScorelabError(f"colors must have shape ({n}, 3) to match points, got {tuple(colors.shape)}")
+        if not torch.isfinite(colors).all() or colors.min() < 0 or colors.max() > 1:
+            raise ScorelabError(
+                f"colors must be finite and lie in [0, 1], got {colors.min().item():g}..{colors.max().item():g}"
+            )
         if scale is not None:
             if scale <= 0:
                 raise ScorelabError(f"scale must be > 0, got {scale}")
@@ -357,6 +374,7 @@ def render_gaussians(
     alpha_min: contributions below it are skipped (1/255 in the reference; many faint kernels, as in voxel
     splatting, need 0 or their sum is lost)."""
     _check_gaussians(means, log_scales, quats, opacity, sh)
+    _check_values(means, log_scales, quats, opacity, sh)
     check_cameras(cameras, "render_gaussians")
     if max_work < 1 or near <= 0 or not 0 <= alpha_min < 1:
         raise ScorelabError(

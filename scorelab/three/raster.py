@@ -103,13 +103,14 @@ def rasterize(mesh: Mesh, cameras: Cameras, *, near: float = 1e-3, max_pairs: in
     if not 0 < near < math.inf:  # near <= 0 would draw faces behind the camera, mirrored
         raise ScorelabError(f"near must be a depth > 0, got {near}")
     screen, depth = project_vertices(cameras, mesh.vertices)
+    faces = mesh.faces.long()  # int32 faces (which validate_mesh allows) as int64 for the index arithmetic
     ids = torch.stack(
         [
-            _zbuffer(screen[k].detach(), depth[k].detach(), mesh.faces, cameras.height, cameras.width, near, max_pairs)
+            _zbuffer(screen[k].detach(), depth[k].detach(), faces, cameras.height, cameras.width, near, max_pairs)
             for k in range(len(cameras))
         ]
     )
-    return Rasterized(ids, screen, depth, mesh.faces)
+    return Rasterized(ids, screen, depth, faces)
 
 
 def barycentrics(rast: Rasterized) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,6 +152,7 @@ def edge_neighbours(faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For edge k of face i (from vertex k to vertex k + 1): the face across it and that face's vertex off the edge,
     both (F, 3) int64, -1 on a boundary edge. View-independent; computed once per render. Edges shared by more than
     two faces (non-manifold) are paired in sorted order, so which neighbour they get is arbitrary."""
+    faces = faces.long()  # int32 faces would overflow the edge keys and mismatch the int64 outputs
     f = faces.shape[0]
     e = torch.stack([faces, faces.roll(-1, 1)], -1).reshape(-1, 2)  # (3F, 2): edge k of face i at 3 i + k
     third = faces.roll(-2, 1).reshape(-1)  # the vertex opposite each edge within its own face
@@ -288,7 +290,7 @@ def render_mesh(mesh: Mesh, cameras: Cameras, *, background=(1.0, 1.0, 1.0), nea
     check_background(background)
     rast = rasterize(mesh, cameras, near=near)
     bary, covered = barycentrics(rast)
-    normals = interpolate(vertex_normals(mesh.vertices, mesh.faces), rast, bary)
+    normals = interpolate(vertex_normals(mesh.vertices, rast.faces), rast, bary)
     if mesh.vertex_colors is not None:
         albedo = interpolate(mesh.vertex_colors, rast, bary)
     else:
