@@ -948,8 +948,8 @@ def test_usage_errors_point_to_the_commands_help_and_reproduce_lists_its_names()
 
     p = _run("train", "x.yaml", "--quiet=yes")
     assert p.returncode == 2 and p.stderr.strip().endswith("(see 'scorelab train --help')"), p.stderr
-    p = _run("reproduce", "nope", "--list")
-    assert p.returncode == 2 and "give a reproduction's NAME or --list, not both" in p.stderr, p.stderr
+    res = CliRunner().invoke(cli, ["reproduce", "nope", "--list"])
+    assert isinstance(res.exception, ScorelabError) and "give a reproduction's NAME or --list" in str(res.exception)
     assert all(name in cli.commands["reproduce"].help for name in REPRODUCTIONS)
     p = subprocess.run([sys.executable, "-m", "scorelab.cli", "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "Commands:" in p.stdout

@@ -1,14 +1,13 @@
 """The --device option: names resolved to a torch.device with one-line errors, budgets held against a CUDA device's
 free memory, and (where a CUDA GPU exists) training, resuming and sampling there giving the CPU's run."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from scorelab.cli import cli
 from scorelab.config import config_from_dict
 from scorelab.devices import resolve_device
 from scorelab.errors import ScorelabError
@@ -25,10 +24,6 @@ _RAW = {
     "noise": {"sigma_max": 5.0, "sigma_min": 0.05, "levels": 10},
     "train": {"steps": 12, "batch_size": 8, "checkpoint_every": 4, "keep_checkpoints": 5},
 }
-
-
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "scorelab", *args], capture_output=True, text=True)
 
 
 def test_device_names_resolve_and_others_are_refused_in_one_line(monkeypatch):
@@ -72,20 +67,19 @@ def test_a_cuda_budget_is_the_devices_free_memory(monkeypatch):
 
 @pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without CUDA")
 def test_commands_refuse_a_device_that_is_not_here_and_write_nothing(tmp_path):
+    """(main() prints any ScorelabError as one line with status 2: tests/test_cli.py)"""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(_RAW))
     run = tmp_path / "run"
-    for args in (
-        ["train", str(cfg), "--out", str(run), "--device", "cuda"],
-        ["train", str(cfg), "--out", str(run), "--device", "gpu"],
-    ):
-        p = _cli(*args)
-        assert p.returncode == 2 and p.stderr.startswith("error:") and p.stderr.strip().count("\n") == 0, p.stderr
+    r = CliRunner()
+    for device, says in (("cuda", "device 'cuda' is not available"), ("gpu", "unknown device 'gpu'")):
+        res = r.invoke(cli, ["train", str(cfg), "--out", str(run), "--device", device])
+        assert isinstance(res.exception, ScorelabError) and says in str(res.exception), res.output
         assert not run.exists()
-    assert _cli("train", str(cfg), "--out", str(run), "--quiet").returncode == 0
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(run), "--quiet"]).exit_code == 0
     for args in (["sample", str(run), "--device", "cuda:0"], ["evaluate", str(run), "--device", "tpu"]):
-        p = _cli(*args)
-        assert p.returncode == 2 and p.stderr.startswith("error:") and p.stderr.strip().count("\n") == 0, p.stderr
+        res = r.invoke(cli, args)
+        assert isinstance(res.exception, ScorelabError) and "device" in str(res.exception), res.output
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "train.json"]
 
 
