@@ -300,10 +300,12 @@ def reproduce(
 
     if json_path is not None and not json_in_out and out.resolve() in json_path.resolve().parents:
         raise ScorelabError(f"--json must be in --out ({out}) itself or outside it, not in a folder below it")
-    check_output_dir(out, owns)  # refuse a place that cannot take the figures before the work, not after it
+    # refuse a place that cannot take the figures before the work, not after it
+    check_output_dir(out, owns, f"reproduce {name}")
     if json_path is not None and not json_in_out:
         check_writable_dir(json_path.parent)
-    with staged_output(out, owns) as stage:  # the figures (and a JSON beside them) appear together, or not at all
+    # the figures (and a JSON beside them) appear together, or not at all
+    with staged_output(out, owns, f"reproduce {name}") as stage:
         result = module.run(stage, quick=quick, progress=not quiet)
         result["figure"] = str(out / Path(result["figure"]).name)
         payload = json_text({k: v for k, v in result.items() if k != "table"}).encode()

@@ -33,20 +33,22 @@ def json_text(obj, indent: int = 2) -> str:
     return json.dumps(finite(obj), indent=indent, allow_nan=False)
 
 
-def written_before(out: Path) -> set[str]:
-    """The names an earlier staged output recorded in `out` (none when it has no readable manifest)."""
+def written_before(out: Path, command: str) -> set[str]:
+    """The names an earlier run of `command` recorded in `out` (none when it has no readable manifest, or another
+    command wrote it: one command never takes another's outputs for its own)."""
     try:
-        names = json.loads((Path(out) / MANIFEST).read_text())["files"]
+        manifest = json.loads((Path(out) / MANIFEST).read_text())
+        names = manifest["files"] if manifest["command"] == command else []
     except (OSError, ValueError, KeyError, TypeError):
         return set()
-    return {n for n in names if isinstance(n, str)}
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
 
-def check_output_dir(out: Path, owns: Callable[[str], bool]) -> None:
+def check_output_dir(out: Path, owns: Callable[[str], bool], command: str) -> None:
     """Raise ScorelabError now, before any work, if `out` cannot receive this command's outputs: its parent cannot
     be created or written, it is a file, or it holds files this command did not write: `owns(name)` says which
-    names it writes now, and the folder's manifest which an earlier run wrote. A folder of only those is replaced
-    whole."""
+    names it writes now, and the folder's manifest which an earlier run of the same `command` wrote. A folder of
+    only those is replaced whole."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ScorelabError(f"output folder {out} is a file; choose a folder")
@@ -54,7 +56,7 @@ def check_output_dir(out: Path, owns: Callable[[str], bool]) -> None:
     if out.resolve() == here or out.resolve() in here.parents:  # it is swapped whole at the end
         raise ScorelabError(f"output folder {out} is the current folder or holds it; choose a folder inside it")
     if out.is_dir():
-        ours = written_before(out) | {MANIFEST}
+        ours = written_before(out, command) | {MANIFEST}
         foreign = sorted(p.name for p in out.iterdir() if not (p.is_file() and (p.name in ours or owns(p.name))))
         if foreign:
             raise ScorelabError(
@@ -98,12 +100,12 @@ def remove_empty(folders: list[Path]) -> None:
 
 
 @contextmanager
-def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
+def staged_output(out: Path, owns: Callable[[str], bool], command: str) -> Iterator[Path]:
     """Yield a staging folder to write every output into; on success it replaces `out` (with a manifest of the
     files, MANIFEST, so that a later run knows them for its own), on any error or Ctrl-C it is deleted and `out` is
     left as it was."""
     out = Path(out)
-    check_output_dir(out, owns)
+    check_output_dir(out, owns, command)
     created = make_dirs(out.parent)
     stage = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -111,7 +113,7 @@ def staged_output(out: Path, owns: Callable[[str], bool]) -> Iterator[Path]:
     try:
         yield stage
         files = sorted(p.name for p in stage.iterdir() if p.is_file())
-        (stage / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+        (stage / MANIFEST).write_text(json.dumps({"command": command, "files": files}, indent=1))
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         remove_empty(created)

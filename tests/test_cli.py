@@ -1,10 +1,13 @@
 """End to end through the command line: train, resume, sample, errors."""
 
+import contextlib
+import io
 import json
 import os
 import stat
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from scorelab.cli import cli
+from scorelab.cli import cli, main
 from scorelab.errors import ScorelabError
 from scorelab.train.checkpoint import list_checkpoints
 
@@ -146,6 +149,28 @@ def _trained(tmp_path, steps=10, data="ring8"):
 
 
 def _run(*args):
+    """`scorelab ARGS` through the command's own entry point (main: the one-line errors and exit statuses), in this
+    process: an interpreter start-up per call took 2 s. The exit status and what it printed, as subprocess gives
+    them; _run_process runs a real process where the test needs one."""
+    out, err, argv = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv = ["scorelab", *args]
+    try:
+        with (
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            mock.patch("scorelab.resources.keep_freed_memory"),  # process-wide allocator setting: not in the tests'
+        ):
+            try:
+                main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.argv = argv
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def _run_process(*args):
     return subprocess.run([sys.executable, "-m", "scorelab", *args], capture_output=True, text=True)
 
 
@@ -165,6 +190,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
         p = _run(*args)
         assert p.returncode == 2, (args, p.stderr)
         assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error:"), p.stderr
+    p = _run_process("train", str(bad))  # and the same from a real `python -m scorelab` process
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
+    assert "unknown key 'train.stepz'" in p.stderr
     assert not (tmp_path / "runs").exists()
 
 
@@ -188,7 +216,9 @@ def test_training_beyond_the_memory_budget_is_refused_up_front_and_leaves_nothin
     assert p.stderr.startswith(f"error: training at batch size {10**14} needs about ") and "TB" in p.stderr
     assert "the available memory; lower train.batch_size" in p.stderr and "raise --max-memory" in p.stderr
     assert not (tmp_path / "runs").exists()
-    p = _run("train", str(cfg), "--out", str(tmp_path / "runs" / "huge"), "--quiet", "--max-memory", "10000000T")
+    p = _run_process(
+        "train", str(cfg), "--out", str(tmp_path / "runs" / "huge"), "--quiet", "--max-memory", "10000000T"
+    )
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
     assert p.stderr.startswith("error: out of memory") and "train.batch_size" in p.stderr
     assert not (tmp_path / "runs").exists()  # the config it had written and the folders it made are gone
@@ -371,6 +401,17 @@ def test_conditional_ddpm_train_sample_evaluate(tmp_path):
     assert isinstance(res.exception, ScorelabError) and "this run is DDPM-trained" in str(res.exception)
 
 
+def test_one_command_never_takes_another_commands_outputs_for_its_own(tmp_path):
+    """The manifest names the command that wrote the folder: samples in X are not a reproduction's to replace."""
+    cfg, run = _trained(tmp_path)
+    out = tmp_path / "x"
+    assert CliRunner().invoke(cli, ["sample", str(run), "--n", "16", "--out", str(out), "--quiet"]).exit_code == 0
+    before = sorted(p.name for p in out.iterdir())
+    res = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", "--out", str(out), "--quiet"])
+    assert isinstance(res.exception, ScorelabError) and "holds files this command did not write" in str(res.exception)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
 def test_evaluate_refuses_what_it_cannot_do_before_the_bits_per_dim_and_owns_only_its_files(tmp_path):
     from scorelab.outputs import MANIFEST
 
@@ -382,8 +423,14 @@ def test_evaluate_refuses_what_it_cannot_do_before_the_bits_per_dim_and_owns_onl
     res = r.invoke(cli, ["evaluate", str(run), "--n", "4", "--steps", "51", "--quiet"])
     assert isinstance(res.exception, ScorelabError) and "takes at most 50 steps, got 51" in str(res.exception)
     assert "bits/dim" not in res.output and not (run / "eval").exists()
-    res = r.invoke(cli, ["evaluate", str(run), "--n", "4", "--guidance", "0.1", "--guidance", "0.10000001"])
-    assert isinstance(res.exception, ScorelabError) and "the same grid name" in str(res.exception)
+    for twice in (["--guidance", "0.1", "--guidance", "0.10000001"], ["--guidance", "1", "--guidance", "1"]):
+        res = r.invoke(cli, ["evaluate", str(run), "--n", "4", *twice])
+        assert isinstance(res.exception, ScorelabError) and "repeats a run or gives two" in str(res.exception)
+    from scorelab.pipelines.sample import generate, load_run
+
+    conf, den, _ = load_run(run)
+    with pytest.raises(ScorelabError, match="--steps must be >= 1"):  # 0 was taken for "the config's steps"
+        generate(conf, den, 4, 0, steps=0, progress=False)
     res = r.invoke(cli, ["sample", str(run), "--steps", "100000", "--quiet"])
     assert res.exit_code == 2 and "100000 is not in the range 1<=x<100000" in res.output, res.output
     args = ["evaluate", str(run), "--n", "4", "--steps", "2", "--no-bpd", "--quiet", "--guidance"]
@@ -439,10 +486,11 @@ def test_a_run_whose_files_were_edited_or_damaged(tmp_path):
     res = r.invoke(cli, ["sample", str(run), "--n", "16", "--quiet"])
     assert res.exit_code == 0 and "(needs 'step', 'sha256', 'config'); trying an older" in res.output, res.output
     bad = {**record, "config": {**record["config"], "model": {**record["config"]["model"], "width": "wide"}}}
-    newest.write_text(json.dumps(bad))
-    res = r.invoke(cli, ["sample", str(run), "--n", "16", "--quiet"])
-    assert isinstance(res.exception, ScorelabError), res.output
-    assert str(res.exception).startswith(f"checkpoint {newest} holds a config that does not load (model.width:")
+    for config, says in ((bad, "(model.width:"), ({**record, "config": None}, "(not a mapping)")):
+        newest.write_text(json.dumps(config))
+        res = r.invoke(cli, ["sample", str(run), "--n", "16", "--quiet"])
+        assert isinstance(res.exception, ScorelabError), res.output
+        assert str(res.exception).startswith(f"checkpoint {newest} holds a config that does not load {says}")
 
 
 def test_sample_outputs_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
@@ -915,6 +963,13 @@ def test_the_demo_refuses_a_folder_with_files_it_did_not_write_and_deletes_nothi
     out = tmp_path / "demo"
     demo._train("ncsn-digits", out / "digits", False, lambda *a: None)
     demo.check_demo_folder(out)  # a demo run alone is the demo's
+    # and what scorelab's own commands leave there: an evaluation, a reproduction's manifest, a killed stage
+    assert (
+        CliRunner().invoke(cli, ["evaluate", str(out / "digits"), "--n", "4", "--steps", "1", "--quiet"]).exit_code == 0
+    )
+    assert CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quick", "--out", str(out / "ncsn-toy")]).exit_code == 0
+    (out / "digits" / ".samples.partial-99").mkdir()
+    demo.check_demo_folder(out)
     for mine in ("notes.txt", "digits/notes.txt", "digits/samples/mine.png", "digits/checkpoints/best.pt"):
         (out / mine).parent.mkdir(exist_ok=True)
         (out / mine).write_text("mine")

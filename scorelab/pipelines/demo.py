@@ -45,29 +45,34 @@ RUN_FOLDERS = ("toy2d", "digits", "ddpm-digits")
 CHECKPOINT_FILE = re.compile(r"ckpt_[0-9]+\.(json|safetensors)(\.tmp)?")
 
 
+STAGING = re.compile(r"\..+\.(partial|old)-[0-9]+")  # what a staged output killed half-way leaves beside its folder
+
+
 def _foreign(out: Path) -> list[str]:
-    """The files and folders under a demo folder that the demo does not write (paths relative to it)."""
+    """The files and folders under a demo folder that neither the demo nor the scorelab commands run on its folders
+    (sample, evaluate, reproduce ncsn-toy) wrote, as paths relative to it."""
     grids = {f"grid_{s}_g{g:g}.png" for s in DEMO_SAMPLERS for g in DEMO_GUIDANCE}
     figures = {"score_field.png", "trajectories.png", *grids}
-    top = {"metrics.json", "index.html", "ncsn-toy", *RUN_FOLDERS}
-    foreign = [p.name for p in out.iterdir() if p.name not in top]
-    for p in (out / "ncsn-toy").glob("*"):
-        if p.name not in ncsn_toy.OUTPUTS:
-            foreign.append(f"ncsn-toy/{p.name}")
+    foreign = []
+
+    def check(folder: Path, allowed: set[str], where: str = "") -> None:
+        for p in folder.glob("*") if folder.is_dir() else []:
+            if p.name not in allowed and not STAGING.fullmatch(p.name):
+                foreign.append(f"{where}{p.name}")
+
+    def staged(folder: Path, command: str, *own: str) -> set[str]:
+        return {MANIFEST, *own, *written_before(folder, command)}
+
+    check(out, {"metrics.json", "index.html", "ncsn-toy", *RUN_FOLDERS})
+    check(out / "ncsn-toy", staged(out / "ncsn-toy", "reproduce ncsn-toy", *ncsn_toy.OUTPUTS), "ncsn-toy/")
     for name in RUN_FOLDERS:
         run = out / name
-        if not run.is_dir():
-            continue
-        for p in run.iterdir():
-            if p.name.removesuffix(".tmp") not in {*RUN_FILES, "samples", *figures}:
-                foreign.append(f"{name}/{p.name}")
+        check(run, {*RUN_FILES, *(f"{f}.tmp" for f in RUN_FILES), "samples", "eval", *figures}, f"{name}/")
         for p in (run / "checkpoints").glob("*"):
             if not CHECKPOINT_FILE.fullmatch(p.name):
                 foreign.append(f"{name}/checkpoints/{p.name}")
-        samples = {*SAMPLE_OUTPUTS, MANIFEST, *written_before(run / "samples")}
-        for p in (run / "samples").glob("*"):
-            if p.name not in samples:
-                foreign.append(f"{name}/samples/{p.name}")
+        check(run / "samples", staged(run / "samples", "sample", *SAMPLE_OUTPUTS), f"{name}/samples/")
+        check(run / "eval", staged(run / "eval", "evaluate", "eval.json"), f"{name}/eval/")
     return sorted(foreign)
 
 

@@ -4,6 +4,7 @@ and sampler, the classifier figures (conditional accuracy, diversity within a cl
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from ..errors import ScorelabError
 from ..objectives.elbo import VariationalBound
 from ..outputs import check_output_dir, json_text, staged_output
 from ..plots import image_grid
+from ..sampling import SAMPLERS
 from ..schedules import alphas_cumprod, beta_schedule
 from .sample import (
     check_guidance,
@@ -68,14 +70,18 @@ def evaluate_run(
     check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory)
     diffusion_sigmas(cfg, steps, cfg.sample.schedule)  # steps the schedule cannot take: refused before the bits/dim
     names = {(s, g): f"{s}_g{g:g}.png" for s in samplers for g in guidances}
-    if len(set(names.values())) < len(names):
+    if len(set(names.values())) < len(samplers) * len(guidances):
         raise ScorelabError(
             f"--guidance {', '.join(f'{g!r}' for g in guidances)} (with --sampler {', '.join(samplers)}) repeats a "
             "run or gives two the same grid name (6 significant digits); give each once"
         )
     out_dir = Path(run_dir) / "eval"
-    owns = {"eval.json", *names.values()}.__contains__
-    check_output_dir(out_dir, owns)
+
+    # its files now, and any sampler's grid: an evaluation from before manifests wrote other samplers' and scales'
+    def owns(name: str) -> bool:
+        return name == "eval.json" or any(fnmatch(name, f"{s}_g*.png") for s in SAMPLERS)
+
+    check_output_dir(out_dir, owns, "evaluate")
     grids = {}
     result = {"run": str(run_dir), "step": record["step"], "n": n, "steps": steps, "rows": []}
     if bpd and cfg.train.objective == "ddpm":
@@ -103,7 +109,8 @@ def evaluate_run(
                     if k in row
                 )
             )
-    with staged_output(out_dir, owns) as stage:  # written at once: an interrupted evaluation leaves the old one
+    # written at once: an interrupted evaluation leaves the old one
+    with staged_output(out_dir, owns, "evaluate") as stage:
         for name, images in grids.items():
             image_grid(images, stage / name, nrow=10)
         (stage / "eval.json").write_text(json_text(result))

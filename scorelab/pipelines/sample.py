@@ -166,7 +166,7 @@ def generate(
         return x.cpu()
     if sampler not in SAMPLERS:
         raise ScorelabError(f"unknown sampler {sampler!r}; allowed: annealed_langevin, {', '.join(SAMPLERS)}")
-    sigmas, vp = diffusion_sigmas(cfg, steps or cfg.sample.steps, schedule or cfg.sample.schedule)
+    sigmas, vp = diffusion_sigmas(cfg, cfg.sample.steps if steps is None else steps, schedule or cfg.sample.schedule)
     x = initial_noise(shape, float(sigmas[0]), vp_prior=vp, generator=g, device=device)
     return SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, callback=callback, progress=progress).cpu()
 
@@ -287,7 +287,7 @@ def sample_run(
         )
     check_sampling_budget(f"sampling {n} samples", cfg, denoiser, n, [guidance], max_memory)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
-    check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__)
+    check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__, "sample")
     labels = sample_labels(cfg, n, label)
     samples = generate(
         cfg, denoiser, n, seed, sampler=sampler, steps=steps, guidance=guidance, label=label, progress=progress
@@ -302,12 +302,12 @@ def sample_run(
     log(f"computing the metrics of {n} samples")
     metrics.update(evaluate(cfg, samples, labels))
     if metrics["sampler"] != "annealed_langevin":
-        metrics["steps"] = steps or cfg.sample.steps
+        metrics["steps"] = cfg.sample.steps if steps is None else steps
         metrics["guidance"] = cfg.sample.guidance if guidance is None else guidance
     tensors = {"samples": samples.contiguous()}
     if labels is not None:
         tensors["labels"] = labels
-    with staged_output(out_dir, SAMPLE_OUTPUTS.__contains__) as stage:
+    with staged_output(out_dir, SAMPLE_OUTPUTS.__contains__, "sample") as stage:
         save_file(tensors, stage / "samples.safetensors")
         as_umask_allows(stage / "samples.safetensors")
         if cfg.data.name == "digits":

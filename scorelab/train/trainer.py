@@ -59,10 +59,12 @@ def load_run_checkpoint(run_dir: Path, warn=print) -> tuple[dict[str, torch.Tens
     """The newest good checkpoint of a run (falling back past damaged ones, and past records without a config),
     with the config its record holds."""
     tensors, record = load_latest(Path(run_dir) / "checkpoints", warn=warn, needs=("config",))
+    where = Path(run_dir) / "checkpoints" / f"ckpt_{record['step']:08d}.json"
+    if not isinstance(record["config"], dict):  # config_from_dict(None) would be the default config
+        raise ScorelabError(f"checkpoint {where} holds a config that does not load (not a mapping)")
     try:
         return tensors, record, config_from_dict(record["config"])
     except ConfigError as e:
-        where = Path(run_dir) / "checkpoints" / f"ckpt_{record['step']:08d}.json"
         raise ScorelabError(f"checkpoint {where} holds a config that does not load ({e})") from None
 
 
@@ -73,10 +75,14 @@ def load_run_config(run_dir: Path) -> Config:
     return load_config(path)
 
 
-def seed_global_rngs(seed: int) -> None:
-    """Seed torch's, numpy's and Python's global generators: a fresh run starts from states that depend on the seed
-    alone (unseeded, numpy and `random` start from OS entropy, and a resumed run could not match a straight one)."""
-    torch.manual_seed(seed)
+def seed_global_rngs(seed: int, cuda: torch.device | None = None) -> None:
+    """Seed torch's CPU, numpy's and Python's global generators, and the `cuda` device's: a fresh run starts from
+    states that depend on the seed alone (unseeded, numpy and `random` start from OS entropy, and a resumed run could
+    not match a straight one). Not torch.manual_seed, which also reseeds every other CUDA device."""
+    torch.default_generator.manual_seed(seed)
+    if cuda is not None:
+        torch.cuda.init()  # the generators exist once CUDA is up (a no-op when it is)
+        torch.cuda.default_generators[cuda.index].manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
 
@@ -147,7 +153,7 @@ class Trainer:
         # the training's own global random states: parameter initialisation, and any global draws a user's model
         # makes, come from them; the caller's are put back after each use (seeded from train.seed when fresh)
         caller = rng_states(self._cuda)
-        seed_global_rngs(cfg.train.seed)
+        seed_global_rngs(cfg.train.seed, self._cuda)
         self.denoiser = build_denoiser(cfg).to(self.device)
         self._rngs = rng_states(self._cuda)
         set_rng_states(caller, self._cuda)
