@@ -581,7 +581,7 @@ def test_a_failed_swap_puts_the_earlier_outputs_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", rename)
     with pytest.raises(OSError):
-        with staged_output(out, lambda name: name.endswith(".txt")) as stage:
+        with staged_output(out, lambda name: name.endswith(".txt"), "test") as stage:
             (stage / "a.txt").write_text("newer")
     assert (out / "a.txt").read_text() == "earlier"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # neither the stage nor the moved-away folder is left
