@@ -11,15 +11,11 @@ from tqdm.auto import tqdm
 
 from ..denoisers import Denoiser, score_from_denoised
 from ..errors import ScorelabError, show_values
+from .common import randn_like
 
 
 def _is_int(n) -> bool:
     return isinstance(n, numbers.Integral) and not isinstance(n, bool)
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    # draw on CPU in float32 so the same seed gives the same result on every device
-    return torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
 
 
 def langevin(
@@ -37,7 +33,7 @@ def langevin(
         raise ScorelabError(f"need a finite step_size > 0 and an integer n_steps >= 0, got {step_size}, {n_steps!r}")
     noise_scale = step_size**0.5
     for i in tqdm(range(n_steps), desc="langevin", disable=not progress, leave=False):
-        x = x + 0.5 * step_size * score(x) + noise_scale * _randn_like(x, generator)
+        x = x + 0.5 * step_size * score(x) + noise_scale * randn_like(x, generator)
         if callback is not None:
             callback(i, x)
     return x
@@ -89,7 +85,7 @@ def annealed_langevin(
         sig = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
         for _ in range(steps_per_level):
             s = score_from_denoised(x, denoiser(x, sig, cond), sig)
-            x = x + 0.5 * alpha * s + alpha**0.5 * _randn_like(x, generator)
+            x = x + 0.5 * alpha * s + alpha**0.5 * randn_like(x, generator)
             if callback is not None:
                 callback(k, x)
             k += 1

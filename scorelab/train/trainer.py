@@ -145,7 +145,6 @@ class Trainer:
         from CPU generators, so a seed starts the same run on every device, and a checkpoint resumes on any
         device."""
         self.device = resolve_device(device)
-        self._cuda = self.device if self.device.type == "cuda" else None  # whose generator the global states hold
         self.cfg, self.run_dir, self.progress, self.log = cfg, Path(run_dir), progress, log
         self.max_memory = max_memory
         self.warn = warn or log
@@ -176,6 +175,11 @@ class Trainer:
         self._session_start = time.time()
         self._saved = False  # whether this session has written a checkpoint
         self._saved_at: tuple[int, float] | None = None  # (step, session seconds) of this session's last checkpoint
+
+    @property
+    def _cuda(self) -> torch.device | None:
+        """The CUDA device whose generator the global states hold, or None on the CPU."""
+        return self.device if self.device.type == "cuda" else None
 
     # ---- state -------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
