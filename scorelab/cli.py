@@ -150,7 +150,8 @@ def train(
     "--label",
     type=int,
     default=None,
-    help="Class to sample, 0 to model.num_classes - 1 (conditional runs; default: all in turn).",
+    help="Class to sample, 0 to model.num_classes - 1 (conditional runs; for an image folder, class i is the i-th "
+    "class folder in sorted order; default: all in turn).",
 )
 @click.option(
     "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
@@ -239,10 +240,12 @@ def evaluate(
     device: str,
     quiet: bool,
 ) -> None:
-    """Evaluate a digits run into RUN_DIR/eval.
+    """Evaluate an image run (digits or an images folder) into RUN_DIR/eval.
 
     Held-out bits/dim (DDPM runs; a pass over every timestep, two for a conditional run), then per sampler and
-    guidance scale: conditional accuracy, diversity within a class and Frechet distance.
+    guidance scale: for the digits conditional accuracy, diversity within a class and Frechet distance; for an
+    images folder how near the samples lie to the training images (and the share of copies) beside the held-out
+    images' figures.
     """
     from .pipelines.evaluate import evaluate_run
     from .resources import parse_bytes

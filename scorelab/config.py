@@ -23,7 +23,12 @@ TRAIN_MEMORY_HINT = (
 
 @dataclass
 class DataConfig:
-    name: str = "ring8"  # a 2D toy (ring8, moons, swissroll, rings, checkerboard) or 'digits'
+    name: str = "ring8"  # a 2D toy (ring8, moons, swissroll, rings, checkerboard), 'digits', or 'images' (a folder)
+    path: str = ""  # images: the folder (class labels from its subfolders; scorelab.data.image_sets)
+    size: int = 0  # images: side in pixels; each image is centre-cropped to a square and resized to it
+    channels: int = 0  # images: 1 (greyscale) or 3 (RGB)
+    holdout: float = 0.1  # images: share held out for evaluation (per class), chosen by the files alone
+    flip: bool = False  # images: random horizontal flips while training
 
 
 @dataclass
@@ -118,7 +123,7 @@ RANGES = {
     "sample.steps": (1, MAX_STEPS),
 }
 CHOICES = {
-    "data.name": ("ring8", "moons", "swissroll", "rings", "checkerboard", "digits"),
+    "data.name": ("ring8", "moons", "swissroll", "rings", "checkerboard", "digits", "images"),
     "model.kind": ("mlp", "unet"),
     "model.parameterisation": ("eps", "x0", "v", "edm"),
     "noise.schedule": ("geometric", "linear", "scaled_linear", "cosine"),
@@ -221,6 +226,7 @@ def validate(cfg: Config) -> Config:
         )
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay: must be in [0, 1), got {cfg.train.ema_decay}")
+    _validate_data(cfg)
     m = cfg.model
     if m.channels % 2:  # the sinusoidal noise embedding has as many cos as sin features
         raise ConfigError(f"model.channels: must be even (the noise embedding), got {m.channels}")
@@ -253,17 +259,49 @@ def validate(cfg: Config) -> Config:
     if (cfg.train.objective == "ncsn") != (cfg.noise.schedule == "geometric"):
         need = "geometric" if cfg.train.objective == "ncsn" else "linear, scaled_linear or cosine"
         raise ConfigError(f"noise.schedule: objective {cfg.train.objective!r} needs {need}, got {cfg.noise.schedule!r}")
-    if cfg.model.num_classes and cfg.data.name != "digits":
-        raise ConfigError(f"model.num_classes: only the digits data has labels, got data {cfg.data.name!r}")
+    if cfg.model.num_classes and cfg.data.name not in ("digits", "images"):
+        raise ConfigError(
+            f"model.num_classes: only image data (digits, or an images folder of class folders) has labels, got "
+            f"data {cfg.data.name!r}"
+        )
     if cfg.sample.guidance != 1.0 and not cfg.model.num_classes:
         raise ConfigError("sample.guidance: guidance needs a class-conditional model (model.num_classes > 0)")
     if cfg.sample.guidance != 1.0 and cfg.train.cond_dropout == 0:
         raise ConfigError("sample.guidance: guidance needs a trained null label (train.cond_dropout > 0)")
     if cfg.sample.schedule == "trailing" and cfg.train.objective != "ddpm":
         raise ConfigError("sample.schedule: 'trailing' needs DDPM timesteps (train.objective: ddpm)")
-    if (cfg.data.name == "digits") != (cfg.model.kind == "unet"):
-        raise ConfigError(f"model.kind: data {cfg.data.name!r} needs {'unet' if cfg.data.name == 'digits' else 'mlp'}")
+    images = cfg.data.name in ("digits", "images")
+    if images != (cfg.model.kind == "unet"):
+        raise ConfigError(f"model.kind: data {cfg.data.name!r} needs {'unet' if images else 'mlp'}")
+    if cfg.data.name == "images" and cfg.data.size % 2 ** (len(m.channel_mult) - 1):
+        raise ConfigError(
+            f"data.size: the U-Net's {len(m.channel_mult)} levels halve the image {len(m.channel_mult) - 1} times, "
+            f"so the size must be a multiple of {2 ** (len(m.channel_mult) - 1)}, got {cfg.data.size}"
+        )
     return cfg
+
+
+IMAGE_KEYS = ("path", "size", "channels", "holdout", "flip")  # data keys that only an images folder takes
+MAX_IMAGE_SIZE = 1024
+
+
+def _validate_data(cfg: Config) -> None:
+    d, default = cfg.data, DataConfig()
+    if d.name != "images":
+        for key in IMAGE_KEYS:
+            if getattr(d, key) != getattr(default, key):
+                raise ConfigError(
+                    f"data.{key}: only for data 'images' (a folder), got {getattr(d, key)!r} for data {d.name!r}"
+                )
+        return
+    if not d.path:
+        raise ConfigError("data.path: data 'images' needs the folder of images (data.path: path/to/folder)")
+    if not 1 <= d.size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"data.size: data 'images' needs the side in pixels, 1 to {MAX_IMAGE_SIZE}, got {d.size}")
+    if d.channels not in (1, 3):
+        raise ConfigError(f"data.channels: data 'images' needs 1 (greyscale) or 3 (RGB), got {d.channels}")
+    if not 0.0 <= d.holdout <= 0.5:
+        raise ConfigError(f"data.holdout: must be in [0, 0.5], got {d.holdout}")
 
 
 def config_from_dict(raw) -> Config:
@@ -325,6 +363,9 @@ def load_config(path: str | Path) -> Config:
     if raw is None:
         raise ConfigError(f"{path}: the config is empty; write the settings to train (configs/ has examples)")
     try:
-        return config_from_dict(raw)
+        cfg = config_from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
+    if cfg.data.path:  # relative to where the command runs, as --out is; the run records it absolute
+        cfg.data.path = str(Path(cfg.data.path).expanduser().absolute())
+    return cfg

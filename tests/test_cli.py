@@ -752,7 +752,7 @@ def test_evaluate_rows_are_each_sampler_and_guidance_s_own_figures(tmp_path, mon
     cfg, den, _ = load_run(run)
     seen = []
     real_evaluate = ev.evaluate
-    monkeypatch.setattr(ev, "evaluate", lambda c, x, y: seen.append((x, y)) or real_evaluate(c, x, y))
+    monkeypatch.setattr(ev, "evaluate", lambda c, x, y, i: seen.append((x, y)) or real_evaluate(c, x, y, i))
     args = ["--n", "110", "--steps", "2", "--sampler", "euler", "--sampler", "unipc", "--guidance", "0", "--guidance"]
     res = CliRunner().invoke(cli, ["evaluate", str(run), *args, "3", "--no-bpd", "--quiet"])
     assert res.exit_code == 0, res.output
@@ -795,7 +795,7 @@ def test_held_out_bits_per_dim_is_the_bound_on_the_test_digits_in_bits(tmp_path,
         got[conditional] = ev.held_out_bits_per_dim(cfg, den, conditional=conditional, progress=False)
         assert got[conditional] == pytest.approx(nats / (64 * math.log(2)), rel=1e-6), conditional
     assert got[True] != pytest.approx(got[False], rel=1e-4)  # the true label matters to this network
-    monkeypatch.setattr(ev, "held_out_bits_per_dim", lambda cfg, den, *, conditional, progress: float(conditional))
+    monkeypatch.setattr(ev, "held_out_bits_per_dim", lambda cfg, den, *, conditional, **kw: float(conditional))
     run = _trained_ddpm(tmp_path)
     res = CliRunner().invoke(cli, ["evaluate", str(run), "--n", "2", "--steps", "1", "--guidance", "1", "--quiet"])
     assert res.exit_code == 0, res.output

@@ -111,21 +111,36 @@ def test_sample_toy_draws_from_the_named_toy(name):
         sample_toy("spiral", 4, _gen())
 
 
-def test_batch_source_draws_shuffled_epochs_without_replacement_from_its_generator(monkeypatch):
+def test_batch_source_draws_shuffled_epochs_without_replacement_from_its_generator():
     """Every epoch is a permutation of the data set (a batch that crosses an epoch end takes the rest of one and the
-    start of the next), batches keep their size, and the order is set by the generator alone."""
-    from scorelab.data import sources
+    start of the next), batches keep their size, and the order is set by the generator alone. Held-out images are
+    never drawn."""
+    from scorelab.data.image_sets import ImageSet
+    from scorelab.data.sources import BatchSource
 
-    data = torch.arange(10.0).view(10, 1)
-    monkeypatch.setattr(sources, "load_digits_split", lambda split: (data, 100 + torch.arange(10)))
+    held = torch.zeros(12, dtype=torch.bool)
+    held[[3, 7]] = True  # values 3 and 7 are held out
+    keep = torch.tensor([v for v in range(12) if v not in (3, 7)])
+    images = ImageSet(
+        pixels=torch.arange(12, dtype=torch.uint8).view(12, 1, 1, 1),
+        labels=100 + torch.arange(12),
+        held_out=held,
+        levels=256,
+        classes=(),
+        source="test",
+        fingerprint="",
+    )
 
     def stream(seed):
-        src, g = sources.BatchSource("digits", 4), _gen(seed)
+        src, g = BatchSource("images", 4, images=images), _gen(seed)
         batches = [src.next(g) for _ in range(10)]  # 40 items: four epochs
-        assert all(x.shape == (4, 1) and torch.equal(y, 100 + x[:, 0].long()) for x, y in batches)
-        return torch.cat([x[:, 0] for x, _ in batches]).long()
+        values = [((x + 1) * 127.5).round().long().view(-1) for x, _ in batches]
+        assert all(
+            x.shape == (4, 1, 1, 1) and torch.equal(y, 100 + v) for (x, y), v in zip(batches, values, strict=True)
+        )
+        return keep.tolist(), torch.cat(values)
 
-    items = stream(0)
+    kept, items = stream(0)
     for epoch in items.view(4, 10):
-        assert sorted(epoch.tolist()) == list(range(10))
-    assert torch.equal(stream(0), items) and not torch.equal(stream(1), items)
+        assert sorted(epoch.tolist()) == kept
+    assert torch.equal(stream(0)[1], items) and not torch.equal(stream(1)[1], items)

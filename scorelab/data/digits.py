@@ -22,6 +22,26 @@ def _load() -> tuple[np.ndarray, np.ndarray]:
     return d.images.astype(np.float32), d.target.astype(np.int64)
 
 
+def digits_levels() -> tuple[torch.Tensor, torch.Tensor]:
+    """(pixel values 0..16 as uint8 (1797, 1, 8, 8), labels (1797,)), in scikit-learn's order."""
+    images, labels = _load()
+    return torch.from_numpy(images.astype(np.uint8)).unsqueeze(1), torch.from_numpy(labels)
+
+
+def digits_test_mask() -> torch.Tensor:
+    """The fixed held-out split (bool (1797,)): a fixed permutation within each class, the first ~16.5% held out."""
+    _, labels = _load()
+    rng = np.random.default_rng(SPLIT_SEED)
+    test_idx = []
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        rng.shuffle(idx)
+        test_idx.append(idx[: round(len(idx) * HELD_OUT / len(labels))])
+    test_mask = np.zeros(len(labels), dtype=bool)
+    test_mask[np.concatenate(test_idx)] = True
+    return torch.from_numpy(test_mask)
+
+
 def load_digits_split(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Return (images (N, 1, 8, 8) in [-1, 1], labels (N,)) for split 'train', 'test' or 'all'."""
     if split not in ("train", "test", "all"):
@@ -31,14 +51,5 @@ def load_digits_split(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]
     y = torch.from_numpy(labels)
     if split == "all":
         return x, y
-    # stratified split: a fixed permutation within each class, the first ~16.5% held out
-    rng = np.random.default_rng(SPLIT_SEED)
-    test_idx = []
-    for c in range(10):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        test_idx.append(idx[: round(len(idx) * HELD_OUT / len(labels))])
-    test_mask = np.zeros(len(labels), dtype=bool)
-    test_mask[np.concatenate(test_idx)] = True
-    mask = torch.from_numpy(test_mask if split == "test" else ~test_mask)
-    return x[mask], y[mask]
+    mask = digits_test_mask()
+    return (x[mask], y[mask]) if split == "test" else (x[~mask], y[~mask])

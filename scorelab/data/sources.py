@@ -4,32 +4,42 @@ from __future__ import annotations
 
 import torch
 
-from .digits import load_digits_split
+from .image_sets import ImageSet, to_signed
 from .toys import sample_toy
 
 
 class BatchSource:
-    """Fresh samples for a 2D toy; shuffled epochs without replacement for a finite data set."""
+    """Fresh samples for a 2D toy (`images` None); shuffled epochs without replacement over the training split of an
+    ImageSet, each image mirrored left-right with probability 1/2 when `flip`."""
 
-    def __init__(self, name: str, batch_size: int):
-        self.name, self.batch_size = name, batch_size
-        self.data, self.labels = load_digits_split("train") if name == "digits" else (None, None)
+    def __init__(self, name: str, batch_size: int, *, images: ImageSet | None = None, flip: bool = False):
+        self.name, self.batch_size, self.flip = name, batch_size, flip
+        if images is None:
+            self.pixels = self.labels = None
+        else:
+            train = ~images.held_out
+            self.pixels, self.levels = images.pixels[train], images.levels
+            self.labels = None if images.labels is None else images.labels[train]
         self._order: torch.Tensor | None = None
         self._pos = 0
 
     def next(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(batch, labels or None)."""
-        if self.data is None:
+        if self.pixels is None:
             return sample_toy(self.name, self.batch_size, generator), None
         idx = []
         while len(idx) < self.batch_size:
             if self._order is None or self._pos >= len(self._order):
-                self._order, self._pos = torch.randperm(len(self.data), generator=generator), 0
+                self._order, self._pos = torch.randperm(len(self.pixels), generator=generator), 0
             take = self._order[self._pos : self._pos + self.batch_size - len(idx)]
             self._pos += len(take)
             idx.extend(take.tolist())
         idx = torch.tensor(idx)
-        return self.data[idx], self.labels[idx]
+        x = to_signed(self.pixels[idx], self.levels)
+        if self.flip:  # horizontal flips, as in Ho et al. 2020 (App. B) for CIFAR-10
+            mirror = torch.rand(len(idx), generator=generator) < 0.5
+            x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
+        return x, None if self.labels is None else self.labels[idx]
 
     def state(self) -> dict[str, torch.Tensor]:
         if self._order is None:

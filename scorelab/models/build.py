@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..config import Config
+from ..data.image_sets import data_shape
 from ..denoisers import Preconditioned
 from ..errors import ScorelabError
 from .mlp import MLP
@@ -47,7 +48,7 @@ def build_denoiser(cfg: Config) -> Preconditioned:
         net = MLP(dim=2, width=m.width, depth=m.depth)
     else:
         net = UNet(
-            in_channels=1,
+            in_channels=data_shape(cfg.data)[0],
             channels=m.channels,
             channel_mult=tuple(m.channel_mult),
             blocks_per_level=m.blocks_per_level,

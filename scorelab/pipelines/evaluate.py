@@ -1,5 +1,6 @@
-"""Evaluate a trained digits run: bits per dimension on the held-out split (DDPM runs) and, per guidance scale
-and sampler, the classifier figures (conditional accuracy, diversity within a class, Frechet distance)."""
+"""Evaluate a trained run on image data: bits per dimension on the held-out split (DDPM runs) and, per guidance
+scale and sampler, the sample figures: for the digits the classifier's (conditional accuracy, diversity within a
+class, Frechet distance), for a folder of images the copy figures and channel statistics (metrics/images.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.digits import load_digits_split
+from ..data.image_sets import ImageSet, image_set
 from ..errors import ScorelabError
 from ..objectives.elbo import VariationalBound
 from ..outputs import check_output_dir, json_text, staged_output
@@ -24,18 +25,22 @@ from .sample import (
     evaluate,
     generate,
     load_run,
+    run_images,
     sample_labels,
 )
 
-DIGIT_LEVELS = 17  # the 8x8 digits take the integer values 0..16
 
-
-def held_out_bits_per_dim(cfg, denoiser, *, conditional: bool, seed: int = 0, progress: bool = True) -> float:
-    """The DDPM bound on the 297 held-out digits in bits per dimension (Ho et al. 2020, eq. 5 and 13), with the
-    fixed-large reverse variance; conditional on the true label, or with the null label."""
-    x, y = load_digits_split("test")
+def held_out_bits_per_dim(
+    cfg, denoiser, *, conditional: bool, seed: int = 0, progress: bool = True, images: ImageSet | None = None
+) -> float:
+    """The DDPM bound on the held-out images (the 297 held-out digits, or an image folder's held-out split given as
+    `images`) in bits per dimension (Ho et al. 2020, eq. 5 and 13), with the fixed-large reverse variance and the
+    decoder discretised on the data's own levels (17 for the digits, 256 for 8-bit images); conditional on the true
+    label, or with the null label."""
+    images = images or image_set(cfg.data)
+    x, y = images.split("test")
     ab = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
-    vb = VariationalBound(ab, variance="large", decoder="discretized", levels=DIGIT_LEVELS)
+    vb = VariationalBound(ab, variance="large", decoder="discretized", levels=images.levels)
     cond = (y if conditional else torch.full_like(y, -1)) if cfg.model.num_classes else None
     device = device_of(denoiser)
     x, cond = x.to(device), None if cond is None else cond.to(device)
@@ -61,13 +66,18 @@ def evaluate_run(
     bytes (default: the available memory; see check_sampling_budget); the samplers and guidance scales run one
     after another, so the largest of them counts."""
     cfg, denoiser, record = load_run(run_dir, device)
-    if cfg.data.name != "digits":
-        raise ScorelabError(f"evaluate works on digits runs; {run_dir} trains on {cfg.data.name!r}")
+    if cfg.data.name not in ("digits", "images"):
+        raise ScorelabError(f"evaluate works on image runs (digits or images); {run_dir} trains on {cfg.data.name!r}")
+    images = run_images(cfg, Path(run_dir), record, strict=True, progress=progress) or image_set(cfg.data)
+    if bpd and cfg.train.objective == "ddpm" and not images.held_out.any():
+        raise ScorelabError(
+            f"{run_dir} has no held-out images (data.holdout is 0) to measure bits/dim on; give --no-bpd"
+        )
     if guidances is None:  # 0, 1 and 3 for a class-conditional run; an unconditional one has only its own model
         guidances = (0.0, 1.0, 3.0) if cfg.model.num_classes else (1.0,)
     for g in guidances:
         check_guidance(cfg, g)
-    check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory)
+    check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory, images)
     diffusion_sigmas(cfg, steps, cfg.sample.schedule)  # steps the schedule cannot take: refused before the bits/dim
     names = {(s, g): f"{s}_g{g:g}.png" for s in samplers for g in guidances}
     if len(set(names.values())) < len(samplers) * len(guidances):
@@ -85,10 +95,12 @@ def evaluate_run(
     grids = {}
     result = {"run": str(run_dir), "step": record["step"], "n": n, "steps": steps, "rows": []}
     if bpd and cfg.train.objective == "ddpm":
-        result["bits_per_dim"] = held_out_bits_per_dim(cfg, denoiser, conditional=True, progress=progress)
+        result["bits_per_dim"] = held_out_bits_per_dim(
+            cfg, denoiser, conditional=True, progress=progress, images=images
+        )
         if cfg.model.num_classes:
             result["bits_per_dim_unconditional"] = held_out_bits_per_dim(
-                cfg, denoiser, conditional=False, progress=progress
+                cfg, denoiser, conditional=False, progress=progress, images=images
             )
         log(f"held-out bits/dim: {result['bits_per_dim']:.3f}")
     for sampler in samplers:
@@ -97,7 +109,7 @@ def evaluate_run(
                 cfg, denoiser, n, seed, sampler=sampler, steps=steps, guidance=guidance, progress=progress
             )
             labels = sample_labels(cfg, n, None)
-            m = evaluate(cfg, samples, labels)
+            m = evaluate(cfg, samples, labels, images)
             row = {"sampler": sampler, "guidance": guidance, **{k: v for k, v in m.items() if not isinstance(v, list)}}
             result["rows"].append(row)
             grids[names[sampler, guidance]] = samples[:100]
@@ -105,7 +117,14 @@ def evaluate_run(
                 f"{sampler} guidance {guidance:g}: "
                 + ", ".join(
                     f"{k} {row[k]:.3f}"
-                    for k in ("conditional_accuracy", "within_class_diversity", "confident_share", "frechet")
+                    for k in (
+                        "conditional_accuracy",
+                        "within_class_diversity",
+                        "confident_share",
+                        "frechet",
+                        "nearest_train_rms",
+                        "copy_share",
+                    )
                     if k in row
                 )
             )

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import MAX_STEPS, Config, config_differences
-from ..data.digits import load_digits_split
+from ..data.image_sets import ImageSet, check_classes, data_shape, image_set, is_image_data
 from ..data.toys import ring8_mixture, sample_toy
 from ..devices import resolve_device
 from ..errors import ScorelabError, warn
@@ -33,10 +33,10 @@ from ..schedules import (
     sigma_from_alpha_bar,
     timesteps,
 )
-from ..train.trainer import load_run_checkpoint, load_run_config
+from ..train.trainer import check_fingerprint, load_run_checkpoint, load_run_config
 
 EVAL_SEED = 10_000  # fresh reference sets are drawn from seeds the training never uses
-SAMPLE_OUTPUTS = {"samples.safetensors", "samples.png", "held_out.png", "metrics.json"}
+SAMPLE_OUTPUTS = {"samples.safetensors", "samples.png", "held_out.png", "nearest.png", "metrics.json"}
 
 
 def load_run(run_dir: Path, device: str | torch.device = "cpu") -> tuple[Config, torch.nn.Module, dict]:
@@ -106,7 +106,7 @@ def sampling_denoiser(cfg: Config, denoiser, guidance: float):
     """The trained denoiser with guidance and the data-range clamp applied as wrappers."""
     if cfg.model.num_classes and guidance != 1.0:
         denoiser = ClassifierFreeGuidance(denoiser, guidance, null_cond=-1)
-    if cfg.data.name == "digits" and cfg.sample.clamp:
+    if is_image_data(cfg.data) and cfg.sample.clamp:
         denoiser = Clamped(denoiser, -1.0, 1.0)
     return denoiser
 
@@ -144,7 +144,7 @@ def generate(
     sampler = sampler or cfg.sample.sampler
     device = device_of(denoiser)
     g = torch.Generator().manual_seed(seed)
-    shape = (n, 2) if cfg.data.name != "digits" else (n, 1, 8, 8)
+    shape = (n, *data_shape(cfg.data))
     cond = sample_labels(cfg, n, label)
     cond = None if cond is None else cond.to(device)
     model = sampling_denoiser(cfg, denoiser, cfg.sample.guidance if guidance is None else guidance)
@@ -177,11 +177,11 @@ def device_of(denoiser) -> torch.device:
     return next(params, torch.empty(0)).device
 
 
-def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None) -> int:
+def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None, images: ImageSet | None = None) -> int:
     """Upper bound on the memory of sampling n at once and measuring them: every module output of one (guided)
     model call per sample, plus 8 sample-sized tensors of sampler state (x, denoised, multistep history, noise),
     plus the metrics (`metrics_bytes`)."""
-    shape = (2,) if cfg.data.name != "digits" else (1, 8, 8)
+    shape = data_shape(cfg.data)
     model = sampling_denoiser(cfg, denoiser, cfg.sample.guidance if guidance is None else guidance)
 
     device = device_of(denoiser)
@@ -191,31 +191,41 @@ def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None)
         model(torch.zeros(b, *shape, device=device), torch.full((b,), float(cfg.noise.sigma_max), device=device), cond)
 
     per_sample = activation_bytes_per_sample(denoiser, probe) + 8 * 4 * math.prod(shape)
-    return n * per_sample + metrics_bytes(cfg, n)
+    return n * per_sample + metrics_bytes(cfg, n, images)
 
 
-def check_sampling_budget(what: str, cfg: Config, denoiser, n: int, guidances, max_memory: int | None) -> None:
+def check_sampling_budget(
+    what: str, cfg: Config, denoiser, n: int, guidances, max_memory: int | None, images: ImageSet | None = None
+) -> None:
     """Refuse, in one line, sampling n at a time at any of `guidances` whose estimate exceeds max_memory bytes
     (default: the available memory). On a CUDA device the sampling part is held against that device's free memory
-    and the metrics, which run on the CPU, against the available memory."""
-    need = max(sampling_bytes(cfg, denoiser, n, g) for g in guidances)
+    and the metrics, which run on the CPU, against the available memory. `images`: an image-folder run's ImageSet,
+    whose size the metrics depend on."""
+    need = max(sampling_bytes(cfg, denoiser, n, g, images) for g in guidances)
     device = device_of(denoiser)
     if device.type == "cpu" or max_memory is not None:
         check_budget(what, need, max_memory, option="--max-memory")
         return
-    metrics = metrics_bytes(cfg, n)
+    metrics = metrics_bytes(cfg, n, images)
     check_budget(what, need - metrics, None, option="--max-memory", device=device)
     check_budget(f"measuring {n} samples", metrics, None, option="--max-memory")
 
 
-def metrics_bytes(cfg: Config, n: int) -> int:
+def metrics_bytes(cfg: Config, n: int, images: ImageSet | None = None) -> int:
     """Upper bound on the memory the metrics of n samples take. 2D toys: sliced W2 holds float64 projections of
     two sets onto 1,000 directions, sorted, with sort indices and differences (6 x n x 1000 x 8 bytes), and MMD a
     few pairwise-kernel blocks of BLOCK_ELEMENTS values and the median-heuristic's 2,000-point distance matrix.
-    Digits: the classifier runs in fixed batches, so features (n x 64) and the within-class distance blocks."""
+    Digits: the classifier runs in fixed batches, so features (n x 64) and the within-class distance blocks.
+    Image folders (`images`, the run's ImageSet): scorelab.metrics.images.image_metrics_bytes."""
     blocks = 8 * BLOCK_ELEMENTS * 8 + 3 * 2000**2 * 8
     if cfg.data.name == "digits":
         return n * 64 * 8 * 4 + blocks
+    if cfg.data.name == "images":
+        from ..metrics.images import image_metrics_bytes
+
+        held = int(images.held_out.sum()) if images is not None else 0
+        n_train = len(images.pixels) - held if images is not None else 0
+        return image_metrics_bytes(n, n_train, held, math.prod(data_shape(cfg.data)))
     return n * 6 * 1000 * 8 + blocks
 
 
@@ -242,7 +252,9 @@ def toy_metrics(name: str, samples: torch.Tensor, *, floor_pairs: int = 5) -> di
     return out
 
 
-def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = None, images: ImageSet | None = None):
+    """The metrics of a run's samples: the digits classifier's figures, the copy figures and channel statistics of
+    an image folder's samples (`images`, the run's ImageSet), or distances to fresh points of a 2D toy."""
     if cfg.data.name == "digits":
         from ..metrics.digits import conditional_report, digits_report
 
@@ -251,7 +263,42 @@ def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = N
         if labels is not None:
             out.update(conditional_report(samples, labels))
         return out
+    if cfg.data.name == "images":
+        from ..metrics.images import image_report
+
+        return image_report(samples, images.split("train")[0], images.split("test")[0])
     return toy_metrics(cfg.data.name, samples)
+
+
+def run_images(cfg: Config, run_dir: Path, record: dict, *, strict: bool, progress: bool = False) -> ImageSet | None:
+    """The image set an image-folder run was trained on, read again (None for other runs). A folder whose contents
+    changed since the checkpoint is refused when `strict` (figures measured on the held-out split must be of the
+    run's own split), else a warning (the samples do not depend on it)."""
+    if cfg.data.name != "images":
+        return None
+    images = image_set(cfg.data, num_classes=cfg.model.num_classes, progress=progress)
+    check_classes(images, cfg.model.num_classes)
+    try:
+        check_fingerprint(images, record, run_dir, "measure it")
+    except ScorelabError as e:
+        if strict:
+            raise
+        warn(f"warning: {e}; the figures compare the samples with the images there now")
+    return images
+
+
+def image_figures(samples: torch.Tensor, images: ImageSet, stage: Path) -> None:
+    """samples.png (up to 100), held_out.png (up to 100 held-out images, or training ones without a held-out split)
+    and nearest.png: up to 10 samples (top row) above their nearest training images (bottom row)."""
+    from ..metrics.images import nearest_distances
+
+    image_grid(samples[:100], stage / "samples.png", nrow=10)
+    held, _ = images.split("test")
+    image_grid((held if len(held) else images.split("train")[0])[:100], stage / "held_out.png", nrow=10)
+    train, _ = images.split("train")
+    first = samples[:10]
+    _, index = nearest_distances(first, train, 2)
+    image_grid(torch.cat([first, train[index[:, 0]]]), stage / "nearest.png", nrow=len(first))
 
 
 def sample_run(
@@ -285,7 +332,8 @@ def sample_run(
         raise ScorelabError(
             "--label has no effect at guidance 0 (the unconditional model); give --guidance above 0 or drop --label"
         )
-    check_sampling_budget(f"sampling {n} samples", cfg, denoiser, n, [guidance], max_memory)
+    images = run_images(cfg, Path(run_dir), record, strict=False, progress=progress)
+    check_sampling_budget(f"sampling {n} samples", cfg, denoiser, n, [guidance], max_memory, images)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
     check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__, "sample")
     labels = sample_labels(cfg, n, label)
@@ -300,7 +348,9 @@ def sample_run(
         "sampler": sampler or cfg.sample.sampler,
     }
     log(f"computing the metrics of {n} samples")
-    metrics.update(evaluate(cfg, samples, labels))
+    metrics.update(evaluate(cfg, samples, labels, images))
+    if images is not None and images.classes:
+        metrics["classes"] = list(images.classes)  # label i is the class folder classes[i]
     if metrics["sampler"] != "annealed_langevin":
         metrics["steps"] = cfg.sample.steps if steps is None else steps
         metrics["guidance"] = cfg.sample.guidance if guidance is None else guidance
@@ -312,7 +362,9 @@ def sample_run(
         as_umask_allows(stage / "samples.safetensors")
         if cfg.data.name == "digits":
             image_grid(samples[:100], stage / "samples.png", nrow=10)
-            image_grid(load_digits_split("test")[0][:100], stage / "held_out.png", nrow=10)
+            image_grid(image_set(cfg.data).split("test")[0][:100], stage / "held_out.png", nrow=10)
+        elif cfg.data.name == "images":
+            image_figures(samples, images, stage)
         else:
             ref = sample_toy(cfg.data.name, n, torch.Generator().manual_seed(EVAL_SEED))
             scatter({"data": ref, "samples": samples}, stage / "samples.png", lim=3, s=1)

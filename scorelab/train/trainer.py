@@ -16,6 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import TRAIN_MEMORY_HINT, Config, config_differences, config_from_dict, config_to_dict, load_config
+from ..data.image_sets import check_classes, data_shape, image_set, is_image_data
 from ..data.sources import BatchSource
 from ..devices import resolve_device
 from ..errors import ConfigError, ScorelabError
@@ -124,6 +125,17 @@ def set_rng_states(t: dict[str, torch.Tensor], cuda: torch.device | None = None)
     random.setstate((version, tuple(t["rng.python"].tolist()), gauss_next))
 
 
+def check_fingerprint(images, record: dict, run_dir: Path, action: str) -> None:
+    """One-line error when the images a run was trained on have changed since its checkpoint `record` (records from
+    before fingerprints were kept have none: nothing to check)."""
+    have = record.get("data_fingerprint")
+    if images is not None and have is not None and have != images.fingerprint:
+        raise ScorelabError(
+            f"the data of {run_dir} changed since its checkpoint ({images.source} now): restore the images the run "
+            f"was trained on to {action}, or train a new run"
+        )
+
+
 class Trainer:
     def __init__(
         self,
@@ -162,7 +174,13 @@ class Trainer:
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
         self.opt = torch.optim.Adam([self.params.flat], lr=cfg.train.lr, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.source = BatchSource(cfg.data.name, cfg.train.batch_size)
+        self.images = None
+        if is_image_data(cfg.data):  # read (and budgeted) before anything is written
+            self.images = image_set(
+                cfg.data, num_classes=cfg.model.num_classes, progress=progress, max_memory=max_memory
+            )
+            check_classes(self.images, cfg.model.num_classes)
+        self.source = BatchSource(cfg.data.name, cfg.train.batch_size, images=self.images, flip=cfg.data.flip)
         if cfg.train.objective == "ncsn":
             self.sigmas = geometric_sigmas(cfg.noise.sigma_max, cfg.noise.sigma_min, cfg.noise.levels)
         else:
@@ -229,6 +247,7 @@ class Trainer:
             "model_format": model_format(self.cfg),
             "skipped_steps": self.guard.skipped,
             "seconds": round(self.seconds_before + session, 1),  # every session so far
+            "data_fingerprint": None if self.images is None else self.images.fingerprint,
         }
         save_checkpoint(
             self.run_dir / "checkpoints", self.step, self.state_tensors(), meta, self.cfg.train.keep_checkpoints
@@ -253,6 +272,7 @@ class Trainer:
                 f"cannot resume {self.run_dir}: the config differs from the run's ({'; '.join(differ[:3])})"
             )
         check_model_format(self.cfg, record, self.run_dir)
+        check_fingerprint(self.images, record, self.run_dir, "resume it")
         self.load_state(t, record)
         if "seconds" not in record:  # a checkpoint from before records kept the time: the finished sessions' total
             self.seconds_before = self._previous_summary().get("seconds", 0.0)
@@ -318,8 +338,7 @@ class Trainer:
                 saved[storage.data_ptr()] = storage.nbytes()
             return t
 
-        shape = (1, 8, 8) if self.cfg.data.name == "digits" else (2,)
-        x = torch.zeros(probe, *shape, device=self.device)
+        x = torch.zeros(probe, *data_shape(self.cfg.data), device=self.device)
         labels = torch.zeros(probe, dtype=torch.long, device=self.device) if self.cfg.model.num_classes else None
         devices = [] if self._cuda is None else [self._cuda]
         with torch.random.fork_rng(devices=devices), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

@@ -1,0 +1,357 @@
+"""Image data sets: a folder of the user's images (layout, crop and resize, channels, split, fingerprint, errors),
+the copy figures of their samples, and training, sampling and evaluating on a folder end to end."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+from test_cli import _run
+
+from scorelab.cli import cli
+from scorelab.config import config_from_dict, load_config
+from scorelab.data import image_sets
+from scorelab.data.examples import write_textures
+from scorelab.data.image_sets import ImageSet, check_classes, digits_set, folder_set, to_signed
+from scorelab.data.sources import BatchSource
+from scorelab.errors import ConfigError, ScorelabError
+from scorelab.metrics.images import copy_figures, image_report, nearest_distances
+
+
+def _save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8), mode).save(path)
+
+
+def _classes(root, per_class=8, names=("b", "a"), size=(12, 12)):
+    """Class folders whose images are constant grey: class folder k's image i has value 10 * i + 100 * k."""
+    for k, name in enumerate(names):
+        for i in range(per_class):
+            _save(root / name / f"{i:02d}.png", np.full(size, 10 * i + 100 * k))
+    return root
+
+
+def test_class_folders_give_sorted_labels_and_a_fixed_split_within_each_class(tmp_path):
+    root = _classes(tmp_path / "data")
+    s = folder_set(root, size=12, channels=1, holdout=0.25, labelled=True)
+    assert s.classes == ("a", "b") and s.levels == 256 and s.shape == (1, 12, 12)
+    assert s.pixels.dtype == torch.uint8 and len(s.pixels) == 16
+    # files in sorted order: a/00..07 (folder "a" is the second written, values 100..170), then b/00..07
+    assert s.pixels[:, 0, 0, 0].tolist() == [100 + 10 * i for i in range(8)] + [10 * i for i in range(8)]
+    assert s.labels.tolist() == [0] * 8 + [1] * 8
+    # a quarter of each class held out, the same images on every load
+    assert [int(s.held_out[s.labels == c].sum()) for c in (0, 1)] == [2, 2]
+    image_sets._CACHE.clear()
+    again = folder_set(root, size=12, channels=1, holdout=0.25, labelled=True)
+    assert again is not s and torch.equal(again.held_out, s.held_out) and again.fingerprint == s.fingerprint
+    (xa, ya), (xb, yb) = s.split("train"), s.split("test")
+    assert (
+        len(xa) == 12 and len(xb) == 4 and x_range_ok(xa) and ya.tolist().count(0) == 6 and yb.tolist() == [0, 0, 1, 1]
+    )
+    # levels 0..255 onto [-1, 1]: 0 -> -1, 255 -> +1, evenly spaced
+    levels = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    torch.testing.assert_close(to_signed(levels, 256), torch.tensor([-1, -0.6, 1]))
+    # unlabelled: the same images, no labels, the split drawn over all of them
+    plain = folder_set(root, size=12, channels=1, holdout=0.25)
+    assert plain.labels is None and plain.classes == () and int(plain.held_out.sum()) == 4
+    assert plain.fingerprint != s.fingerprint  # the settings are part of what the set was read as
+
+
+def x_range_ok(x):
+    return x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+
+
+def test_images_are_centre_cropped_then_resized_with_antialiasing(tmp_path):
+    wide = np.zeros((16, 40), np.uint8)
+    wide[:, 12:28] = 200  # the centred 16x16 square is 200, the margins 0
+    _save(tmp_path / "d" / "wide.png", wide)
+    tall = np.zeros((40, 16), np.uint8)
+    tall[12:28] = 60
+    _save(tmp_path / "d" / "tall.png", tall)
+    board = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)  # a 1-pixel checkerboard
+    _save(tmp_path / "d" / "zboard.png", board)
+    s = folder_set(tmp_path / "d", size=16, channels=1, holdout=0.0)
+    assert s.pixels[0].unique().tolist() == [60] and s.pixels[1].unique().tolist() == [200]  # tall, wide: margins cut
+    # 64 -> 16 averages the checkerboard to mid-grey; sampling every 4th pixel (no antialiasing) would give 0s or 255s
+    assert (s.pixels[2].int() - 127.5).abs().max() < 16
+    assert not s.held_out.any()
+
+
+def test_channels_are_converted_as_asked(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[...] = (200, 100, 50)
+    _save(tmp_path / "c" / "rgb.png", rgb)
+    _save(tmp_path / "c" / "grey.png", np.full((8, 8), 90))
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[...] = (0, 0, 0, 64)  # black at alpha 64/255 over white
+    _save(tmp_path / "c" / "rgba.png", rgba)
+    one = folder_set(tmp_path / "c", size=8, channels=1, holdout=0.0)
+    three = folder_set(tmp_path / "c", size=8, channels=3, holdout=0.0)
+    grey, rgb_i, rgba_i = 0, 1, 2  # sorted file order ("rgb." before "rgba")
+    assert one.pixels[rgb_i].unique().tolist() == [round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)]  # ITU-R 601 luma
+    assert three.pixels[grey].flatten(1).unique(dim=1).T.tolist() == [[90, 90, 90]]  # grey repeated
+    assert three.pixels[rgb_i][:, 0, 0].tolist() == [200, 100, 50]
+    white_share = 1 - 64 / 255
+    assert three.pixels[rgba_i].unique().tolist() == [round(255 * white_share)]
+
+
+def test_hidden_and_other_files_are_skipped_and_subfolders_of_plain_sets_are_read(tmp_path):
+    root = tmp_path / "p"
+    _save(root / "one.png", np.zeros((4, 4)))
+    _save(root / "deep" / "er" / "two.jpg", np.full((4, 4), 255))
+    _save(root / ".hidden.png", np.zeros((4, 4)))
+    _save(root / ".cache" / "three.png", np.zeros((4, 4)))
+    (root / "notes.txt").write_text("not an image")
+    s = folder_set(root, size=4, channels=1, holdout=0.0)
+    assert len(s.pixels) == 2 and s.labels is None
+
+
+@pytest.mark.parametrize(
+    "setup, kwargs, message",
+    [
+        (lambda p: None, {}, "does not exist"),
+        (lambda p: p.write_text("x"), {}, "is not a folder"),
+        (lambda p: p.mkdir(), {}, "no images in"),
+        (lambda p: _save(p / "a.png", np.zeros((4, 4))), {}, "at least 2 outside the held-out split"),
+        (lambda p: (_save(p / "a.png", np.zeros((4, 4))), (p / "b.png").write_bytes(b"junk")), {}, "b.png"),
+        (lambda p: (_classes(p, 2), _save(p / "loose.png", np.zeros((4, 4)))), {"labelled": True}, "outside class"),
+        (lambda p: _classes(p, 2), {"channels": 4}, r"1 \(greyscale\) or 3"),
+        (lambda p: _classes(p, 2), {"holdout": 0.7}, r"\[0, 0.5\]"),
+        (lambda p: _classes(p, 2), {"size": 0}, "data.size"),
+    ],
+)
+def test_folders_that_cannot_be_used_are_one_line_errors(tmp_path, setup, kwargs, message):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(ScorelabError, match=message) as e:
+        folder_set(root, **{"size": 4, "channels": 1, "holdout": 0.1, **kwargs})
+    assert "\n" not in str(e.value)
+
+
+def test_a_set_too_large_for_the_memory_budget_is_refused_before_any_image_is_read(tmp_path, monkeypatch):
+    root = _classes(tmp_path / "d", 3)
+    monkeypatch.setattr(image_sets, "_open", lambda *a, **k: pytest.fail("decoded an image"))
+    with pytest.raises(ScorelabError, match="holding 6 images at 32x32.*lower data.size"):
+        folder_set(root, size=32, channels=3, holdout=0.1, max_memory=6 * 3 * 32 * 32 - 1)
+
+
+def test_the_fingerprint_and_the_cache_follow_the_files(tmp_path):
+    root = _classes(tmp_path / "d", 3)
+    first = folder_set(root, size=8, channels=1)
+    assert folder_set(root, size=8, channels=1) is first  # read once per process
+    _save(root / "a" / "00.png", np.full((12, 12), 7))  # same name, other pixels
+    changed = folder_set(root, size=8, channels=1)
+    assert changed is not first and changed.fingerprint != first.fingerprint and changed.pixels[0, 0, 0, 0] == 7
+
+
+def test_a_split_never_takes_a_class_s_last_image_and_holds_out_one_image_at_least():
+    labels = np.array([0, 1, 1, 2, 2, 2])
+    mask = image_sets._split(labels, 0.1)  # rounds to 0 in every class: one image of the largest class is held out
+    assert mask.sum() == 1 and labels[mask].tolist() == [2]
+    mask = image_sets._split(labels, 0.5)
+    assert [int(mask[labels == c].sum()) for c in range(3)] == [0, 1, 2]  # one image: kept; 0.5 x 3 rounds to 2
+    assert not image_sets._split(labels, 0.0).any()
+
+
+def test_the_digits_set_is_the_digits_split():
+    from scorelab.data.digits import load_digits_split
+
+    d = digits_set()
+    assert d.levels == 17 and d.shape == (1, 8, 8) and d.classes == tuple("0123456789")
+    for split in ("train", "test"):
+        x, y = load_digits_split(split)
+        dx, dy = d.split(split)
+        assert torch.equal(x, dx) and torch.equal(y, dy)
+
+
+def _set(pixels, labels=None, held=None):
+    n = len(pixels)
+    return ImageSet(
+        pixels=pixels,
+        labels=labels,
+        held_out=torch.zeros(n, dtype=torch.bool) if held is None else held,
+        levels=256,
+        classes=(),
+        source="test",
+        fingerprint="",
+    )
+
+
+def test_batches_flip_half_the_images_and_only_when_asked():
+    pixels = torch.randint(0, 256, (10, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = to_signed(pixels, 256)
+    src, g = BatchSource("images", 50, images=_set(pixels), flip=True), torch.Generator().manual_seed(1)
+    mirrored = total = 0
+    for _ in range(20):
+        x, labels = src.next(g)
+        assert labels is None
+        for img in x:
+            same = [bool(torch.equal(img, d)) for d in data]
+            flip = [bool(torch.equal(img, d.flip(-1))) for d in data]
+            assert any(same) or any(flip)  # each image is a data image or its mirror
+            mirrored += any(flip) and not any(same)
+            total += 1
+    assert abs(mirrored / total - 0.5) < 4 * math.sqrt(0.25 / total)
+    # without flips a batch is the data's images and the generator makes no draw beyond the epoch orders
+    plain, g1, g2 = BatchSource("images", 10, images=_set(pixels)), torch.Generator(), torch.Generator()
+    x, _ = plain.next(g1.manual_seed(3))
+    assert torch.equal(x, data[torch.randperm(10, generator=g2.manual_seed(3))])
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_nearest_distances_match_brute_force_and_copies_are_found():
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(40, 1, 4, 4, generator=g) * 2 - 1
+    queries = torch.rand(300, 1, 4, 4, generator=g) * 2 - 1
+    d, i = nearest_distances(queries, train, 2)
+    full = torch.cdist(queries.flatten(1).double(), train.flatten(1).double())
+    ref_d, ref_i = full.topk(2, largest=False)
+    torch.testing.assert_close(d, ref_d)
+    assert torch.equal(i, ref_i)
+    # copies of training images (and copies plus a little noise) are copies; fresh draws are not
+    copies = train[:20] + 1e-3 * torch.randn(20, 1, 4, 4, generator=g)
+    assert copy_figures(train, train) == {"nearest_train_rms": 0.0, "copy_share": 1.0}
+    assert copy_figures(copies, train)["copy_share"] == 1.0
+    fresh = copy_figures(queries, train)
+    assert fresh["copy_share"] < 0.1 and fresh["nearest_train_rms"] > 0.1
+    report = image_report(queries, train, train[:5])
+    assert report["held_out_copy_share"] == 1.0 and report["copy_share"] == fresh["copy_share"]
+    assert report["channel_mean"] == pytest.approx([queries.double().mean().item()])
+    assert report["train_channel_std"] == pytest.approx([train.double().std().item()])
+    assert image_report(queries, train, train[:0])["held_out_copy_share"] is None
+
+
+def _images_config(tmp_path, root, **data):
+    raw = {
+        "data": {"name": "images", "path": str(root), "size": 8, "channels": 1, "holdout": 0.25, **data},
+        "model": {
+            "kind": "unet",
+            "parameterisation": "eps",
+            "sigma_data": 1.0,
+            "channels": 8,
+            "channel_mult": [1, 2],
+            "attention_levels": [],
+            "num_classes": 2,
+        },
+        "noise": {"schedule": "linear", "timesteps": 20},
+        "train": {"objective": "ddpm", "steps": 6, "batch_size": 4, "checkpoint_every": 3, "cond_dropout": 0.2},
+        "sample": {"n": 8, "sampler": "ddim", "steps": 3, "guidance": 2.0},
+    }
+    path = tmp_path / "images.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_config_keys_of_an_image_folder(tmp_path, monkeypatch):
+    base = yaml.safe_load(_images_config(tmp_path, "folder").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert load_config(tmp_path / "images.yaml").data.path == str(tmp_path / "folder")  # absolute, from the cwd
+
+    def refused(change, message):
+        raw = yaml.safe_load(yaml.safe_dump(base))
+        for key, value in change.items():
+            section, name = key.split(".")
+            raw[section][name] = value
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict(raw)
+
+    refused({"data.path": ""}, "data.path: data 'images' needs the folder")
+    refused({"data.size": 0}, "data.size: data 'images' needs the side")
+    refused({"data.size": 9}, "multiple of 2, got 9")  # two levels halve the image once
+    refused({"data.channels": 2}, "data.channels: data 'images' needs 1")
+    refused({"data.holdout": -0.1}, r"data.holdout: must be in \[0, 0.5\]")
+    refused({"model.kind": "mlp"}, "model.kind: data 'images' needs unet")
+    digits = {"data": {"name": "digits", "flip": True}, "model": {"kind": "unet"}}
+    with pytest.raises(ConfigError, match="data.flip: only for data 'images'"):
+        config_from_dict(digits)
+
+
+def test_a_class_count_that_does_not_match_the_folders_is_named(tmp_path):
+    s = folder_set(_classes(tmp_path / "d", 2), size=4, channels=1, holdout=0.0, labelled=True)
+    check_classes(s, 2)
+    with pytest.raises(ScorelabError, match="model.num_classes is 3, but .* has 2 class\\(es\\) \\(a, b\\); set model"):
+        check_classes(s, 3)
+
+
+def test_train_resume_sample_and_evaluate_on_a_folder(tmp_path, monkeypatch):
+    root = _classes(tmp_path / "data", 6, size=(10, 14))
+    cfg = _images_config(tmp_path, root)
+    r = CliRunner()
+    res = r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    res = r.invoke(cli, ["sample", str(tmp_path / "run"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run" / "samples"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["classes"] == ["a", "b"] and metrics["n"] == 8 and metrics["guidance"] == 2.0
+    assert 0 <= metrics["copy_share"] <= 1 and metrics["held_out_nearest_train_rms"] >= 0
+    assert Image.open(out / "samples.png").mode == "L" and Image.open(out / "nearest.png").size == (8 * 4 * 8 + 36, 76)
+    # evaluate: bits/dim on the held-out quarter, decoded on 256 levels
+    from scorelab.objectives import elbo
+
+    seen = {}
+    real = elbo.VariationalBound.per_sample
+
+    def spy(self, denoiser, x, **kw):
+        seen.update(levels=self.levels, n=len(x))
+        return real(self, denoiser, x, **kw)
+
+    monkeypatch.setattr(elbo.VariationalBound, "per_sample", spy)
+    res = r.invoke(cli, ["evaluate", str(tmp_path / "run"), "--n", "6", "--steps", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    assert seen == {"levels": 256, "n": 4} and ev["bits_per_dim"] > 0 and len(ev["rows"]) == 3
+    assert {"copy_share", "nearest_train_rms", "held_out_copy_share"} <= ev["rows"][0].keys()
+    # the folder changes: resuming and evaluating are refused, sampling warns
+    _save(root / "a" / "00.png", np.full((10, 14), 3))
+    more = tmp_path / "more.yaml"
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"]["steps"] = 9
+    more.write_text(yaml.safe_dump(raw))
+    res = _run("train", str(more), "--resume", str(tmp_path / "run"), "--quiet")
+    assert res.returncode == 2 and "changed since its checkpoint" in res.stderr and "resume it" in res.stderr
+    res = _run("evaluate", str(tmp_path / "run"), "--n", "6", "--steps", "3", "--quiet")
+    assert res.returncode == 2 and "changed since its checkpoint" in res.stderr
+    res = _run("sample", str(tmp_path / "run"), "--quiet")
+    assert res.returncode == 0 and "changed since its checkpoint" in res.stderr
+
+
+def test_resume_on_a_folder_with_flips_is_bit_identical(tmp_path):
+    from safetensors.torch import load_file
+
+    from scorelab.train.checkpoint import list_checkpoints
+
+    root = _classes(tmp_path / "data", 5)
+    cfg = _images_config(tmp_path, root, flip=True)
+    r = CliRunner()
+    assert r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "straight"), "--quiet"]).exit_code == 0
+    half = tmp_path / "half.yaml"
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"]["steps"] = 3
+    half.write_text(yaml.safe_dump(raw))
+    assert r.invoke(cli, ["train", str(half), "--out", str(tmp_path / "split"), "--quiet"]).exit_code == 0
+    assert r.invoke(cli, ["train", str(cfg), "--resume", str(tmp_path / "split"), "--quiet"]).exit_code == 0
+    a = load_file(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1].with_suffix(".safetensors"))
+    b = load_file(list_checkpoints(tmp_path / "split" / "checkpoints")[-1].with_suffix(".safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_missing_folder_is_refused_before_the_run_folder_is_made(tmp_path):
+    cfg = _images_config(tmp_path, tmp_path / "nowhere")
+    res = _run("train", str(cfg), "--out", str(tmp_path / "run"), "--quiet")
+    assert res.returncode == 2 and "does not exist" in res.stderr and not (tmp_path / "run").exists()
+
+
+def test_the_texture_example_is_three_class_folders_of_tiles(tmp_path):
+    assert write_textures(tmp_path / "tex", tile=128) == 3 * 16
+    s = folder_set(tmp_path / "tex", size=32, channels=1, holdout=0.1, labelled=True)
+    assert s.classes == ("brick", "grass", "gravel") and len(s.pixels) == 48
+    assert [int(s.held_out[s.labels == c].sum()) for c in range(3)] == [2, 2, 2]  # round(0.1 x 16)
+    with pytest.raises(ScorelabError, match="not an empty folder"):
+        write_textures(tmp_path / "tex", tile=128)
+    with pytest.raises(ScorelabError, match="must divide 512"):
+        write_textures(tmp_path / "other", tile=100)
