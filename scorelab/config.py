@@ -305,19 +305,24 @@ def _validate_data(cfg: Config) -> None:
 
 
 def config_from_dict(raw) -> Config:
-    return validate(_build(Config, raw, ""))
+    cfg = validate(_build(Config, raw, ""))
+    if cfg.data.path:  # relative to where the command runs, as --out is; a run records it absolute
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+    return cfg
 
 
 def config_to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.keep_checkpoints"}
+# what a resumed run may change: its length and checkpoint cadence, and where its image folder lies (the images
+# themselves are checked by the fingerprint the run records, scorelab.train.trainer.check_fingerprint)
+RESUMABLE_CHANGES = {"train.steps", "train.checkpoint_every", "train.keep_checkpoints", "data.path"}
 
 
 def config_differences(a: Config, b: Config, sections=("data", "model", "noise")) -> list[str]:
     """'section.key: A vs B' for every setting in `sections` where the two configs differ (leaving out the
-    settings a resumed run may change: its length and checkpoint cadence)."""
+    settings a resumed run may change: RESUMABLE_CHANGES)."""
     da, db = config_to_dict(a), config_to_dict(b)
     return [
         f"{section}.{key}: {da[section][key]!r} vs {db[section][key]!r}"
@@ -366,6 +371,4 @@ def load_config(path: str | Path) -> Config:
         cfg = config_from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    if cfg.data.path:  # relative to where the command runs, as --out is; the run records it absolute
-        cfg.data.path = str(Path(cfg.data.path).expanduser().absolute())
     return cfg

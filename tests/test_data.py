@@ -127,7 +127,7 @@ def test_batch_source_draws_shuffled_epochs_without_replacement_from_its_generat
         held_out=held,
         levels=256,
         classes=(),
-        source="test",
+        where="test",
         fingerprint="",
     )
 

@@ -10,7 +10,10 @@ Tiles do not overlap, so a held-out tile is not a shifted copy of a training one
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,8 @@ TEXTURES = ("brick", "grass", "gravel")
 
 
 def write_textures(out_dir, tile: int = 32) -> int:
-    """Write the texture tiles into out_dir (which must not exist yet, or be empty); returns how many."""
+    """Write the texture tiles into out_dir (which must not exist yet, or be empty), all or none: they go into a
+    staging folder beside it, renamed into place at the end; returns how many."""
     from skimage import data
 
     out = Path(out_dir)
@@ -30,18 +34,36 @@ def write_textures(out_dir, tile: int = 32) -> int:
         raise ScorelabError(f"{out} exists and is not an empty folder; give a new folder")
     if tile < 4 or 512 % tile:
         raise ScorelabError(f"--tile must divide 512 and be at least 4, got {tile}")
-    count = 0
-    for name in TEXTURES:
-        image = np.asarray(getattr(data, name)())
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        per_side = image.shape[0] // tile
-        for r in range(per_side):
-            for c in range(per_side):
-                crop = image[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
-                Image.fromarray(crop).save(folder / f"{r * per_side + c:04d}.png")
-                count += 1
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ScorelabError(f"cannot write {out} ({e.strerror})") from None
+    try:
+        count = 0
+        for name in TEXTURES:
+            image = np.asarray(getattr(data, name)())
+            (stage / name).mkdir()
+            per_side = image.shape[0] // tile
+            for r in range(per_side):
+                for c in range(per_side):
+                    crop = image[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
+                    Image.fromarray(crop).save(stage / name / f"{r * per_side + c:04d}.png")
+                    count += 1
+        stage.chmod(0o777 & ~_umask())
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return count
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def main(argv: list[str] | None = None) -> int:

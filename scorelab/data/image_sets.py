@@ -1,18 +1,21 @@
 """Finite image data sets: scikit-learn's digits, or a folder of the user's own images.
 
 An ImageSet holds its pixels as integer levels (uint8, 0 .. levels - 1), every image once, with a fixed held-out
-split; `split` gives either part as float32 in [-1, 1]. A folder is read once: every image is centre-cropped to a
-square, resized to data.size (Lanczos, antialiased) and stored at 8 bits, so a data set of N images takes
-N x channels x size^2 bytes.
+split; `split` gives either part as float32 in [-1, 1]. A folder is read once per process: every image is turned
+as its EXIF orientation says, alpha is composited over white, it is centre-cropped to a square and resized to
+data.size (Lanczos, antialiased; JPEGs decode at a reduced scale where that is still large enough) and stored at 8
+bits, so a data set of N images takes N x channels x size^2 bytes.
 
-Folder layout: image files (PNG, JPEG, BMP, GIF, TIFF, WebP) anywhere below the folder; hidden files and folders
-(a leading '.') and files of other types are skipped. For class labels (model.num_classes > 0) every image lies
-in a subfolder named after its class (PATH/CLASS/...), and the classes are the subfolders' names in sorted order.
+Folder layout: image files (PNG, JPEG, BMP, GIF, TIFF, WebP; the first frame of an animated one) anywhere below
+the folder, links to files and folders followed; hidden files and folders (a leading '.') and files of other types
+are skipped. For class labels (model.num_classes > 0) every image lies in a subfolder named after its class
+(PATH/CLASS/...), and the classes are the subfolders' names in sorted order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +25,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..config import MAX_IMAGE_SIZE
-from ..errors import ScorelabError
+from ..errors import ScorelabError, warn
 from ..resources import check_budget
 from .images import _open, _to_array
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLIT_SEED = 0  # the held-out split depends on the files alone, never on the training seed
 MIN_TRAIN = 2
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,18 +42,29 @@ class ImageSet:
     held_out: torch.Tensor  # bool (N,): the held-out split
     levels: int  # how many values a pixel takes: 17 for the digits (0..16), 256 for 8-bit images
     classes: tuple[str, ...]  # class names, () when unlabelled
-    source: str  # what the set is, for messages and reports
-    fingerprint: str  # SHA-256 of what the set was read from: a changed folder gives another
+    where: str  # where the images come from: the folder, or the package
+    fingerprint: str  # SHA-256 of what the set was read from and how it was split: a changed folder gives another
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.pixels.shape[1:])
 
-    def split(self, which: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(images (n, C, H, W) float32 in [-1, 1], labels (n,) or None) of the 'train' or 'test' (held-out) part."""
+    @property
+    def source(self) -> str:
+        """What the set is, for messages and reports: '768 images in PATH (3 classes)'."""
+        classes = f" ({len(self.classes)} classes)" if self.classes else ""
+        return f"{len(self.pixels)} images in {self.where}{classes}"
+
+    def split(self, which: str, label: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(images (n, C, H, W) float32 in [-1, 1], labels (n,) or None) of the 'train' or 'test' (held-out) part,
+        of one class when `label` is given."""
         if which not in ("train", "test"):
             raise ScorelabError(f"split must be 'train' or 'test', got {which!r}")
         mask = self.held_out if which == "test" else ~self.held_out
+        if label is not None:
+            if self.labels is None:
+                raise ScorelabError(f"{self.where} has no class labels")
+            mask = mask & (self.labels == label)
         labels = None if self.labels is None else self.labels[mask]
         return to_signed(self.pixels[mask], self.levels), labels
 
@@ -71,77 +86,80 @@ def digits_set() -> ImageSet:
         held_out=digits_test_mask(),
         levels=17,
         classes=tuple(str(d) for d in range(10)),
-        source="scikit-learn's 8x8 digits",
+        where="scikit-learn's 8x8 digits",
         fingerprint=digest,
     )
 
 
-def _hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
-
-
 def list_images(root: Path) -> list[Path]:
-    """Image files below root (relative paths, sorted), hidden ones left out."""
-    found = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root)
-        if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(rel) and p.is_file():
-            found.append(rel)
+    """Image files below root (relative paths, sorted), following links to files and folders (each folder once, so
+    a link loop ends), hidden files and folders left out. A folder that cannot be listed is a one-line error."""
+
+    def refuse(err: OSError):
+        raise ScorelabError(f"cannot list {err.filename} ({err.strerror})")
+
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, onerror=refuse, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # a link back to a folder already walked
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(folder).relative_to(root)
+        for name in files:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                if os.path.isfile(os.path.join(folder, name)):  # a dangling link is not an image
+                    found.append(rel / name)
     return sorted(found)
 
 
 def _signature(root: Path, files: list[Path]) -> tuple:
-    """What identifies the folder's contents cheaply (names, sizes, modification times), for the in-process cache."""
+    """What identifies the folder's contents cheaply, for the in-process cache: names, sizes, inodes, and the
+    modification and change times (a copy that keeps the modification time still changes the change time)."""
     out = []
     for rel in files:
         st = (root / rel).stat()
-        out.append((str(rel), st.st_size, st.st_mtime_ns))
+        out.append((str(rel), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)
 
 
-def _resize(a: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, C) float64 in [0, 1]: the centred square crop, resized to (size, size, C) with Lanczos filtering
-    (Pillow scales the kernel with the reduction, so downsampling is antialiased)."""
-    h, w, _ = a.shape
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    a = a[top : top + side, left : left + side]
-    if side == size:
-        return a
-    channels = [
-        np.asarray(
-            Image.fromarray(np.ascontiguousarray(a[..., c], dtype=np.float32)).resize(
-                (size, size), Image.Resampling.LANCZOS
-            )
-        )
-        for c in range(a.shape[-1])
-    ]
-    return np.clip(np.stack(channels, -1), 0.0, 1.0)  # Lanczos overshoots at edges
-
-
-def _with_channels(a: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W, C) float64 with C in 1..4 (grey, grey + alpha, RGB, RGBA) as (H, W, channels): alpha composited over
-    white, colour as its ITU-R 601 luma for channels = 1 (Pillow's "L" conversion), grey repeated for 3."""
-    c = a.shape[-1]
-    colour, alpha = a[..., : 3 if c >= 3 else 1], (a[..., -1:] if c in (2, 4) else None)
-    if alpha is not None:
-        colour = colour * alpha + (1.0 - alpha)
-    if channels == 1 and colour.shape[-1] == 3:
-        return colour @ np.array([[0.299], [0.587], [0.114]])
-    if channels == 3 and colour.shape[-1] == 1:
-        return np.repeat(colour, 3, -1)
-    return colour
+def _square(img: Image.Image, size: int, channels: int) -> tuple[np.ndarray, bool]:
+    """(uint8 (channels, size, size), whether it was upscaled): alpha composited over white, colour as ITU-R 601 luma
+    for one channel (Pillow's "L" conversion) and greyscale repeated for three, the centred square cropped and
+    resized with Lanczos filtering (Pillow widens the kernel by the reduction, so downsampling is antialiased)."""
+    w, h = img.size
+    side = min(w, h)
+    # the exact centre, which lies between pixels when the excess is odd (a JPEG decoded at a reduced scale would
+    # otherwise move by half a reduced pixel, several pixels of the photo)
+    left, top = (w - side) / 2, (h - side) / 2
+    box = (left, top, left + side, top + side)
+    if img.mode in EIGHT_BIT_MODES:  # in Pillow, at 8 bits
+        if img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        img = img.convert("L" if channels == 1 else "RGB")
+        if side == size and left.is_integer() and top.is_integer():
+            img = img.crop(tuple(int(v) for v in box))
+        else:
+            img = img.resize((size, size), Image.Resampling.LANCZOS, box=box)
+        a = np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
+    else:  # 16- and 32-bit and float greyscale: scaled by their own range (images._to_array), resized as floats
+        g = Image.fromarray(_to_array(img)[..., 0].astype(np.float32))
+        g = np.asarray(g.resize((size, size), Image.Resampling.LANCZOS, box=box))
+        a = np.repeat(np.rint(np.clip(g, 0.0, 1.0) * 255.0).astype(np.uint8)[..., None], channels, -1)
+    return a.transpose(2, 0, 1).copy(), side < size  # a copy: Pillow's buffer is read-only
 
 
 def _split(labels: np.ndarray, holdout: float) -> np.ndarray:
-    """Held-out mask: within each class a fixed permutation, round(holdout x count) of it held out (never a class's
-    last image); at least one image in all when holdout > 0 and some class has two."""
+    """Held-out mask: within each class a fixed permutation, holdout x count of it (rounded half up) held out, never
+    a class's last image; at least one image in all when holdout > 0 and some class has two."""
     rng = np.random.default_rng(SPLIT_SEED)
     mask = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        mask[idx[: min(round(holdout * len(idx)), len(idx) - 1)]] = True
+        mask[idx[: min(int(holdout * len(idx) + 0.5), len(idx) - 1)]] = True
     if holdout > 0 and not mask.any():
         counts = np.bincount(labels)
         if counts.max() >= 2:
@@ -181,7 +199,7 @@ def folder_set(
     if key not in _CACHE:
         check_budget(
             f"holding {len(files)} images at {size}x{size}",
-            len(files) * channels * size * size,
+            folder_bytes(len(files), size, channels),
             max_memory,
             option="--max-memory",
             hint="lower data.size, or use fewer images",
@@ -192,6 +210,11 @@ def folder_set(
 
 
 _CACHE: dict[tuple, ImageSet] = {}
+
+
+def folder_bytes(count: int, size: int, channels: int) -> int:
+    """What a folder of `count` images takes once read: one byte per value."""
+    return count * channels * size * size
 
 
 def _load_folder(root: Path, files: list[Path], size, channels, holdout, labelled, progress) -> ImageSet:
@@ -208,30 +231,43 @@ def _load_folder(root: Path, files: list[Path], size, channels, holdout, labelle
         classes, labels = (), np.zeros(len(files), dtype=np.int64)
     pixels = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
     digest = hashlib.sha256(f"{size} {channels} {holdout} {labelled}".encode())
+    upscaled = 0
     for i, rel in enumerate(tqdm(files, desc="load images", disable=not progress, leave=False)):
         where = root / rel
-        digest.update(str(rel).encode() + b"\0" + where.read_bytes())
-        img = _open(where, "image")
         try:
-            a = _to_array(img)
+            data = where.read_bytes()
+        except OSError as e:
+            raise ScorelabError(f"image {where}: cannot be read ({e.strerror})") from None
+        digest.update(os.fsencode(str(rel)) + b"\0" + hashlib.sha256(data).digest())
+        img = _open(where, "image", draft=(2 * size, 2 * size))  # twice the size: Lanczos does the last step
+        try:
+            a, up = _square(img, size, channels)
         except ScorelabError as e:
             raise ScorelabError(f"image {where}: {e}") from None
-        a = _resize(_with_channels(a, channels), size)
-        pixels[i] = torch.from_numpy(np.rint(a * 255.0).astype(np.uint8).transpose(2, 0, 1))
+        except (ValueError, OSError) as e:  # a mode Pillow cannot convert
+            raise ScorelabError(f"image {where}: cannot be converted ({img.mode}: {e})") from None
+        pixels[i] = torch.from_numpy(a)
+        upscaled += up
     held_out = _split(labels, holdout)
     if (~held_out).sum() < MIN_TRAIN:
         raise ScorelabError(
             f"{root} has {len(files)} image(s); training needs at least {MIN_TRAIN} outside the held-out split "
             f"(data.holdout {holdout})"
         )
-    what = f"{len(files)} images in {root}" + (f" ({len(classes)} classes)" if classes else "")
+    if upscaled:
+        warn(
+            f"warning: {upscaled} of the {len(files)} images in {root} are smaller than {size}x{size} and were upscaled"
+        )
+    if holdout > 0 and not held_out.any():
+        warn(f"warning: data.holdout {holdout} holds out no image of {root} (every class has one image)")
+    digest.update(labels.tobytes() + held_out.tobytes())
     return ImageSet(
         pixels=pixels,
         labels=torch.from_numpy(labels) if labelled else None,
         held_out=torch.from_numpy(held_out),
         levels=256,
         classes=classes,
-        source=what,
+        where=str(root),
         fingerprint=digest.hexdigest(),
     )
 
@@ -258,8 +294,20 @@ def check_classes(images: ImageSet, num_classes: int) -> None:
     if num_classes and num_classes != len(images.classes):
         shown = ", ".join(images.classes[:5]) + (", ..." if len(images.classes) > 5 else "")
         raise ScorelabError(
-            f"model.num_classes is {num_classes}, but {images.source.split(' (')[0]} has {len(images.classes)} "
-            f"class(es) ({shown}); set model.num_classes: {len(images.classes)}"
+            f"model.num_classes is {num_classes}, but {images.where} has {len(images.classes)} class folder(s) "
+            f"({shown}); set model.num_classes: {len(images.classes)}"
+        )
+
+
+def check_outside(folder, data) -> None:
+    """Outputs written inside an image folder would be read as its images by the next command: refuse it."""
+    if data.name != "images" or not data.path:
+        return
+    inner, images = Path(folder).expanduser().resolve(), Path(data.path).expanduser().resolve()
+    if inner == images or images in inner.parents:
+        raise ScorelabError(
+            f"{folder} lies inside data.path {images}: what scorelab writes there would be read as images; "
+            "give a folder outside it"
         )
 
 

@@ -7,7 +7,9 @@ What is converted rather than refused (docs/bad-input.md lists every case):
 - an alpha channel is composited over `background` (its grey value for greyscale output) and kept only when
   channels=4 is asked for;
 - greyscale is repeated to RGB when channels=3 is asked for (and RGB is refused for channels=1, since dropping colour
-  silently is rarely what the user meant).
+  silently is rarely what the user meant);
+- an EXIF orientation (a phone photo stored sideways) is applied, so the image comes out as a viewer shows it;
+- an animated or multi-page file gives its first frame.
 Returned tensors are float32 (C, H, W) in [0, 1].
 """
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ScorelabError
 
@@ -26,7 +28,9 @@ MAX_PIXELS = 8192 * 8192
 CHANNELS = (1, 3, 4)
 
 
-def _open(path, what: str) -> Image.Image:
+def _open(path, what: str, draft: tuple[int, int] | None = None) -> Image.Image:
+    """The decoded image, turned as its EXIF orientation says. draft: the smallest (width, height) needed, which lets
+    a JPEG decode at 1/2, 1/4 or 1/8 of its size where that is still at least this large."""
     path = Path(path)
     if not path.is_file():
         raise ScorelabError(f"{what} {path}: file does not exist")
@@ -34,13 +38,18 @@ def _open(path, what: str) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
+            if draft is not None and img.format == "JPEG":
+                img.draft(None, draft)  # the DCT scales down while decoding: fast, and far less memory
             if img.width * img.height > MAX_PIXELS:
                 raise ScorelabError(
                     f"{what} {path}: {img.width}x{img.height} is larger than the {MAX_PIXELS} pixels allowed"
                 )
             img.load()  # decode now, so truncated files fail here
+            ImageOps.exif_transpose(img, in_place=True)
     except ScorelabError:
         raise
+    except PermissionError:
+        raise ScorelabError(f"{what} {path}: cannot be read (permission denied)") from None
     except UnidentifiedImageError:
         raise ScorelabError(
             f"{what} {path}: not an image file Pillow can read (PNG, JPEG, BMP, TIFF, WebP, ...)"

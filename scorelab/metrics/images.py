@@ -34,11 +34,18 @@ def nearest_distances(x: torch.Tensor, ref: torch.Tensor, k: int = 2) -> tuple[t
     return torch.cat(dists), torch.cat(index)
 
 
-def copy_figures(x: torch.Tensor, train: torch.Tensor) -> dict:
-    """Median distance of x to its nearest training image, as a root-mean-square per value (in the [-1, 1] units of
-    the images), and the share of x that are copies: nearer to their nearest training image than a third of the
-    distance to the second nearest."""
-    d, _ = nearest_distances(x, train, 2)
+def reference_images(train: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
+    """The distinct training images (an image stored twice is one: its copies are still copies), with their mirror
+    images when the model was trained with flips (a mirrored copy is a copy too)."""
+    ref = torch.cat([train, train.flip(-1)]) if mirrored else train
+    return torch.unique(ref.reshape(len(ref), -1), dim=0).reshape(-1, *train.shape[1:])
+
+
+def copy_figures(x: torch.Tensor, reference: torch.Tensor) -> dict:
+    """Median distance of x to its nearest reference image (reference_images), as a root-mean-square per value (in
+    the [-1, 1] units of the images), and the share of x that are copies: nearer to their nearest reference image
+    than a third of the distance to the second nearest."""
+    d, _ = nearest_distances(x, reference, 2)
     rms = d[:, 0] / math.sqrt(x[0].numel())
     return {
         "nearest_train_rms": rms.median().item(),
@@ -46,23 +53,37 @@ def copy_figures(x: torch.Tensor, train: torch.Tensor) -> dict:
     }
 
 
-def image_report(samples: torch.Tensor, train: torch.Tensor, held_out: torch.Tensor) -> dict:
-    """The samples' copy figures (copy_figures), the held-out images' (real images the model never saw: what a model
-    that does not copy should score; null without a held-out split), and the mean and standard deviation of each
-    channel for the samples and for the training images."""
-    out = copy_figures(samples, train)
-    real = copy_figures(held_out, train) if len(held_out) else {k: None for k in out}
+def image_report(
+    samples: torch.Tensor,
+    train: torch.Tensor,
+    held_out: torch.Tensor,
+    *,
+    mirrored: bool = False,
+    stats_of: torch.Tensor | None = None,
+) -> dict:
+    """The samples' copy figures (copy_figures against every training image, and their mirror images when
+    `mirrored`), the same for `held_out` (real images the model never saw: what a model that does not copy scores;
+    null without them), and the mean and standard deviation of each channel for the samples and for `stats_of`
+    (default: the training images)."""
+    reference = reference_images(train, mirrored)
+    out = copy_figures(samples, reference)
+    real = copy_figures(held_out, reference) if len(held_out) else {k: None for k in out}
     out.update({f"held_out_{k}": v for k, v in real.items()})
-    dims = (0, 2, 3)
-    out["channel_mean"] = samples.double().mean(dims).tolist()
-    out["channel_std"] = samples.double().std(dims).tolist()
-    out["train_channel_mean"] = train.double().mean(dims).tolist()
-    out["train_channel_std"] = train.double().std(dims).tolist()
+    for name, x in (("", samples), ("train_", train if stats_of is None else stats_of)):
+        std, mean = torch.std_mean(x, dim=(0, 2, 3))
+        out[f"{name}channel_mean"], out[f"{name}channel_std"] = mean.tolist(), std.tolist()
     return out
 
 
-def image_metrics_bytes(n: int, n_train: int, n_held_out: int, dim: int) -> int:
-    """Upper bound on what image_report holds at once beyond its inputs: float64 copies of the queries (the samples,
-    or the held-out images) and of the training images, three float64 distance blocks of BLOCK x n_train, and two
-    float64 copies of the samples for their channel statistics."""
-    return (max(n, n_held_out) + n_train) * dim * 8 + 3 * BLOCK * n_train * 8 + 2 * n * dim * 8
+def image_metrics_bytes(n: int, n_train: int, n_held_out: int, dim: int, mirrored: bool = False) -> int:
+    """Upper bound on what measuring n samples holds at once: the float32 training and held-out images (twice: all
+    classes and one class), the reference set (the training images and their mirror images, concatenated and sorted
+    for unique: 4 copies), float64 copies of the queries and of the reference set, and three float64 distance blocks
+    of BLOCK x (reference images)."""
+    n_ref = n_train * (2 if mirrored else 1)
+    return (
+        2 * (n_train + n_held_out) * dim * 4
+        + 4 * n_ref * dim * 4
+        + (max(n, n_held_out) + n_ref) * dim * 8
+        + 3 * BLOCK * n_ref * 8
+    )

@@ -68,16 +68,10 @@ def evaluate_run(
     cfg, denoiser, record = load_run(run_dir, device)
     if cfg.data.name not in ("digits", "images"):
         raise ScorelabError(f"evaluate works on image runs (digits or images); {run_dir} trains on {cfg.data.name!r}")
-    images = run_images(cfg, Path(run_dir), record, strict=True, progress=progress) or image_set(cfg.data)
-    if bpd and cfg.train.objective == "ddpm" and not images.held_out.any():
-        raise ScorelabError(
-            f"{run_dir} has no held-out images (data.holdout is 0) to measure bits/dim on; give --no-bpd"
-        )
     if guidances is None:  # 0, 1 and 3 for a class-conditional run; an unconditional one has only its own model
         guidances = (0.0, 1.0, 3.0) if cfg.model.num_classes else (1.0,)
     for g in guidances:
         check_guidance(cfg, g)
-    check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory, images)
     diffusion_sigmas(cfg, steps, cfg.sample.schedule)  # steps the schedule cannot take: refused before the bits/dim
     names = {(s, g): f"{s}_g{g:g}.png" for s in samplers for g in guidances}
     if len(set(names.values())) < len(samplers) * len(guidances):
@@ -92,6 +86,12 @@ def evaluate_run(
         return name == "eval.json" or any(fnmatch(name, f"{s}_g*.png") for s in SAMPLERS)
 
     check_output_dir(out_dir, owns, "evaluate")
+    images = run_images(cfg, Path(run_dir), record, strict=True, progress=progress, max_memory=max_memory)
+    images = images or image_set(cfg.data)
+    if bpd and cfg.train.objective == "ddpm" and not images.held_out.any():
+        why = "data.holdout is 0" if cfg.data.holdout == 0 else "every class has a single image"
+        raise ScorelabError(f"{run_dir} has no held-out images ({why}) to measure bits/dim on; give --no-bpd")
+    check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory, images)
     grids = {}
     result = {"run": str(run_dir), "step": record["step"], "n": n, "steps": steps, "rows": []}
     if bpd and cfg.train.objective == "ddpm":

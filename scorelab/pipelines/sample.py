@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import MAX_STEPS, Config, config_differences
-from ..data.image_sets import ImageSet, check_classes, data_shape, image_set, is_image_data
+from ..data.image_sets import ImageSet, check_classes, check_outside, data_shape, image_set, is_image_data
 from ..data.toys import ring8_mixture, sample_toy
 from ..devices import resolve_device
 from ..errors import ScorelabError, warn
@@ -225,7 +225,7 @@ def metrics_bytes(cfg: Config, n: int, images: ImageSet | None = None) -> int:
 
         held = int(images.held_out.sum()) if images is not None else 0
         n_train = len(images.pixels) - held if images is not None else 0
-        return image_metrics_bytes(n, n_train, held, math.prod(data_shape(cfg.data)))
+        return image_metrics_bytes(n, n_train, held, math.prod(data_shape(cfg.data)), cfg.data.flip)
     return n * 6 * 1000 * 8 + blocks
 
 
@@ -266,17 +266,36 @@ def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = N
     if cfg.data.name == "images":
         from ..metrics.images import image_report
 
-        return image_report(samples, images.split("train")[0], images.split("test")[0])
+        one = None  # samples all of one class are set beside that class's images
+        if images.labels is not None and labels is not None and labels.numel() and (labels == labels[0]).all():
+            one = int(labels[0])
+        out = image_report(
+            samples,
+            images.split("train")[0],
+            images.split("test", one)[0],
+            mirrored=cfg.data.flip,
+            stats_of=None if one is None else images.split("train", one)[0],
+        )
+        if one is not None:
+            out.update(label=one, label_class=images.classes[one])
+        return out
     return toy_metrics(cfg.data.name, samples)
 
 
-def run_images(cfg: Config, run_dir: Path, record: dict, *, strict: bool, progress: bool = False) -> ImageSet | None:
+def run_images(
+    cfg: Config, run_dir: Path, record: dict, *, strict: bool, progress: bool = False, max_memory: int | None = None
+) -> ImageSet | None:
     """The image set an image-folder run was trained on, read again (None for other runs). A folder whose contents
     changed since the checkpoint is refused when `strict` (figures measured on the held-out split must be of the
     run's own split), else a warning (the samples do not depend on it)."""
     if cfg.data.name != "images":
         return None
-    images = image_set(cfg.data, num_classes=cfg.model.num_classes, progress=progress)
+    if not Path(cfg.data.path).is_dir():
+        raise ScorelabError(
+            f"the images {run_dir} was trained on are not at {cfg.data.path} any more; if they moved, set data.path "
+            f"in {Path(run_dir) / 'config.yaml'} to where they are"
+        )
+    images = image_set(cfg.data, num_classes=cfg.model.num_classes, progress=progress, max_memory=max_memory)
     check_classes(images, cfg.model.num_classes)
     try:
         check_fingerprint(images, record, run_dir, "measure it")
@@ -287,18 +306,20 @@ def run_images(cfg: Config, run_dir: Path, record: dict, *, strict: bool, progre
     return images
 
 
-def image_figures(samples: torch.Tensor, images: ImageSet, stage: Path) -> None:
-    """samples.png (up to 100), held_out.png (up to 100 held-out images, or training ones without a held-out split)
-    and nearest.png: up to 10 samples (top row) above their nearest training images (bottom row)."""
-    from ..metrics.images import nearest_distances
+def image_figures(samples: torch.Tensor, images: ImageSet, stage: Path, mirrored: bool) -> None:
+    """samples.png (up to 100), held_out.png (up to 100 held-out images; none without a held-out split) and
+    nearest.png: up to 10 samples (top row) above their nearest training images (bottom row; mirrored where the
+    model trained with flips and the mirror image is the nearer)."""
+    from ..metrics.images import nearest_distances, reference_images
 
     image_grid(samples[:100], stage / "samples.png", nrow=10)
     held, _ = images.split("test")
-    image_grid((held if len(held) else images.split("train")[0])[:100], stage / "held_out.png", nrow=10)
-    train, _ = images.split("train")
+    if len(held):
+        image_grid(held[:100], stage / "held_out.png", nrow=10)
+    reference = reference_images(images.split("train")[0], mirrored)
     first = samples[:10]
-    _, index = nearest_distances(first, train, 2)
-    image_grid(torch.cat([first, train[index[:, 0]]]), stage / "nearest.png", nrow=len(first))
+    _, index = nearest_distances(first, reference, 2)
+    image_grid(torch.cat([first, reference[index[:, 0]]]), stage / "nearest.png", nrow=len(first))
 
 
 def sample_run(
@@ -332,11 +353,12 @@ def sample_run(
         raise ScorelabError(
             "--label has no effect at guidance 0 (the unconditional model); give --guidance above 0 or drop --label"
         )
-    images = run_images(cfg, Path(run_dir), record, strict=False, progress=progress)
-    check_sampling_budget(f"sampling {n} samples", cfg, denoiser, n, [guidance], max_memory, images)
-    out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
-    check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__, "sample")
     labels = sample_labels(cfg, n, label)
+    out_dir = Path(out_dir) if out_dir else Path(run_dir) / "samples"
+    check_outside(out_dir, cfg.data)
+    check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__, "sample")
+    images = run_images(cfg, Path(run_dir), record, strict=False, progress=progress, max_memory=max_memory)
+    check_sampling_budget(f"sampling {n} samples", cfg, denoiser, n, [guidance], max_memory, images)
     samples = generate(
         cfg, denoiser, n, seed, sampler=sampler, steps=steps, guidance=guidance, label=label, progress=progress
     )
@@ -364,7 +386,7 @@ def sample_run(
             image_grid(samples[:100], stage / "samples.png", nrow=10)
             image_grid(image_set(cfg.data).split("test")[0][:100], stage / "held_out.png", nrow=10)
         elif cfg.data.name == "images":
-            image_figures(samples, images, stage)
+            image_figures(samples, images, stage, cfg.data.flip)
         else:
             ref = sample_toy(cfg.data.name, n, torch.Generator().manual_seed(EVAL_SEED))
             scatter({"data": ref, "samples": samples}, stage / "samples.png", lim=3, s=1)

@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import TRAIN_MEMORY_HINT, Config, config_differences, config_from_dict, config_to_dict, load_config
-from ..data.image_sets import check_classes, data_shape, image_set, is_image_data
+from ..data.image_sets import check_classes, check_outside, data_shape, image_set, is_image_data
 from ..data.sources import BatchSource
 from ..devices import resolve_device
 from ..errors import ConfigError, ScorelabError
@@ -175,6 +175,7 @@ class Trainer:
         self.opt = torch.optim.Adam([self.params.flat], lr=cfg.train.lr, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.images = None
+        check_outside(self.run_dir, cfg.data)
         if is_image_data(cfg.data):  # read (and budgeted) before anything is written
             self.images = image_set(
                 cfg.data, num_classes=cfg.model.num_classes, progress=progress, max_memory=max_memory
@@ -390,10 +391,13 @@ class Trainer:
             self.log(f"{self.run_dir} is already at step {self.step} of {cfg.steps}; raise train.steps to train on")
             return {**self._previous_summary(), "step": self.step, "session_steps": 0}
         need = self.memory_estimate()
+        budget = self.max_memory
+        if budget is not None and self.images is not None:  # a budget given covers the images, read already
+            budget -= self.images.pixels.numel()
         check_budget(
             f"training at batch size {cfg.batch_size}",
             need,
-            self.max_memory,
+            budget,
             option="--max-memory",
             hint=TRAIN_MEMORY_HINT,
             device=self.device,
