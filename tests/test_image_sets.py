@@ -220,11 +220,35 @@ def test_nearest_distances_match_brute_force_and_copies_are_found():
     assert copy_figures(copies, train)["copy_share"] == 1.0
     fresh = copy_figures(queries, train)
     assert fresh["copy_share"] < 0.1 and fresh["nearest_train_rms"] > 0.1
-    report = image_report(queries, train, train[:5])
-    assert report["held_out_copy_share"] == 1.0 and report["copy_share"] == fresh["copy_share"]
+    # image_report: the held-out images here are five of the training images, so they are copies
+    pixels = ((train + 1) * 127.5).round().to(torch.uint8)
+    held = torch.zeros(40, dtype=torch.bool)
+    report = image_report(queries, _set(torch.cat([pixels, pixels[:5]]), held=torch.cat([held, ~held[:5]])))
+    train8 = to_signed(pixels, 256)
+    assert report["held_out_copy_share"] == 1.0
+    assert report["copy_share"] == copy_figures(queries, train8)["copy_share"]
     assert report["channel_mean"] == pytest.approx([queries.double().mean().item()])
-    assert report["train_channel_std"] == pytest.approx([train.double().std().item()])
-    assert image_report(queries, train, train[:0])["held_out_copy_share"] is None
+    assert report["train_channel_std"] == pytest.approx([train8.double().std().item()])
+    assert "nearest_class_agreement" not in report  # no labels
+    assert image_report(queries, _set(pixels))["held_out_copy_share"] is None
+
+
+def test_the_nearest_training_image_s_class_agrees_with_the_sample_s():
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8, generator=g)
+    labels = torch.arange(20) % 4
+    held = torch.zeros(20, dtype=torch.bool)
+    held[:4] = True
+    s = ImageSet(pixels, labels, held, 256, ("a", "b", "c", "d"), "test", "")
+    train, train_labels = s.split("train")
+    right = image_report(train, s, train_labels)
+    wrong = image_report(train, s, (train_labels + 1) % 4)
+    assert right["nearest_class_agreement"] == 1.0 and wrong["nearest_class_agreement"] == 0.0
+    assert right["held_out_nearest_class_agreement"] == pytest.approx(
+        float((train_labels[nearest_distances(s.split("test")[0], train, 2)[1][:, 0]] == labels[:4]).double().mean())
+    )
+    d, _ = reference_images(train, labels=train_labels)
+    assert len(d) == 16
 
 
 def _images_config(tmp_path, root, **data):
@@ -390,12 +414,16 @@ def test_copies_are_found_when_mirrored_under_flips_and_when_an_image_is_stored_
     g = torch.Generator().manual_seed(0)
     train = torch.rand(30, 1, 6, 6, generator=g) * 2 - 1
     mirrored = train[:10].flip(-1)
-    assert copy_figures(mirrored, reference_images(train))["copy_share"] < 0.2  # without flips: not copies
-    assert copy_figures(mirrored, reference_images(train, mirrored=True))["copy_share"] == 1.0
+    assert copy_figures(mirrored, reference_images(train)[0])["copy_share"] < 0.2  # without flips: not copies
+    assert copy_figures(mirrored, reference_images(train, mirrored=True)[0])["copy_share"] == 1.0
     twice = torch.cat([train, train[:5]])  # five images stored twice: their copies are still copies
     assert copy_figures(train[:5], twice)["copy_share"] == 0.0  # the duplicate hides it from the raw ratio
-    assert copy_figures(train[:5], reference_images(twice))["copy_share"] == 1.0
-    assert len(reference_images(twice)) == 30 and len(reference_images(twice, mirrored=True)) == 60
+    assert copy_figures(train[:5], reference_images(twice)[0])["copy_share"] == 1.0
+    assert len(reference_images(twice)[0]) == 30 and len(reference_images(twice, mirrored=True)[0]) == 60
+    labels = torch.arange(35) % 3
+    ref, ref_labels = reference_images(twice, labels=labels)
+    nearest = nearest_distances(ref, twice, 1)[1][:, 0]
+    assert torch.equal(ref_labels, labels[nearest])  # each distinct image keeps its class
 
 
 def test_file_names_that_are_not_utf8_load(tmp_path):
@@ -502,11 +530,12 @@ def test_samples_of_one_class_are_set_beside_that_class_s_images(tmp_path):
     b_train = s.split("train", 1)[0]
     out = evaluate(cfg, b_train, torch.ones(len(b_train), dtype=torch.long), s)
     assert out["label"] == 1 and out["label_class"] == "b" and out["copy_share"] == 1.0
+    assert out["nearest_class_agreement"] == 1.0
     assert out["train_channel_mean"] == pytest.approx(out["channel_mean"])  # class b's own training images
     held_b = s.split("test", 1)[0]
     assert (
         out["held_out_nearest_train_rms"]
-        == copy_figures(held_b, reference_images(s.split("train")[0]))["nearest_train_rms"]
+        == copy_figures(held_b, reference_images(s.split("train")[0])[0])["nearest_train_rms"]
     )
     mixed = evaluate(cfg, b_train, torch.arange(len(b_train)) % 2, s)
     assert "label" not in mixed and mixed["train_channel_mean"] != pytest.approx(mixed["channel_mean"])

@@ -34,44 +34,66 @@ def nearest_distances(x: torch.Tensor, ref: torch.Tensor, k: int = 2) -> tuple[t
     return torch.cat(dists), torch.cat(index)
 
 
-def reference_images(train: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
-    """The distinct training images (an image stored twice is one: its copies are still copies), with their mirror
-    images when the model was trained with flips (a mirrored copy is a copy too)."""
+def reference_images(
+    train: torch.Tensor, mirrored: bool = False, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(images, labels or None): the distinct training images (an image stored twice is one: its copies are still
+    copies), with their mirror images when the model was trained with flips (a mirrored copy is a copy too); an
+    image stored under two classes keeps one of them."""
     ref = torch.cat([train, train.flip(-1)]) if mirrored else train
-    return torch.unique(ref.reshape(len(ref), -1), dim=0).reshape(-1, *train.shape[1:])
+    flat, inverse = torch.unique(ref.reshape(len(ref), -1), dim=0, return_inverse=True)
+    out_labels = None
+    if labels is not None:
+        ref_labels = torch.cat([labels, labels]) if mirrored else labels
+        out_labels = torch.empty(len(flat), dtype=ref_labels.dtype).scatter_(0, inverse, ref_labels)
+    return flat.reshape(-1, *train.shape[1:]), out_labels
 
 
-def copy_figures(x: torch.Tensor, reference: torch.Tensor) -> dict:
+def copy_figures(
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    x_labels: torch.Tensor | None = None,
+    reference_labels: torch.Tensor | None = None,
+) -> dict:
     """Median distance of x to its nearest reference image (reference_images), as a root-mean-square per value (in
-    the [-1, 1] units of the images), and the share of x that are copies: nearer to their nearest reference image
-    than a third of the distance to the second nearest."""
-    d, _ = nearest_distances(x, reference, 2)
+    the [-1, 1] units of the images); the share of x that are copies: nearer to their nearest reference image than
+    a third of the distance to the second nearest; and, given labels for both, the share of x whose nearest
+    reference image has x's label (a nearest-neighbour classifier in pixel space: a weak judge, so compare it with
+    the held-out images' figure)."""
+    d, index = nearest_distances(x, reference, 2)
     rms = d[:, 0] / math.sqrt(x[0].numel())
-    return {
+    out = {
         "nearest_train_rms": rms.median().item(),
         "copy_share": (d[:, 0] < MEMORISED_RATIO * d[:, 1]).double().mean().item(),
     }
+    if x_labels is not None and reference_labels is not None:
+        out["nearest_class_agreement"] = (reference_labels[index[:, 0]] == x_labels).double().mean().item()
+    return out
 
 
-def image_report(
-    samples: torch.Tensor,
-    train: torch.Tensor,
-    held_out: torch.Tensor,
-    *,
-    mirrored: bool = False,
-    stats_of: torch.Tensor | None = None,
-) -> dict:
-    """The samples' copy figures (copy_figures against every training image, and their mirror images when
-    `mirrored`), the same for `held_out` (real images the model never saw: what a model that does not copy scores;
-    null without them), and the mean and standard deviation of each channel for the samples and for `stats_of`
-    (default: the training images)."""
-    reference = reference_images(train, mirrored)
-    out = copy_figures(samples, reference)
-    real = copy_figures(held_out, reference) if len(held_out) else {k: None for k in out}
+def image_report(samples: torch.Tensor, images, labels: torch.Tensor | None = None, *, mirrored: bool = False) -> dict:
+    """Figures of samples of a model trained on the ImageSet `images`:
+    - copy figures (copy_figures) against every training image, and their mirror images when `mirrored`;
+    - for samples drawn with class labels: the nearest training image's class agreement (copy_figures);
+    - the same for the held-out images (real images the model never saw: what a model that does not copy scores;
+      null without them);
+    - each channel's mean and standard deviation, for the samples and for the training images.
+    Samples all of one class are set beside that class's held-out and training images (and `label`, `label_class`
+    say which)."""
+    one = None
+    if images.labels is not None and labels is not None and labels.numel() and bool((labels == labels[0]).all()):
+        one = int(labels[0])
+    train, train_labels = images.split("train")
+    reference, reference_labels = reference_images(train, mirrored, train_labels)
+    out = copy_figures(samples, reference, labels if images.labels is not None else None, reference_labels)
+    held, held_labels = images.split("test", one)
+    real = copy_figures(held, reference, held_labels, reference_labels) if len(held) else {k: None for k in out}
     out.update({f"held_out_{k}": v for k, v in real.items()})
-    for name, x in (("", samples), ("train_", train if stats_of is None else stats_of)):
+    for name, x in (("", samples), ("train_", train if one is None else images.split("train", one)[0])):
         std, mean = torch.std_mean(x, dim=(0, 2, 3))
         out[f"{name}channel_mean"], out[f"{name}channel_std"] = mean.tolist(), std.tolist()
+    if one is not None:
+        out.update(label=one, label_class=images.classes[one])
     return out
 
 

@@ -124,6 +124,7 @@ def evaluate_run(
                         "frechet",
                         "nearest_train_rms",
                         "copy_share",
+                        "nearest_class_agreement",
                     )
                     if k in row
                 )

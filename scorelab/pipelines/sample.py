@@ -266,19 +266,7 @@ def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = N
     if cfg.data.name == "images":
         from ..metrics.images import image_report
 
-        one = None  # samples all of one class are set beside that class's images
-        if images.labels is not None and labels is not None and labels.numel() and (labels == labels[0]).all():
-            one = int(labels[0])
-        out = image_report(
-            samples,
-            images.split("train")[0],
-            images.split("test", one)[0],
-            mirrored=cfg.data.flip,
-            stats_of=None if one is None else images.split("train", one)[0],
-        )
-        if one is not None:
-            out.update(label=one, label_class=images.classes[one])
-        return out
+        return image_report(samples, images, labels, mirrored=cfg.data.flip)
     return toy_metrics(cfg.data.name, samples)
 
 
@@ -316,7 +304,7 @@ def image_figures(samples: torch.Tensor, images: ImageSet, stage: Path, mirrored
     held, _ = images.split("test")
     if len(held):
         image_grid(held[:100], stage / "held_out.png", nrow=10)
-    reference = reference_images(images.split("train")[0], mirrored)
+    reference, _ = reference_images(images.split("train")[0], mirrored)
     first = samples[:10]
     _, index = nearest_distances(first, reference, 2)
     image_grid(torch.cat([first, reference[index[:, 0]]]), stage / "nearest.png", nrow=len(first))
