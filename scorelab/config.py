@@ -368,7 +368,6 @@ def load_config(path: str | Path) -> Config:
     if raw is None:
         raise ConfigError(f"{path}: the config is empty; write the settings to train (configs/ has examples)")
     try:
-        cfg = config_from_dict(raw)
+        return config_from_dict(raw)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return cfg

@@ -39,14 +39,14 @@ def _tiny_config(tmp_path, data="ring8", steps=40):
     return path
 
 
-@pytest.mark.parametrize("data", ["ring8", "digits"])  # an MLP, and a U-Net (channels-last weights, Adam state)
-def test_resume_is_bit_identical_to_a_straight_run(tmp_path, data):
-    cfg = _tiny_config(tmp_path, data=data, steps=40)
+def straight_and_resumed(tmp_path, cfg, half_steps):
+    """The last checkpoints' tensors of a run trained straight from `cfg`, and of one trained to `half_steps`, then
+    resumed with `cfg` to its end."""
     r = CliRunner()
     assert r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "straight"), "--quiet"]).exit_code == 0
     half = tmp_path / "half.yaml"
     raw = yaml.safe_load(cfg.read_text())
-    raw["train"]["steps"] = 20
+    raw["train"]["steps"] = half_steps
     half.write_text(yaml.safe_dump(raw))
     assert r.invoke(cli, ["train", str(half), "--out", str(tmp_path / "split"), "--quiet"]).exit_code == 0
     res = r.invoke(cli, ["train", str(cfg), "--resume", str(tmp_path / "split"), "--quiet"])
@@ -54,6 +54,12 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path, data):
     assert "resumed" in res.output
     a = load_file(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1].with_suffix(".safetensors"))
     b = load_file(list_checkpoints(tmp_path / "split" / "checkpoints")[-1].with_suffix(".safetensors"))
+    return a, b
+
+
+@pytest.mark.parametrize("data", ["ring8", "digits"])  # an MLP, and a U-Net (channels-last weights, Adam state)
+def test_resume_is_bit_identical_to_a_straight_run(tmp_path, data):
+    a, b = straight_and_resumed(tmp_path, _tiny_config(tmp_path, data=data, steps=40), 20)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k

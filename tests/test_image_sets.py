@@ -12,7 +12,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
-from test_cli import _run
+from test_cli import _run, straight_and_resumed
 
 from scorelab.cli import cli
 from scorelab.config import config_from_dict, load_config
@@ -154,6 +154,7 @@ def test_a_split_never_takes_a_class_s_last_image_and_holds_out_one_image_at_lea
     labels = np.array([0, 1, 1, 2, 2, 2])
     mask = image_sets._split(labels, 0.1)  # rounds to 0 in every class: one image of the largest class is held out
     assert mask.sum() == 1 and labels[mask].tolist() == [2]
+    assert not image_sets._split(np.array([0, 0]), 0.1).any()  # holding one out would leave too few to train on
     mask = image_sets._split(labels, 0.5)
     assert [int(mask[labels == c].sum()) for c in range(3)] == [0, 1, 2]  # one image: kept; 0.5 x 3 rounds to 2
     assert not image_sets._split(labels, 0.0).any()
@@ -229,26 +230,49 @@ def test_nearest_distances_match_brute_force_and_copies_are_found():
     assert report["copy_share"] == copy_figures(queries, train8)["copy_share"]
     assert report["channel_mean"] == pytest.approx([queries.double().mean().item()])
     assert report["train_channel_std"] == pytest.approx([train8.double().std().item()])
-    assert "nearest_class_agreement" not in report  # no labels
+    assert "conditional_accuracy" not in report  # no labels
     assert image_report(queries, _set(pixels))["held_out_copy_share"] is None
 
 
-def test_the_nearest_training_image_s_class_agrees_with_the_sample_s():
+def test_the_judge_learns_the_classes_and_reads_the_samples_against_its_held_out_accuracy(monkeypatch):
+    from scorelab.metrics import judge
+
+    monkeypatch.setattr(judge, "STEPS", 300)  # enough for these classes; the default 1000 is for real images
+
     g = torch.Generator().manual_seed(0)
-    pixels = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8, generator=g)
-    labels = torch.arange(20) % 4
-    held = torch.zeros(20, dtype=torch.bool)
-    held[:4] = True
-    s = ImageSet(pixels, labels, held, 256, ("a", "b", "c", "d"), "test", "")
-    train, train_labels = s.split("train")
-    right = image_report(train, s, train_labels)
-    wrong = image_report(train, s, (train_labels + 1) % 4)
-    assert right["nearest_class_agreement"] == 1.0 and wrong["nearest_class_agreement"] == 0.0
-    assert right["held_out_nearest_class_agreement"] == pytest.approx(
-        float((train_labels[nearest_distances(s.split("test")[0], train, 2)[1][:, 0]] == labels[:4]).double().mean())
+    # three classes a small CNN tells apart and a nearest neighbour in pixels does not: horizontal stripes, vertical
+    # stripes and noise, each at a random phase and contrast
+    n, side = 90, 8
+    labels = torch.arange(n) % 3
+    phase = torch.randint(0, 2, (n, 1, 1), generator=g)
+    ramp = torch.arange(side)
+    stripes_h = ((ramp[:, None] + phase) % 2).expand(n, side, side)
+    stripes_v = ((ramp[None, :] + phase) % 2).expand(n, side, side)
+    noise = torch.randint(0, 2, (n, side, side), generator=g)
+    pattern = torch.where(
+        (labels == 0)[:, None, None], stripes_h, torch.where((labels == 1)[:, None, None], stripes_v, noise)
     )
-    d, _ = reference_images(train, labels=train_labels)
-    assert len(d) == 16
+    contrast = torch.randint(60, 128, (n, 1, 1), generator=g)
+    pixels = (128 + (2 * pattern - 1) * contrast).clamp(0, 255).to(torch.uint8)[:, None]
+    held = torch.zeros(n, dtype=torch.bool)
+    held[:15] = True
+    s = ImageSet(pixels, labels, held, 256, ("h", "v", "noise"), "test", "stripes")
+    model, accuracy = judge.train_judge(s)
+    assert accuracy == 1.0 and judge.train_judge(s)[0] is model  # kept for the process
+    held_x, held_y = s.split("test")
+    right = judge.judge_report(held_x, held_y, s)
+    wrong = judge.judge_report(held_x, (held_y + 1) % 3, s)
+    assert right == {"conditional_accuracy": 1.0, "judge_held_out_accuracy": 1.0}
+    assert wrong["conditional_accuracy"] == 0.0
+    report = image_report(held_x, s, held_y)
+    assert report["conditional_accuracy"] == 1.0 and report["judge_held_out_accuracy"] == 1.0
+    assert "conditional_accuracy" not in image_report(held_x, s)  # no labels asked for: nothing to judge
+    # the caller's random state is left alone, and the same seed trains the same judge
+    state = torch.get_rng_state()
+    judge._CACHE.clear()
+    again, _ = judge.train_judge(s)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values(), strict=True))
 
 
 def _images_config(tmp_path, root, **data):
@@ -351,22 +375,7 @@ def test_train_resume_sample_and_evaluate_on_a_folder(tmp_path, monkeypatch):
 
 
 def test_resume_on_a_folder_with_flips_is_bit_identical(tmp_path):
-    from safetensors.torch import load_file
-
-    from scorelab.train.checkpoint import list_checkpoints
-
-    root = _classes(tmp_path / "data", 5)
-    cfg = _images_config(tmp_path, root, flip=True)
-    r = CliRunner()
-    assert r.invoke(cli, ["train", str(cfg), "--out", str(tmp_path / "straight"), "--quiet"]).exit_code == 0
-    half = tmp_path / "half.yaml"
-    raw = yaml.safe_load(cfg.read_text())
-    raw["train"]["steps"] = 3
-    half.write_text(yaml.safe_dump(raw))
-    assert r.invoke(cli, ["train", str(half), "--out", str(tmp_path / "split"), "--quiet"]).exit_code == 0
-    assert r.invoke(cli, ["train", str(cfg), "--resume", str(tmp_path / "split"), "--quiet"]).exit_code == 0
-    a = load_file(list_checkpoints(tmp_path / "straight" / "checkpoints")[-1].with_suffix(".safetensors"))
-    b = load_file(list_checkpoints(tmp_path / "split" / "checkpoints")[-1].with_suffix(".safetensors"))
+    a, b = straight_and_resumed(tmp_path, _images_config(tmp_path, _classes(tmp_path / "data", 5), flip=True), 3)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -414,16 +423,12 @@ def test_copies_are_found_when_mirrored_under_flips_and_when_an_image_is_stored_
     g = torch.Generator().manual_seed(0)
     train = torch.rand(30, 1, 6, 6, generator=g) * 2 - 1
     mirrored = train[:10].flip(-1)
-    assert copy_figures(mirrored, reference_images(train)[0])["copy_share"] < 0.2  # without flips: not copies
-    assert copy_figures(mirrored, reference_images(train, mirrored=True)[0])["copy_share"] == 1.0
+    assert copy_figures(mirrored, reference_images(train))["copy_share"] < 0.2  # without flips: not copies
+    assert copy_figures(mirrored, reference_images(train, mirrored=True))["copy_share"] == 1.0
     twice = torch.cat([train, train[:5]])  # five images stored twice: their copies are still copies
     assert copy_figures(train[:5], twice)["copy_share"] == 0.0  # the duplicate hides it from the raw ratio
-    assert copy_figures(train[:5], reference_images(twice)[0])["copy_share"] == 1.0
-    assert len(reference_images(twice)[0]) == 30 and len(reference_images(twice, mirrored=True)[0]) == 60
-    labels = torch.arange(35) % 3
-    ref, ref_labels = reference_images(twice, labels=labels)
-    nearest = nearest_distances(ref, twice, 1)[1][:, 0]
-    assert torch.equal(ref_labels, labels[nearest])  # each distinct image keeps its class
+    assert copy_figures(train[:5], reference_images(twice))["copy_share"] == 1.0
+    assert len(reference_images(twice)) == 30 and len(reference_images(twice, mirrored=True)) == 60
 
 
 def test_file_names_that_are_not_utf8_load(tmp_path):
@@ -521,8 +526,11 @@ def test_a_run_made_from_python_with_a_relative_path_samples_and_resumes_after_i
     assert res.returncode == 0, res.stderr
 
 
-def test_samples_of_one_class_are_set_beside_that_class_s_images(tmp_path):
+def test_samples_of_one_class_are_set_beside_that_class_s_images(tmp_path, monkeypatch):
+    from scorelab.metrics import judge
     from scorelab.pipelines.sample import evaluate
+
+    monkeypatch.setattr(judge, "STEPS", 200)  # two classes of flat greys
 
     root = _classes(tmp_path / "data", 6)
     cfg = config_from_dict(yaml.safe_load(_images_config(tmp_path, root).read_text()))
@@ -530,12 +538,12 @@ def test_samples_of_one_class_are_set_beside_that_class_s_images(tmp_path):
     b_train = s.split("train", 1)[0]
     out = evaluate(cfg, b_train, torch.ones(len(b_train), dtype=torch.long), s)
     assert out["label"] == 1 and out["label_class"] == "b" and out["copy_share"] == 1.0
-    assert out["nearest_class_agreement"] == 1.0
+    assert out["conditional_accuracy"] == 1.0
     assert out["train_channel_mean"] == pytest.approx(out["channel_mean"])  # class b's own training images
     held_b = s.split("test", 1)[0]
     assert (
         out["held_out_nearest_train_rms"]
-        == copy_figures(held_b, reference_images(s.split("train")[0])[0])["nearest_train_rms"]
+        == copy_figures(held_b, reference_images(s.split("train")[0]))["nearest_train_rms"]
     )
     mixed = evaluate(cfg, b_train, torch.arange(len(b_train)) % 2, s)
     assert "label" not in mixed and mixed["train_channel_mean"] != pytest.approx(mixed["channel_mean"])
@@ -562,6 +570,8 @@ def test_the_image_metrics_estimate_bounds_what_they_take(tmp_path):
     # measured in a fresh process: the peak resident memory the figures of 600 samples add, 3,000 RGB 32x32 images
     script = (
         "import resource, torch\n"
+        "import scorelab.metrics.judge as judge\n"
+        "judge.STEPS = 20  # what the judge holds does not grow with its steps\n"
         "from scorelab.config import config_from_dict\n"
         "from scorelab.data.image_sets import ImageSet\n"
         "from scorelab.pipelines.sample import evaluate, metrics_bytes\n"
@@ -570,12 +580,13 @@ def test_the_image_metrics_estimate_bounds_what_they_take(tmp_path):
         "cfg = config_from_dict(raw)\n"
         "g = torch.Generator().manual_seed(0)\n"
         "held = torch.zeros(3000, dtype=torch.bool); held[:300] = True\n"
-        "s = ImageSet(torch.randint(0, 256, (3000, 3, 32, 32), dtype=torch.uint8, generator=g), None, held, 256, (),\n"
-        "             'x', '')\n"
+        "labels = torch.arange(3000) % 3\n"
+        "s = ImageSet(torch.randint(0, 256, (3000, 3, 32, 32), dtype=torch.uint8, generator=g), labels, held, 256,\n"
+        "             ('a', 'b', 'c'), 'x', '')\n"
         "samples = torch.rand(600, 3, 32, 32, generator=g) * 2 - 1\n"
         "est = metrics_bytes(cfg, 600, s)\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "evaluate(cfg, samples, None, s)\n"
+        "evaluate(cfg, samples, torch.arange(600) % 3, s)\n"
         "print(est, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)\n"
     )
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

@@ -153,7 +153,7 @@ def _square(img: Image.Image, size: int, channels: int) -> tuple[np.ndarray, boo
 
 def _split(labels: np.ndarray, holdout: float) -> np.ndarray:
     """Held-out mask: within each class a fixed permutation, holdout x count of it (rounded half up) held out, never
-    a class's last image; at least one image in all when holdout > 0 and some class has two."""
+    a class's last image; at least one image in all when holdout > 0, some class has two and MIN_TRAIN are left."""
     rng = np.random.default_rng(SPLIT_SEED)
     mask = np.zeros(len(labels), dtype=bool)
     for c in np.unique(labels):
@@ -162,7 +162,7 @@ def _split(labels: np.ndarray, holdout: float) -> np.ndarray:
         mask[idx[: min(int(holdout * len(idx) + 0.5), len(idx) - 1)]] = True
     if holdout > 0 and not mask.any():
         counts = np.bincount(labels)
-        if counts.max() >= 2:
+        if counts.max() >= 2 and len(labels) > MIN_TRAIN:
             mask[np.flatnonzero(labels == counts.argmax())[0]] = True
     return mask
 
@@ -259,7 +259,7 @@ def _load_folder(root: Path, files: list[Path], size, channels, holdout, labelle
             f"warning: {upscaled} of the {len(files)} images in {root} are smaller than {size}x{size} and were upscaled"
         )
     if holdout > 0 and not held_out.any():
-        warn(f"warning: data.holdout {holdout} holds out no image of {root} (every class has one image)")
+        warn(f"warning: data.holdout {holdout} holds out no image of {root} (too few images to spare one)")
     digest.update(labels.tobytes() + held_out.tobytes())
     return ImageSet(
         pixels=pixels,

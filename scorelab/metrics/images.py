@@ -34,61 +34,48 @@ def nearest_distances(x: torch.Tensor, ref: torch.Tensor, k: int = 2) -> tuple[t
     return torch.cat(dists), torch.cat(index)
 
 
-def reference_images(
-    train: torch.Tensor, mirrored: bool = False, labels: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(images, labels or None): the distinct training images (an image stored twice is one: its copies are still
-    copies), with their mirror images when the model was trained with flips (a mirrored copy is a copy too); an
-    image stored under two classes keeps one of them."""
+def reference_images(train: torch.Tensor, mirrored: bool = False) -> torch.Tensor:
+    """The distinct training images (an image stored twice is one: its copies are still copies), with their mirror
+    images when the model was trained with flips (a mirrored copy is a copy too)."""
     ref = torch.cat([train, train.flip(-1)]) if mirrored else train
-    flat, inverse = torch.unique(ref.reshape(len(ref), -1), dim=0, return_inverse=True)
-    out_labels = None
-    if labels is not None:
-        ref_labels = torch.cat([labels, labels]) if mirrored else labels
-        out_labels = torch.empty(len(flat), dtype=ref_labels.dtype).scatter_(0, inverse, ref_labels)
-    return flat.reshape(-1, *train.shape[1:]), out_labels
+    return torch.unique(ref.reshape(len(ref), -1), dim=0).reshape(-1, *train.shape[1:])
 
 
-def copy_figures(
-    x: torch.Tensor,
-    reference: torch.Tensor,
-    x_labels: torch.Tensor | None = None,
-    reference_labels: torch.Tensor | None = None,
-) -> dict:
+def copy_figures(x: torch.Tensor, reference: torch.Tensor) -> dict:
     """Median distance of x to its nearest reference image (reference_images), as a root-mean-square per value (in
-    the [-1, 1] units of the images); the share of x that are copies: nearer to their nearest reference image than
-    a third of the distance to the second nearest; and, given labels for both, the share of x whose nearest
-    reference image has x's label (a nearest-neighbour classifier in pixel space: a weak judge, so compare it with
-    the held-out images' figure)."""
-    d, index = nearest_distances(x, reference, 2)
+    the [-1, 1] units of the images), and the share of x that are copies: nearer to their nearest reference image
+    than a third of the distance to the second nearest."""
+    d, _ = nearest_distances(x, reference, 2)
     rms = d[:, 0] / math.sqrt(x[0].numel())
-    out = {
+    return {
         "nearest_train_rms": rms.median().item(),
         "copy_share": (d[:, 0] < MEMORISED_RATIO * d[:, 1]).double().mean().item(),
     }
-    if x_labels is not None and reference_labels is not None:
-        out["nearest_class_agreement"] = (reference_labels[index[:, 0]] == x_labels).double().mean().item()
-    return out
 
 
 def image_report(samples: torch.Tensor, images, labels: torch.Tensor | None = None, *, mirrored: bool = False) -> dict:
     """Figures of samples of a model trained on the ImageSet `images`:
-    - copy figures (copy_figures) against every training image, and their mirror images when `mirrored`;
-    - for samples drawn with class labels: the nearest training image's class agreement (copy_figures);
-    - the same for the held-out images (real images the model never saw: what a model that does not copy scores;
-      null without them);
+    - copy figures (copy_figures) against every training image, and their mirror images when `mirrored`, beside the
+      same for the held-out images (real images the model never saw: what a model that does not copy scores; null
+      without them);
+    - for samples drawn with class labels from a labelled set: the share the judge (metrics/judge.py, a classifier
+      trained on the training split) puts in their class, beside the judge's accuracy on the held-out images;
     - each channel's mean and standard deviation, for the samples and for the training images.
     Samples all of one class are set beside that class's held-out and training images (and `label`, `label_class`
     say which)."""
     one = None
     if images.labels is not None and labels is not None and labels.numel() and bool((labels == labels[0]).all()):
         one = int(labels[0])
-    train, train_labels = images.split("train")
-    reference, reference_labels = reference_images(train, mirrored, train_labels)
-    out = copy_figures(samples, reference, labels if images.labels is not None else None, reference_labels)
-    held, held_labels = images.split("test", one)
-    real = copy_figures(held, reference, held_labels, reference_labels) if len(held) else {k: None for k in out}
+    train, _ = images.split("train")
+    reference = reference_images(train, mirrored)
+    out = copy_figures(samples, reference)
+    held, _ = images.split("test", one)
+    real = copy_figures(held, reference) if len(held) else {k: None for k in out}
     out.update({f"held_out_{k}": v for k, v in real.items()})
+    if images.labels is not None and labels is not None:
+        from .judge import judge_report
+
+        out.update(judge_report(samples, labels, images, mirrored=mirrored))
     for name, x in (("", samples), ("train_", train if one is None else images.split("train", one)[0])):
         std, mean = torch.std_mean(x, dim=(0, 2, 3))
         out[f"{name}channel_mean"], out[f"{name}channel_std"] = mean.tolist(), std.tolist()
@@ -97,15 +84,21 @@ def image_report(samples: torch.Tensor, images, labels: torch.Tensor | None = No
     return out
 
 
-def image_metrics_bytes(n: int, n_train: int, n_held_out: int, dim: int, mirrored: bool = False) -> int:
-    """Upper bound on what measuring n samples holds at once: the float32 training and held-out images (twice: all
-    classes and one class), the reference set (the training images and their mirror images, concatenated and sorted
-    for unique: 4 copies), float64 copies of the queries and of the reference set, and three float64 distance blocks
-    of BLOCK x (reference images)."""
+def image_metrics_bytes(
+    n: int, n_train: int, n_held_out: int, shape: tuple[int, int, int], mirrored: bool = False, judged: bool = False
+) -> int:
+    """Upper bound on what measuring n samples of `shape` holds at once: the float32 training and held-out images
+    (twice: all classes and one class), the reference set (the training images and their mirror images,
+    concatenated and sorted for unique: 4 copies), float64 copies of the queries and of the reference set, three
+    float64 distance blocks of BLOCK x (reference images), and the judge's training and judging (`judged`)."""
+    from .judge import judge_bytes
+
+    dim = math.prod(shape)
     n_ref = n_train * (2 if mirrored else 1)
     return (
         2 * (n_train + n_held_out) * dim * 4
         + 4 * n_ref * dim * 4
         + (max(n, n_held_out) + n_ref) * dim * 8
         + 3 * BLOCK * n_ref * 8
+        + (judge_bytes(shape[-1], shape[0]) if judged else 0)
     )

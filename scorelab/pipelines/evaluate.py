@@ -89,7 +89,7 @@ def evaluate_run(
     images = run_images(cfg, Path(run_dir), record, strict=True, progress=progress, max_memory=max_memory)
     images = images or image_set(cfg.data)
     if bpd and cfg.train.objective == "ddpm" and not images.held_out.any():
-        why = "data.holdout is 0" if cfg.data.holdout == 0 else "every class has a single image"
+        why = "data.holdout is 0" if cfg.data.holdout == 0 else "too few images to spare one"
         raise ScorelabError(f"{run_dir} has no held-out images ({why}) to measure bits/dim on; give --no-bpd")
     check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory, images)
     grids = {}
@@ -124,7 +124,7 @@ def evaluate_run(
                         "frechet",
                         "nearest_train_rms",
                         "copy_share",
-                        "nearest_class_agreement",
+                        "judge_held_out_accuracy",
                     )
                     if k in row
                 )

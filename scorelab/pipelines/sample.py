@@ -225,7 +225,8 @@ def metrics_bytes(cfg: Config, n: int, images: ImageSet | None = None) -> int:
 
         held = int(images.held_out.sum()) if images is not None else 0
         n_train = len(images.pixels) - held if images is not None else 0
-        return image_metrics_bytes(n, n_train, held, math.prod(data_shape(cfg.data)), cfg.data.flip)
+        judged = images is not None and images.labels is not None
+        return image_metrics_bytes(n, n_train, held, data_shape(cfg.data), cfg.data.flip, judged)
     return n * 6 * 1000 * 8 + blocks
 
 
@@ -304,7 +305,7 @@ def image_figures(samples: torch.Tensor, images: ImageSet, stage: Path, mirrored
     held, _ = images.split("test")
     if len(held):
         image_grid(held[:100], stage / "held_out.png", nrow=10)
-    reference, _ = reference_images(images.split("train")[0], mirrored)
+    reference = reference_images(images.split("train")[0], mirrored)
     first = samples[:10]
     _, index = nearest_distances(first, reference, 2)
     image_grid(torch.cat([first, reference[index[:, 0]]]), stage / "nearest.png", nrow=len(first))
