@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -92,20 +93,28 @@ def digits_set() -> ImageSet:
 
 
 def list_images(root: Path) -> list[Path]:
-    """Image files below root (relative paths, sorted), following links to files and folders (each folder once, so
-    a link loop ends), hidden files and folders left out. A folder that cannot be listed is a one-line error."""
+    """Image files below root (relative paths, sorted), following links to files and folders, hidden files and
+    folders left out. A folder reached again through a link below itself (a loop) is not walked again; a folder
+    linked from two places is read from both. A folder that cannot be listed is a one-line error."""
 
     def refuse(err: OSError):
         raise ScorelabError(f"cannot list {err.filename} ({err.strerror})")
 
-    found, seen = [], set()
-    for folder, dirs, files in os.walk(root, onerror=refuse, followlinks=True):
+    def ident(folder: str) -> tuple[int, int]:
         st = os.stat(folder)
-        if (st.st_dev, st.st_ino) in seen:  # a link back to a folder already walked
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        return st.st_dev, st.st_ino
+
+    found, above = [], {str(root): frozenset({ident(root)})}  # each folder's own identity and its ancestors'
+    for folder, dirs, files in os.walk(root, onerror=refuse, followlinks=True):
+        chain = above[folder]
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            child = os.path.join(folder, d)
+            me = ident(child)
+            if me not in chain:  # a loop back up to an ancestor is left out
+                above[child] = chain | {me}
+                kept.append(d)
+        dirs[:] = kept
         rel = Path(folder).relative_to(root)
         for name in files:
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
@@ -159,7 +168,8 @@ def _split(labels: np.ndarray, holdout: float) -> np.ndarray:
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
-        mask[idx[: min(int(holdout * len(idx) + 0.5), len(idx) - 1)]] = True
+        share = int(Decimal(repr(holdout)) * len(idx) + Decimal("0.5"))  # in decimal: 0.29 x 50 is 14.5, not 14.49..
+        mask[idx[: min(share, len(idx) - 1)]] = True
     if holdout > 0 and not mask.any():
         counts = np.bincount(labels)
         if counts.max() >= 2 and len(labels) > MIN_TRAIN:
@@ -297,6 +307,14 @@ def check_classes(images: ImageSet, num_classes: int) -> None:
             f"model.num_classes is {num_classes}, but {images.where} has {len(images.classes)} class folder(s) "
             f"({shown}); set model.num_classes: {len(images.classes)}"
         )
+
+
+def budget_left(max_memory: int | None, images: ImageSet | None) -> int | None:
+    """What a --max-memory budget leaves for the rest once an image set is held (None: the available memory, which
+    is measured with the set already held)."""
+    if max_memory is None or images is None:
+        return max_memory
+    return max_memory - images.pixels.numel()
 
 
 def check_outside(folder, data) -> None:

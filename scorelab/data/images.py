@@ -15,6 +15,7 @@ Returned tensors are float32 (C, H, W) in [0, 1].
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,17 @@ MAX_PIXELS = 8192 * 8192
 CHANNELS = (1, 3, 4)
 
 
+@contextlib.contextmanager
+def _pillow_limit(pixels: int | None):
+    """Pillow's decompression-bomb limit set to `pixels` (None: off) inside the block."""
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def _open(path, what: str, draft: tuple[int, int] | None = None) -> Image.Image:
     """The decoded image, turned as its EXIF orientation says. draft: the smallest (width, height) needed, which lets
     a JPEG decode at 1/2, 1/4 or 1/8 of its size where that is still at least this large."""
@@ -35,10 +47,12 @@ def _open(path, what: str, draft: tuple[int, int] | None = None) -> Image.Image:
     if not path.is_file():
         raise ScorelabError(f"{what} {path}: file does not exist")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pillow_limit(None if draft else Image.MAX_IMAGE_PIXELS):
+            # MAX_PIXELS below is the limit, checked on the size that will be decoded (Pillow's own check would
+            # refuse a large photo before a JPEG could be asked to decode at a reduced scale)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
-            if draft is not None and img.format == "JPEG":
+            if draft is not None and img.format in ("JPEG", "MPO"):  # MPO: the JPEG of many cameras and phones
                 img.draft(None, draft)  # the DCT scales down while decoding: fast, and far less memory
             if img.width * img.height > MAX_PIXELS:
                 raise ScorelabError(
@@ -50,11 +64,13 @@ def _open(path, what: str, draft: tuple[int, int] | None = None) -> Image.Image:
         raise
     except PermissionError:
         raise ScorelabError(f"{what} {path}: cannot be read (permission denied)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ScorelabError(f"{what} {path}: larger than the {MAX_PIXELS} pixels allowed") from None
     except UnidentifiedImageError:
         raise ScorelabError(
             f"{what} {path}: not an image file Pillow can read (PNG, JPEG, BMP, TIFF, WebP, ...)"
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (OSError, SyntaxError, ValueError) as e:
         raise ScorelabError(f"{what} {path}: damaged or truncated image ({type(e).__name__}: {e})") from None
     if img.width == 0 or img.height == 0:
         raise ScorelabError(f"{what} {path}: the image is empty ({img.width}x{img.height})")

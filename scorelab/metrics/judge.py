@@ -20,7 +20,7 @@ _CACHE: dict[tuple, tuple[nn.Module, float | None]] = {}
 
 class Judge(nn.Module):
     """conv3x3(w) - conv3x3(2w) - pool - conv3x3(2w) - pool - conv3x3(4w) - global average - linear, ReLU between;
-    any input side of at least 4 (pooled to at most MAX_SIDE first)."""
+    any input side (fit_side)."""
 
     def __init__(self, channels: int, n_classes: int, width: int = 32):
         super().__init__()
@@ -41,9 +41,17 @@ class Judge(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] > MAX_SIDE:
-            x = F.adaptive_avg_pool2d(x, MAX_SIDE)
-        return self.net(x)
+        return self.net(fit_side(x))
+
+
+def fit_side(x: torch.Tensor) -> torch.Tensor:
+    """Images average-pooled to MAX_SIDE when larger, and enlarged (nearest) to 4 when smaller, which the two
+    poolings need."""
+    if x.shape[-1] > MAX_SIDE:
+        return F.adaptive_avg_pool2d(x, MAX_SIDE)
+    if x.shape[-1] < 4:
+        return F.interpolate(x, size=4, mode="nearest")
+    return x
 
 
 def train_judge(images, *, mirrored: bool = False, seed: int = 0, progress: bool = False):
@@ -57,9 +65,7 @@ def train_judge(images, *, mirrored: bool = False, seed: int = 0, progress: bool
     if key in _CACHE:
         return _CACHE[key]
     x, y = images.split("train")
-    side = x.shape[-1]
-    if side < 4:
-        raise ScorelabError(f"a judge needs images of at least 4x4, got {side}x{side}")
+    x = fit_side(x)  # once, not per batch: a batch of large images would otherwise be copied at full size
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -67,6 +73,17 @@ def train_judge(images, *, mirrored: bool = False, seed: int = 0, progress: bool
     opt = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, STEPS)  # Loshchilov & Hutter 2017, eq. 5, one cycle
     model.train()
+    with torch.inference_mode(False), torch.enable_grad():  # also when the caller measures under no_grad
+        _fit(model, opt, decay, x, y, g, mirrored, progress)
+    model.eval().requires_grad_(False)
+    held, held_labels = images.split("test")
+    accuracy = (predict(model, held) == held_labels).double().mean().item() if len(held) else None
+    _CACHE.clear()
+    _CACHE[key] = (model, accuracy)
+    return model, accuracy
+
+
+def _fit(model, opt, decay, x, y, g, mirrored: bool, progress: bool) -> None:
     for _ in tqdm(range(STEPS), desc="train judge", disable=not progress, leave=False):
         idx = torch.randint(0, len(x), (BATCH,), generator=g)
         batch = x[idx]
@@ -78,23 +95,20 @@ def train_judge(images, *, mirrored: bool = False, seed: int = 0, progress: bool
         loss.backward()
         opt.step()
         decay.step()
-    model.eval().requires_grad_(False)
-    held, held_labels = images.split("test")
-    accuracy = (predict(model, held) == held_labels).double().mean().item() if len(held) else None
-    _CACHE.clear()
-    _CACHE[key] = (model, accuracy)
-    return model, accuracy
 
 
 PREDICT_BATCH = 256
 
 
-def judge_bytes(side: int, channels: int) -> int:
-    """Upper bound on what training the judge and judging hold at once beyond the images: two layers' activations
-    of a PREDICT_BATCH batch, or everything autograd keeps of a BATCH batch (the four convolutions' inputs and
-    outputs, twice for the gradients), at the pooled side."""
-    s = min(side, MAX_SIDE)
-    return max(PREDICT_BATCH * 2 * 4 * 32 * s * s * 4, BATCH * 2 * (channels + 8 * 32) * s * s * 4 * 2) + 2**20
+def judge_bytes(side: int, channels: int, n_train: int = 0) -> int:
+    """Upper bound on what training the judge and judging hold at once beyond the images: its float32 copy of the
+    n_train training images and that copy at the judge's side, and either two layers' activations of a PREDICT_BATCH
+    batch or everything autograd keeps of a BATCH batch (the four convolutions' inputs and outputs, twice for the
+    gradients), at the judge's side."""
+    s = min(max(side, 4), MAX_SIDE)
+    predict = PREDICT_BATCH * 2 * 4 * 32 * s * s * 4
+    train = BATCH * 2 * (channels + 8 * 32) * s * s * 4 * 2
+    return n_train * channels * (side * side + s * s) * 4 + max(predict, train) + 2**20
 
 
 @torch.no_grad()

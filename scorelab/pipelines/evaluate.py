@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.image_sets import ImageSet, image_set
+from ..data.image_sets import ImageSet, budget_left, check_outside, image_set
 from ..errors import ScorelabError
 from ..objectives.elbo import VariationalBound
 from ..outputs import check_output_dir, json_text, staged_output
@@ -85,13 +85,15 @@ def evaluate_run(
     def owns(name: str) -> bool:
         return name == "eval.json" or any(fnmatch(name, f"{s}_g*.png") for s in SAMPLERS)
 
+    check_outside(out_dir, cfg.data)
     check_output_dir(out_dir, owns, "evaluate")
     images = run_images(cfg, Path(run_dir), record, strict=True, progress=progress, max_memory=max_memory)
     images = images or image_set(cfg.data)
     if bpd and cfg.train.objective == "ddpm" and not images.held_out.any():
         why = "data.holdout is 0" if cfg.data.holdout == 0 else "too few images to spare one"
         raise ScorelabError(f"{run_dir} has no held-out images ({why}) to measure bits/dim on; give --no-bpd")
-    check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, max_memory, images)
+    left = budget_left(max_memory, images if cfg.data.name == "images" else None)
+    check_sampling_budget(f"sampling {n} samples at a time", cfg, denoiser, n, guidances, left, images)
     grids = {}
     result = {"run": str(run_dir), "step": record["step"], "n": n, "steps": steps, "rows": []}
     if bpd and cfg.train.objective == "ddpm":

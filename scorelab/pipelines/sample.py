@@ -9,7 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import MAX_STEPS, Config, config_differences
-from ..data.image_sets import ImageSet, check_classes, check_outside, data_shape, image_set, is_image_data
+from ..data.image_sets import (
+    ImageSet,
+    budget_left,
+    check_classes,
+    check_outside,
+    data_shape,
+    image_set,
+    is_image_data,
+)
 from ..data.toys import ring8_mixture, sample_toy
 from ..devices import resolve_device
 from ..errors import ScorelabError, warn
@@ -225,7 +233,7 @@ def metrics_bytes(cfg: Config, n: int, images: ImageSet | None = None) -> int:
 
         held = int(images.held_out.sum()) if images is not None else 0
         n_train = len(images.pixels) - held if images is not None else 0
-        judged = images is not None and images.labels is not None
+        judged = images is not None and len(images.classes) > 1
         return image_metrics_bytes(n, n_train, held, data_shape(cfg.data), cfg.data.flip, judged)
     return n * 6 * 1000 * 8 + blocks
 
@@ -297,8 +305,8 @@ def run_images(
 
 def image_figures(samples: torch.Tensor, images: ImageSet, stage: Path, mirrored: bool) -> None:
     """samples.png (up to 100), held_out.png (up to 100 held-out images; none without a held-out split) and
-    nearest.png: up to 10 samples (top row) above their nearest training images (bottom row; mirrored where the
-    model trained with flips and the mirror image is the nearer)."""
+    nearest.png: up to 10 samples (top row) above their nearest training images (bottom row; for a model trained
+    with flips, an image or its mirror image, whichever reference_images keeps)."""
     from ..metrics.images import nearest_distances, reference_images
 
     image_grid(samples[:100], stage / "samples.png", nrow=10)
@@ -307,7 +315,7 @@ def image_figures(samples: torch.Tensor, images: ImageSet, stage: Path, mirrored
         image_grid(held[:100], stage / "held_out.png", nrow=10)
     reference = reference_images(images.split("train")[0], mirrored)
     first = samples[:10]
-    _, index = nearest_distances(first, reference, 2)
+    _, index = nearest_distances(first, reference, 1, mirrored=mirrored)
     image_grid(torch.cat([first, reference[index[:, 0]]]), stage / "nearest.png", nrow=len(first))
 
 
@@ -347,7 +355,8 @@ def sample_run(
     check_outside(out_dir, cfg.data)
     check_output_dir(out_dir, SAMPLE_OUTPUTS.__contains__, "sample")
     images = run_images(cfg, Path(run_dir), record, strict=False, progress=progress, max_memory=max_memory)
-    check_sampling_budget(f"sampling {n} samples", cfg, denoiser, n, [guidance], max_memory, images)
+    left = budget_left(max_memory, images)
+    check_sampling_budget(f"sampling {n} samples", cfg, denoiser, n, [guidance], left, images)
     samples = generate(
         cfg, denoiser, n, seed, sampler=sampler, steps=steps, guidance=guidance, label=label, progress=progress
     )

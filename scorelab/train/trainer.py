@@ -16,7 +16,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..config import TRAIN_MEMORY_HINT, Config, config_differences, config_from_dict, config_to_dict, load_config
-from ..data.image_sets import check_classes, check_outside, data_shape, image_set, is_image_data
+from ..data.image_sets import budget_left, check_classes, check_outside, data_shape, image_set, is_image_data
 from ..data.sources import BatchSource
 from ..devices import resolve_device
 from ..errors import ConfigError, ScorelabError
@@ -174,14 +174,8 @@ class Trainer:
         self.ema = EMA(self.denoiser, cfg.train.ema_decay)
         self.opt = torch.optim.Adam([self.params.flat], lr=cfg.train.lr, fused=True)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.images = None
         check_outside(self.run_dir, cfg.data)
-        if is_image_data(cfg.data):  # read (and budgeted) before anything is written
-            self.images = image_set(
-                cfg.data, num_classes=cfg.model.num_classes, progress=progress, max_memory=max_memory
-            )
-            check_classes(self.images, cfg.model.num_classes)
-        self.source = BatchSource(cfg.data.name, cfg.train.batch_size, images=self.images, flip=cfg.data.flip)
+        self._images, self._source = None, None  # read on first use: after resume's cheaper checks, before run writes
         if cfg.train.objective == "ncsn":
             self.sigmas = geometric_sigmas(cfg.noise.sigma_max, cfg.noise.sigma_min, cfg.noise.levels)
         else:
@@ -194,6 +188,28 @@ class Trainer:
         self._session_start = time.time()
         self._saved = False  # whether this session has written a checkpoint
         self._saved_at: tuple[int, float] | None = None  # (step, session seconds) of this session's last checkpoint
+
+    @property
+    def images(self):
+        """The ImageSet of image data (digits or a folder; None for 2D toys), read and budgeted on first use."""
+        if self._images is None and is_image_data(self.cfg.data):
+            self._images = image_set(
+                self.cfg.data,
+                num_classes=self.cfg.model.num_classes,
+                progress=self.progress,
+                max_memory=self.max_memory,
+            )
+            check_classes(self._images, self.cfg.model.num_classes)
+        return self._images
+
+    @property
+    def source(self) -> BatchSource:
+        """Where the training batches come from (its state is the data order)."""
+        if self._source is None:
+            self._source = BatchSource(
+                self.cfg.data.name, self.cfg.train.batch_size, images=self.images, flip=self.cfg.data.flip
+            )
+        return self._source
 
     @property
     def _cuda(self) -> torch.device | None:
@@ -390,14 +406,12 @@ class Trainer:
         if self.step >= cfg.steps:
             self.log(f"{self.run_dir} is already at step {self.step} of {cfg.steps}; raise train.steps to train on")
             return {**self._previous_summary(), "step": self.step, "session_steps": 0}
+        self.source  # noqa: B018 (the data is read, and its memory checked, before anything is written)
         need = self.memory_estimate()
-        budget = self.max_memory
-        if budget is not None and self.images is not None:  # a budget given covers the images, read already
-            budget -= self.images.pixels.numel()
         check_budget(
             f"training at batch size {cfg.batch_size}",
             need,
-            budget,
+            budget_left(self.max_memory, self.images),  # a budget given covers the images, read already
             option="--max-memory",
             hint=TRAIN_MEMORY_HINT,
             device=self.device,
