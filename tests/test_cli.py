@@ -758,7 +758,7 @@ def test_evaluate_rows_are_each_sampler_and_guidance_s_own_figures(tmp_path, mon
     cfg, den, _ = load_run(run)
     seen = []
     real_evaluate = ev.evaluate
-    monkeypatch.setattr(ev, "evaluate", lambda c, x, y, i: seen.append((x, y)) or real_evaluate(c, x, y, i))
+    monkeypatch.setattr(ev, "evaluate", lambda c, x, y, i, p: seen.append((x, y)) or real_evaluate(c, x, y, i, p))
     args = ["--n", "110", "--steps", "2", "--sampler", "euler", "--sampler", "unipc", "--guidance", "0", "--guidance"]
     res = CliRunner().invoke(cli, ["evaluate", str(run), *args, "3", "--no-bpd", "--quiet"])
     assert res.exit_code == 0, res.output

@@ -67,7 +67,14 @@ def copy_figures(x: torch.Tensor, reference: torch.Tensor, *, mirrored: bool = F
     return {"nearest_train_rms": rms.median().item(), "copy_share": copies}
 
 
-def image_report(samples: torch.Tensor, images, labels: torch.Tensor | None = None, *, mirrored: bool = False) -> dict:
+def image_report(
+    samples: torch.Tensor,
+    images,
+    labels: torch.Tensor | None = None,
+    *,
+    mirrored: bool = False,
+    progress: bool = False,
+) -> dict:
     """Figures of samples of a model trained on the ImageSet `images`:
     - copy figures (copy_figures) against every training image, and their mirror images when `mirrored`, beside the
       same for the held-out images (real images the model never saw: what a model that does not copy scores; null
@@ -89,7 +96,7 @@ def image_report(samples: torch.Tensor, images, labels: torch.Tensor | None = No
     if images.labels is not None and labels is not None and len(images.classes) > 1:
         from .judge import judge_report
 
-        out.update(judge_report(samples, labels, images, mirrored=mirrored))
+        out.update(judge_report(samples, labels, images, mirrored=mirrored, progress=progress))
     for name, x in (("", samples), ("train_", train if one is None else images.split("train", one)[0])):
         std, mean = torch.std_mean(x, dim=(0, 2, 3))
         out[f"{name}channel_mean"], out[f"{name}channel_std"] = mean.tolist(), std.tolist()

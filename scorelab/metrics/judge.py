@@ -119,10 +119,12 @@ def predict(judge: nn.Module, x: torch.Tensor, batch: int = PREDICT_BATCH) -> to
     return torch.cat([judge(x[i : i + batch].float()).argmax(1) for i in range(0, len(x), batch)])
 
 
-def judge_report(samples: torch.Tensor, labels: torch.Tensor, images, *, mirrored: bool = False) -> dict:
+def judge_report(
+    samples: torch.Tensor, labels: torch.Tensor, images, *, mirrored: bool = False, progress: bool = False
+) -> dict:
     """The share of samples the judge (train_judge) puts in the class they were drawn for, beside the judge's own
     accuracy on the held-out images (the ceiling; null without a held-out split)."""
-    judge, accuracy = train_judge(images, mirrored=mirrored)
+    judge, accuracy = train_judge(images, mirrored=mirrored, progress=progress)
     return {
         "conditional_accuracy": (predict(judge, samples) == labels).double().mean().item(),
         "judge_held_out_accuracy": accuracy,

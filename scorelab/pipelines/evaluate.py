@@ -111,7 +111,7 @@ def evaluate_run(
                 cfg, denoiser, n, seed, sampler=sampler, steps=steps, guidance=guidance, progress=progress
             )
             labels = sample_labels(cfg, n, None)
-            m = evaluate(cfg, samples, labels, images)
+            m = evaluate(cfg, samples, labels, images, progress)
             row = {"sampler": sampler, "guidance": guidance, **{k: v for k, v in m.items() if not isinstance(v, list)}}
             result["rows"].append(row)
             grids[names[sampler, guidance]] = samples[:100]

@@ -261,9 +261,16 @@ def toy_metrics(name: str, samples: torch.Tensor, *, floor_pairs: int = 5) -> di
     return out
 
 
-def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = None, images: ImageSet | None = None):
-    """The metrics of a run's samples: the digits classifier's figures, the copy figures and channel statistics of
-    an image folder's samples (`images`, the run's ImageSet), or distances to fresh points of a 2D toy."""
+def evaluate(
+    cfg: Config,
+    samples: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    images: ImageSet | None = None,
+    progress: bool = False,
+):
+    """The metrics of a run's samples: the digits classifier's figures, the figures of an image folder's samples
+    (`images`, the run's ImageSet; scorelab.metrics.images.image_report, whose judge trains with a progress bar when
+    `progress`), or distances to fresh points of a 2D toy."""
     if cfg.data.name == "digits":
         from ..metrics.digits import conditional_report, digits_report
 
@@ -275,7 +282,7 @@ def evaluate(cfg: Config, samples: torch.Tensor, labels: torch.Tensor | None = N
     if cfg.data.name == "images":
         from ..metrics.images import image_report
 
-        return image_report(samples, images, labels, mirrored=cfg.data.flip)
+        return image_report(samples, images, labels, mirrored=cfg.data.flip, progress=progress)
     return toy_metrics(cfg.data.name, samples)
 
 
@@ -368,7 +375,7 @@ def sample_run(
         "sampler": sampler or cfg.sample.sampler,
     }
     log(f"computing the metrics of {n} samples")
-    metrics.update(evaluate(cfg, samples, labels, images))
+    metrics.update(evaluate(cfg, samples, labels, images, progress))
     if images is not None and images.classes:
         metrics["classes"] = list(images.classes)  # label i is the class folder classes[i]
     if metrics["sampler"] != "annealed_langevin":
