@@ -1,6 +1,6 @@
 """A judge for class-conditional samples of a model trained on a folder of images: a small CNN classifier trained on
 the folder's own training split, the way the digits classifier judges digits (metrics/digits.py), except that it is
-trained where it is needed (about 12 s for the texture example's 690 images at 16x16 on 2 cores) instead of
+trained where it is needed (1,000 steps of 64: about 22 s at 16x16 greyscale, 85 s at 32x32 RGB on 2 cores) instead of
 shipped. Its accuracy on the held-out split is the ceiling the samples' conditional accuracy is read against.
 """
 
