@@ -161,15 +161,15 @@ def test_a_split_never_takes_a_class_s_last_image_and_holds_out_one_image_at_lea
     assert not image_sets._split(labels, 0.0).any()
 
 
-def test_the_digits_set_is_the_digits_split():
-    from scorelab.data.digits import load_digits_split
+def test_the_digits_set_holds_scikit_learn_s_values_as_levels():
+    # load_digits_split reads this set (tests/test_data.py checks its scaling and split against scikit-learn)
+    from sklearn.datasets import load_digits
 
     d = digits_set()
     assert d.levels == 17 and d.shape == (1, 8, 8) and d.classes == tuple("0123456789")
-    for split in ("train", "test"):
-        x, y = load_digits_split(split)
-        dx, dy = d.split(split)
-        assert torch.equal(x, dx) and torch.equal(y, dy)
+    raw = load_digits()
+    assert torch.equal(d.pixels[:, 0].double(), torch.from_numpy(raw.images)) and d.pixels.dtype == torch.uint8
+    assert torch.equal(d.labels, torch.from_numpy(raw.target).long()) and int(d.held_out.sum()) == 297
 
 
 def _set(pixels, labels=None, held=None):

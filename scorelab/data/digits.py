@@ -28,9 +28,10 @@ def digits_levels() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images.astype(np.uint8)).unsqueeze(1), torch.from_numpy(labels)
 
 
-def digits_test_mask() -> torch.Tensor:
-    """The fixed held-out split (bool (1797,)): a fixed permutation within each class, the first ~16.5% held out."""
-    _, labels = _load()
+def digits_test_mask(labels: torch.Tensor) -> torch.Tensor:
+    """The fixed held-out split of the digits with these labels (bool (1797,)): a fixed permutation within each
+    class, the first ~16.5% held out."""
+    labels = labels.numpy()
     rng = np.random.default_rng(SPLIT_SEED)
     test_idx = []
     for c in range(10):
@@ -43,13 +44,13 @@ def digits_test_mask() -> torch.Tensor:
 
 
 def load_digits_split(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (images (N, 1, 8, 8) in [-1, 1], labels (N,)) for split 'train', 'test' or 'all'."""
+    """Return (images (N, 1, 8, 8) in [-1, 1], labels (N,)) for split 'train', 'test' or 'all' (the digits' ImageSet,
+    scorelab.data.image_sets.digits_set, as float)."""
+    from .image_sets import digits_set, to_signed
+
     if split not in ("train", "test", "all"):
         raise ScorelabError(f"digits split must be 'train', 'test' or 'all', got {split!r}")
-    images, labels = _load()
-    x = torch.from_numpy(images / 8.0 - 1.0).unsqueeze(1)  # pixel values 0..16 -> [-1, 1]
-    y = torch.from_numpy(labels)
+    digits = digits_set()
     if split == "all":
-        return x, y
-    mask = digits_test_mask()
-    return (x[mask], y[mask]) if split == "test" else (x[~mask], y[~mask])
+        return to_signed(digits.pixels, digits.levels), digits.labels
+    return digits.split(split)

@@ -84,7 +84,7 @@ def digits_set() -> ImageSet:
     return ImageSet(
         pixels=pixels,
         labels=labels,
-        held_out=digits_test_mask(),
+        held_out=digits_test_mask(labels),
         levels=17,
         classes=tuple(str(d) for d in range(10)),
         where="scikit-learn's 8x8 digits",

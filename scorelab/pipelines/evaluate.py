@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.image_sets import ImageSet, budget_left, check_outside, image_set
+from ..data.image_sets import ImageSet, budget_left, check_outside, image_set, is_image_data
 from ..errors import ScorelabError
 from ..objectives.elbo import VariationalBound
 from ..outputs import check_output_dir, json_text, staged_output
@@ -66,7 +66,7 @@ def evaluate_run(
     bytes (default: the available memory; see check_sampling_budget); the samplers and guidance scales run one
     after another, so the largest of them counts."""
     cfg, denoiser, record = load_run(run_dir, device)
-    if cfg.data.name not in ("digits", "images"):
+    if not is_image_data(cfg.data):
         raise ScorelabError(f"evaluate works on image runs (digits or images); {run_dir} trains on {cfg.data.name!r}")
     if guidances is None:  # 0, 1 and 3 for a class-conditional run; an unconditional one has only its own model
         guidances = (0.0, 1.0, 3.0) if cfg.model.num_classes else (1.0,)
