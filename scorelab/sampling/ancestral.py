@@ -53,6 +53,27 @@ def ddim(
     return x
 
 
+def check_variance(variance: str) -> str:
+    if variance not in ("small", "large"):
+        raise ScorelabError(f"variance must be 'small' or 'large', got {variance!r}")
+    return variance
+
+
+def ddpm_step(denoiser, x, s: float, s_next: float, cond, generator, variance: str = "small"):
+    """One DDPM ancestral step from sigma s to s_next < s: (x_next, the denoiser's output at s). To s_next = 0 it adds
+    no noise (Algorithm 2, z = 0 at t = 1)."""
+    d = denoise(denoiser, x, s, cond)
+    a, a_next = _ab(s), _ab(s_next)
+    c_x0, c_xt, var_small, var_large = (
+        float(v) for v in _posterior(torch.tensor(a, dtype=torch.float64), torch.tensor(a_next, dtype=torch.float64))
+    )
+    x_vp = c_x0 * d + c_xt * (x * math.sqrt(a))
+    if s_next > 0:
+        var = var_small if variance == "small" else var_large
+        x_vp = x_vp + math.sqrt(var) * randn_like(x, generator)
+    return x_vp / math.sqrt(a_next), d
+
+
 @torch.no_grad()
 def ddpm(
     denoiser,
@@ -67,21 +88,9 @@ def ddpm(
 ) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2): x_s ~ N(mu~(x_t, x0_hat), var) with the fixed-small
     (beta~) or fixed-large (beta) variance; the last step, to sigma = 0, adds no noise (Algorithm 2, z = 0 at t = 1)."""
-    if variance not in ("small", "large"):
-        raise ScorelabError(f"variance must be 'small' or 'large', got {variance!r}")
+    check_variance(variance)
     for i, (s, s_next) in steps(sigmas, "ddpm", progress):
-        d = denoise(denoiser, x, s, cond)
-        a, a_next = _ab(s), _ab(s_next)
-        c_x0, c_xt, var_small, var_large = (
-            float(v)
-            for v in _posterior(torch.tensor(a, dtype=torch.float64), torch.tensor(a_next, dtype=torch.float64))
-        )
-        x_vp = x * math.sqrt(a)
-        x_vp = c_x0 * d + c_xt * x_vp
-        if s_next > 0:
-            var = var_small if variance == "small" else var_large
-            x_vp = x_vp + math.sqrt(var) * randn_like(x, generator)
-        x = x_vp / math.sqrt(a_next)
+        x, d = ddpm_step(denoiser, x, s, s_next, cond, generator, variance)
         if callback is not None:
             callback(i, x, d)
     return x
