@@ -1,4 +1,4 @@
-"""The `scorelab` command: train, sample, evaluate, reproduce, demo."""
+"""The `scorelab` command: train, sample, evaluate, inpaint, sdedit, reproduce, demo."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def _device_option(command):
 
 SAMPLER_NAMES = CHOICES["sample.sampler"]
 DIFFUSION_SAMPLER_NAMES = tuple(name for name in SAMPLER_NAMES if name != "annealed_langevin")
+REGION_NAMES = ("bottom", "top", "left", "right", "centre")  # scorelab.pipelines.edit.REGIONS
 
 
 def _echo_table(rows: list[list[str]]) -> None:
@@ -277,7 +278,7 @@ def evaluate(
 def reproduce(
     name: str | None, list_: bool, quick: bool, json_path: Path | None, out: Path | None, quiet: bool
 ) -> None:
-    """Reproduce a paper's figure or table (--list shows them): ncsn-toy, sampler-accuracy, fit-multiview."""
+    """Reproduce a paper's figure or table (--list shows them): ncsn-toy, sampler-accuracy, fit-multiview, repaint."""
     from .reproduce import REPRODUCTIONS
 
     if list_ and name is not None:
@@ -327,6 +328,130 @@ def reproduce(
         sys.exit(1)
 
 
+def _edit_options(command):
+    """The options inpaint and sdedit share, in the order --help shows them."""
+    options = [
+        click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path)),
+        click.option(
+            "--image",
+            "images",
+            multiple=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="An image to edit (repeatable): its centre square, resized to the run's size (digits: 8x8 "
+            "greyscale, ink bright).",
+        ),
+        click.option(
+            "--held-out",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Also edit the first N images of the run's held-out split (their labels give the class figures).",
+        ),
+        click.option("--n", type=click.IntRange(min=1), default=4, show_default=True, help="Edits per input."),
+        click.option(
+            "--steps",
+            type=click.IntRange(1, MAX_STEPS, max_open=True),
+            default=None,
+            help="Steps of the whole schedule (default: the config's sample.steps).",
+        ),
+        click.option(
+            "--label",
+            type=int,
+            default=None,
+            help="Class to edit towards (conditional runs; default: none, the model's null label).",
+        ),
+        click.option(
+            "--guidance",
+            type=_Scale(),
+            default=None,
+            help="Guidance scale with --label (default: the config's sample.guidance).",
+        ),
+        click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Random seed."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory."),
+        click.option(
+            "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available)."
+        ),
+        _device_option,
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _edit(kind: str, run_dir: Path, max_memory: str | None, quiet: bool, out: Path | None, **kwargs) -> None:
+    from .pipelines.edit import edit_run
+    from .resources import parse_bytes
+
+    metrics = edit_run(
+        run_dir,
+        kind,
+        out_dir=out,
+        progress=not quiet,
+        max_memory=None if max_memory is None else parse_bytes(max_memory),
+        log=click.echo,
+        **kwargs,
+    )
+    rows = metrics["rows"]
+    keys = list(rows[0])
+    _echo_table([keys] + [[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows])
+    click.echo(f"edits and metrics written to {metrics['out']}")
+
+
+@cli.command()
+@_edit_options
+@click.option("--region", type=click.Choice(REGION_NAMES), default=None, help="The part of the image to fill.")
+@click.option(
+    "--mask",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A black-and-white image of the run's size; white marks the pixels to fill.",
+)
+@click.option(
+    "--sampler",
+    type=_Name((*DIFFUSION_SAMPLER_NAMES, "repaint")),
+    default="repaint",
+    show_default=True,
+    help="repaint (Lugmayr et al. 2022), or any diffusion sampler with the known pixels replaced (no resampling).",
+)
+@click.option("--resample", type=click.IntRange(min=1), default=10, show_default=True, help="RePaint: runs per step.")
+@click.option("--jump", type=click.IntRange(min=1), default=1, show_default=True, help="RePaint: steps per block.")
+def inpaint(run_dir: Path, images, max_memory, quiet, out, **kwargs) -> None:
+    """Fill a region of images with a trained image run.
+
+    Writes edits.png (per input: the input, the input with its region grey, the fills), edits.safetensors and
+    metrics.json to OUT (default RUN_DIR/inpaint), all at once when every file is ready.
+    """
+    _edit("inpaint", run_dir, max_memory, quiet, out, files=images, **kwargs)
+
+
+@cli.command()
+@_edit_options
+@click.option(
+    "--strength",
+    "strengths",
+    multiple=True,
+    required=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Share of the schedule's steps to run from the noised input, in (0, 1]: low stays close to the input, "
+    "high follows the model (repeatable).",
+)
+@click.option(
+    "--sampler",
+    type=_Name(DIFFUSION_SAMPLER_NAMES),
+    default="ddpm",
+    show_default=True,
+    help="ddpm follows the paper's stochastic reverse process; a deterministic sampler maps the noised input.",
+)
+def sdedit(run_dir: Path, images, max_memory, quiet, out, **kwargs) -> None:
+    """Edit images by noising them part of the way and denoising (SDEdit, Meng et al. 2022).
+
+    Writes edits.png (per input: the input, then its edits per strength), edits.safetensors and metrics.json to
+    OUT (default RUN_DIR/sdedit), all at once when every file is ready.
+    """
+    _edit("sdedit", run_dir, max_memory, quiet, out, files=images, **kwargs)
+
+
 @cli.command()
 @click.option(
     "--out",
@@ -351,6 +476,8 @@ OUT_OF_MEMORY_HINTS = {
     "train": TRAIN_MEMORY_HINT,
     "sample": "lower --n",
     "evaluate": "lower --n",
+    "inpaint": "lower --n or --held-out",
+    "sdedit": "lower --n or --held-out",
 }
 
 

@@ -160,6 +160,17 @@ def _square(img: Image.Image, size: int, channels: int) -> tuple[np.ndarray, boo
     return a.transpose(2, 0, 1).copy(), side < size  # a copy: Pillow's buffer is read-only
 
 
+def read_square(path, size: int, channels: int, what: str = "image") -> tuple[np.ndarray, bool]:
+    """An image file as the folder loader reads it: (uint8 (channels, size, size), whether it was upscaled)."""
+    img = _open(path, what, draft=(2 * size, 2 * size))  # twice the size: Lanczos does the last step
+    try:
+        return _square(img, size, channels)
+    except ScorelabError as e:
+        raise ScorelabError(f"{what} {path}: {e}") from None
+    except (ValueError, OSError) as e:  # a mode Pillow cannot convert
+        raise ScorelabError(f"{what} {path}: cannot be converted ({img.mode}: {e})") from None
+
+
 def _split(labels: np.ndarray, holdout: float) -> np.ndarray:
     """Held-out mask: within each class a fixed permutation, holdout x count of it (rounded half up) held out, never
     a class's last image; at least one image in all when holdout > 0, some class has two and MIN_TRAIN are left."""
@@ -249,13 +260,7 @@ def _load_folder(root: Path, files: list[Path], size, channels, holdout, labelle
         except OSError as e:
             raise ScorelabError(f"image {where}: cannot be read ({e.strerror})") from None
         digest.update(os.fsencode(str(rel)) + b"\0" + hashlib.sha256(data).digest())
-        img = _open(where, "image", draft=(2 * size, 2 * size))  # twice the size: Lanczos does the last step
-        try:
-            a, up = _square(img, size, channels)
-        except ScorelabError as e:
-            raise ScorelabError(f"image {where}: {e}") from None
-        except (ValueError, OSError) as e:  # a mode Pillow cannot convert
-            raise ScorelabError(f"image {where}: cannot be converted ({img.mode}: {e})") from None
+        a, up = read_square(where, size, channels)
         pixels[i] = torch.from_numpy(a)
         upscaled += up
     held_out = _split(labels, holdout)

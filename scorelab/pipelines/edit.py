@@ -1,0 +1,258 @@
+"""`scorelab inpaint` and `scorelab sdedit`: edit images with a trained image run, and measure the edits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from ..data.image_sets import ImageSet, budget_left, check_outside, data_shape, image_set, read_square, to_signed
+from ..data.images import load_mask
+from ..edit import Inpainting, repaint, sdedit
+from ..errors import ScorelabError
+from ..outputs import as_umask_allows, check_output_dir, json_text, staged_output
+from ..plots import image_grid
+from ..sampling import SAMPLERS
+from ..sampling.common import initial_noise
+from .sample import (
+    check_guidance,
+    check_sampling_budget,
+    device_of,
+    diffusion_sigmas,
+    load_run,
+    run_images,
+    sampling_denoiser,
+)
+
+EDIT_OUTPUTS = {"edits.safetensors", "edits.png", "metrics.json"}
+REGIONS = ("bottom", "top", "left", "right", "centre")
+SHOWN = 10  # inputs shown in edits.png
+
+
+def region_keep(region: str, height: int, width: int) -> torch.Tensor:
+    """A bool (1, 1, H, W) mask, True on the known pixels, that leaves `region` to fill: a half of the image
+    (bottom, top, left, right) or its centre (the middle half of each side)."""
+    keep = torch.ones(1, 1, height, width, dtype=torch.bool)
+    h2, w2 = height // 2, width // 2
+    if region == "bottom":
+        keep[..., h2:, :] = False
+    elif region == "top":
+        keep[..., :h2, :] = False
+    elif region == "left":
+        keep[..., :w2] = False
+    elif region == "right":
+        keep[..., w2:] = False
+    elif region == "centre":
+        keep[..., height // 4 : height - height // 4, width // 4 : width - width // 4] = False
+    else:
+        raise ScorelabError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+    return keep
+
+
+def edit_inputs(cfg, images: ImageSet, files: list[Path], held_out: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(inputs (N, C, H, W) in [-1, 1], their true labels or None): the image files, read as the run's data is
+    (centre square, resized to the run's size; digits as 8x8 greyscale with ink bright, as scorelab draws them),
+    then the first `held_out` images of the run's held-out split. Labels only when every input has one."""
+    c, h, _ = data_shape(cfg.data)
+    parts, labels = [], []
+    for f in files:
+        a, _ = read_square(f, h, c, what="--image")
+        parts.append(to_signed(torch.from_numpy(a)[None], 256))
+        labels.append(None)
+    if held_out:
+        held, held_labels = images.split("test")
+        if held_out > len(held):
+            raise ScorelabError(f"--held-out asks for {held_out} images, but {images.where} holds out {len(held)}")
+        parts.append(held[:held_out])
+        labels += held_labels[:held_out].tolist() if held_labels is not None else [None] * held_out
+    if not parts:
+        raise ScorelabError("nothing to edit: give --image FILE (repeatable) or --held-out N")
+    x = torch.cat(parts)
+    return x, (torch.tensor(labels) if None not in labels else None)
+
+
+def _classify(cfg, images: ImageSet, x: torch.Tensor, progress: bool) -> torch.Tensor | None:
+    """The class of each image by the run's judge: the digits classifier, or the judge trained on a labelled image
+    folder (scorelab.metrics.judge); None where there are no classes."""
+    if cfg.data.name == "digits":
+        from ..metrics.digits import classifier_probs
+
+        return classifier_probs(x).argmax(1)
+    if images.labels is not None and len(images.classes) > 1:
+        from ..metrics.judge import predict, train_judge
+
+        judge, _ = train_judge(images, mirrored=cfg.data.flip, progress=progress)
+        return predict(judge, x)
+    return None
+
+
+def _rms(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
+    d = (a - b) ** 2
+    if where is not None:
+        d = d[where.expand_as(d)]
+    return d.double().mean().sqrt().item()
+
+
+def edit_run(
+    run_dir: Path,
+    kind: str,
+    *,
+    files: tuple[Path, ...] = (),
+    held_out: int = 0,
+    region: str | None = None,
+    mask: Path | None = None,
+    strengths: tuple[float, ...] = (),
+    n: int = 4,
+    sampler: str | None = None,
+    steps: int | None = None,
+    resample: int = 10,
+    jump: int = 1,
+    label: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    max_memory: int | None = None,
+    device: str | torch.device = "cpu",
+    log=print,
+) -> dict:
+    """Inpaint (kind 'inpaint': fill `region` or the white pixels of `mask`) or SDEdit (kind 'sdedit', once per
+    strength) each input n times, and write edits.png, edits.safetensors and metrics.json to out_dir (default
+    RUN_DIR/KIND). Without `label` a class-conditional model edits unconditionally (its null label)."""
+    if kind not in ("inpaint", "sdedit"):
+        raise ScorelabError(f"kind must be 'inpaint' or 'sdedit', got {kind!r}")
+    cfg, denoiser, record = load_run(run_dir, device)
+    if cfg.data.name not in ("digits", "images"):
+        raise ScorelabError(f"editing needs a run trained on images (digits or an image folder); {run_dir} is a 2D toy")
+    if n < 1:
+        raise ScorelabError(f"--n must be >= 1 (edits per input), got {n}")
+    if held_out < 0:
+        raise ScorelabError(f"--held-out must be >= 0, got {held_out}")
+    if kind == "inpaint" and (region is None) == (mask is None):
+        raise ScorelabError("inpaint needs exactly one of --region (bottom, top, left, right, centre) and --mask FILE")
+    if kind == "sdedit" and not strengths:
+        raise ScorelabError("sdedit needs --strength (in (0, 1]; repeatable)")
+    allowed = (*SAMPLERS, "repaint") if kind == "inpaint" else tuple(SAMPLERS)
+    sampler = sampler or ("repaint" if kind == "inpaint" else "ddpm")
+    if sampler not in allowed:
+        raise ScorelabError(f"--sampler must be one of {', '.join(allowed)} for {kind}, got {sampler!r}")
+    if (resample != 10 or jump != 1) and sampler != "repaint":
+        raise ScorelabError("--resample and --jump are RePaint's; give them with --sampler repaint")
+    if label is None:
+        if guidance not in (None, 0.0):
+            raise ScorelabError(f"--guidance needs --label (the class to guide towards), got {guidance}")
+        guidance = 0.0 if cfg.model.num_classes else None  # unconditional: the null label
+    elif not cfg.model.num_classes:
+        raise ScorelabError("--label needs a class-conditional run (model.num_classes > 0)")
+    elif not 0 <= label < cfg.model.num_classes:
+        raise ScorelabError(f"--label must be in 0..{cfg.model.num_classes - 1}, got {label}")
+    check_guidance(cfg, guidance)
+    guidance = cfg.sample.guidance if guidance is None else guidance
+    if label is not None and guidance == 0:
+        raise ScorelabError("--label has no effect at guidance 0 (the unconditional model); give --guidance above 0")
+    steps = cfg.sample.steps if steps is None else steps
+    sigmas, vp = diffusion_sigmas(cfg, steps, cfg.sample.schedule)
+    out_dir = Path(out_dir) if out_dir else Path(run_dir) / kind
+    check_outside(out_dir, cfg.data)
+    check_output_dir(out_dir, EDIT_OUTPUTS.__contains__, kind)
+    shape = data_shape(cfg.data)
+    keep = region_keep(region, *shape[1:]) if region else None
+    if mask is not None:
+        keep = ~load_mask(mask, size=shape[1:], what="--mask")[None, None]  # white marks the pixels to fill
+        if not keep.any():
+            raise ScorelabError(f"--mask {mask}: is white everywhere, so no pixel is known; that is sampling")
+    images = run_images(cfg, Path(run_dir), record, strict=False, progress=progress, max_memory=max_memory) or (
+        image_set(cfg.data)
+    )
+    inputs, true_labels = edit_inputs(cfg, images, list(files), held_out)
+    total = len(inputs) * n
+    check_sampling_budget(
+        f"editing {total} images", cfg, denoiser, total, [guidance], budget_left(max_memory, images), images
+    )
+    dev = device_of(denoiser)
+    batch = inputs.repeat_interleave(n, 0).to(dev)
+    cond = None
+    if cfg.model.num_classes:
+        cond = torch.full((total,), -1 if label is None else label, dtype=torch.long, device=dev)
+    model = sampling_denoiser(cfg, denoiser, guidance)
+    g = torch.Generator().manual_seed(seed)
+    rows, edits = [], []
+    if kind == "inpaint":
+        model = Inpainting(model, batch, keep.to(dev))
+        x = initial_noise((total, *shape), float(sigmas[0]), vp_prior=vp, generator=g, device=dev)
+        if sampler == "repaint":
+            out = repaint(model, x, sigmas, resample=resample, jump=jump, cond=cond, generator=g, progress=progress)
+        else:
+            out = SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, progress=progress)
+        edits.append(out.cpu())
+        rows.append({})
+    else:
+        for strength in strengths:
+            out = sdedit(
+                model, batch, sigmas, SAMPLERS[sampler], strength=strength, cond=cond, generator=g, progress=progress
+            )
+            edits.append(out.cpu())
+            rows.append({"strength": strength})
+    log(f"measuring {total * len(edits)} edits")
+    batch = batch.cpu()
+    reference = true_labels.repeat_interleave(n) if true_labels is not None else None
+    if reference is None:
+        judged = _classify(cfg, images, inputs, progress)
+        reference = None if judged is None else judged.repeat_interleave(n)
+    for row, out in zip(rows, edits, strict=True):
+        row["rms_to_input"] = _rms(out, batch)
+        if keep is not None:
+            row["rms_in_filled_region"] = _rms(out, batch, ~keep)
+            row["known_max_abs_change"] = (out - batch)[keep.expand_as(out)].abs().max().item()
+        classes = _classify(cfg, images, out, progress) if reference is not None else None
+        if classes is not None:
+            row["input_class_kept"] = (classes == reference).double().mean().item()
+            if label is not None:
+                row["label_accuracy"] = (classes == label).double().mean().item()
+    metrics = {
+        "run": str(run_dir),
+        "step": record["step"],
+        "kind": kind,
+        "inputs": len(inputs),
+        "edits_per_input": n,
+        "sampler": sampler,
+        "steps": steps,
+        "seed": seed,
+        "label": label,
+        "guidance": guidance if cfg.model.num_classes else None,
+        "rows": rows,
+    }
+    if kind == "inpaint":
+        metrics["filled"] = f"region {region}" if region else f"mask {mask}"
+        metrics["filled_share"] = 1 - keep.double().mean().item()
+        if sampler == "repaint":
+            metrics.update(resample=resample, jump=jump)
+    if reference is not None:
+        metrics["input_classes"] = "true labels" if true_labels is not None else "judged"
+        if true_labels is not None:
+            judged = _classify(cfg, images, inputs, progress)
+            metrics["judge_accuracy_on_inputs"] = (judged == true_labels).double().mean().item()
+    tensors = {"inputs": inputs.contiguous(), "edits": torch.stack(edits).contiguous()}
+    if keep is not None:
+        tensors["keep"] = keep.contiguous()
+    with staged_output(out_dir, EDIT_OUTPUTS.__contains__, kind) as stage:
+        save_file(tensors, stage / "edits.safetensors")
+        as_umask_allows(stage / "edits.safetensors")
+        _figure(inputs, edits, keep, n, stage / "edits.png")
+        (stage / "metrics.json").write_text(json_text(metrics))
+    metrics["out"] = str(out_dir)
+    return metrics
+
+
+def _figure(inputs: torch.Tensor, edits: list[torch.Tensor], keep: torch.Tensor | None, n: int, path: Path) -> Path:
+    """One row per input (the first SHOWN): the input, for inpainting the input with its fill region grey, then its
+    n edits (per strength, in order)."""
+    shown = inputs[:SHOWN]
+    columns = [shown[:, None]]
+    if keep is not None:
+        columns.append(torch.where(keep, shown, torch.zeros(())).unsqueeze(1))
+    for out in edits:
+        columns.append(out[: len(shown) * n].reshape(len(shown), n, *out.shape[1:]))
+    grid = torch.cat(columns, 1)
+    return image_grid(grid.flatten(0, 1), path, nrow=grid.shape[1])
