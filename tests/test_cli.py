@@ -852,10 +852,10 @@ def test_the_demo_report_shows_every_section_and_each_figure_it_names_exists(tmp
     out = tmp_path / "demo"
     page = demo.run_demo(out, progress=False, log=lambda *a: None).read_text()
     sources = re.findall(r"<img src=['\"]([^'\"]+)['\"]", page)
-    assert len(sources) == 6 + 2 * 3
+    assert len(sources) == 6 + 2 * 3 + 3
     for src in sources:
         assert (out / src).is_file(), src
-    for heading in ("<h2>1.", "<h2>2.", "<h2>3.", "<h2>4."):
+    for heading in ("<h2>1.", "<h2>2.", "<h2>3.", "<h2>4.", "<h2>5."):
         assert heading in page
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["ncsn_toy"] == toy
@@ -867,6 +867,13 @@ def test_the_demo_report_shows_every_section_and_each_figure_it_names_exists(tmp
             == _TINY_DEMO[f"ncsn-{'toy2d' if run == 'toy2d' else 'digits'}"]["train"]["steps"]
         )
         assert "<tr><td>sw2</td>" in page if section == "toy2d" else "<tr><td>frechet</td>" in page
+    assert list(metrics["edits"]) == list(demo.DEMO_EDITS)
+    for name, edit in metrics["edits"].items():
+        assert edit == json.loads((out / "ddpm-digits" / name / "metrics.json").read_text())
+        assert edit["inputs"] == 100 and len(edit["rows"]) == (4 if name == "sdedit" else 1)
+        assert f"<img src='ddpm-digits/{name}/edits.png' width='30%'>" in page
+    kept = metrics["edits"]["sdedit"]["rows"][0]["input_class_kept"]
+    assert "<tr><td>sdedit</td><td>strength 0.3</td>" in page and f"<td>{kept:.3f}</td>" in page
     rows = metrics["ddpm_digits"]["guidance"]
     assert [(r["sampler"], r["guidance"]) for r in rows] == [(s, g) for s in ("dpmpp_2m", "unipc") for g in (0, 1, 3)]
     cfg, den, _ = load_run(out / "ddpm-digits")

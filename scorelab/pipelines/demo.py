@@ -20,6 +20,7 @@ from ..plots import image_grid, quiver, trajectories
 from ..reproduce import ncsn_toy
 from ..train.checkpoint import list_checkpoints
 from ..train.trainer import RUN_FILES, Trainer, load_run_checkpoint
+from .edit import EDIT_OUTPUTS, edit_run
 from .sample import SAMPLE_OUTPUTS, generate, load_run, sample_labels, sample_run, sample_sigmas
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -32,6 +33,12 @@ DEMO_OVERRIDES = {
 }
 DEMO_GUIDANCE = (0.0, 1.0, 3.0)
 DEMO_SAMPLERS = ("dpmpp_2m", "unipc")
+# editing with the DDPM digits model: folder -> edit_run settings (the first 100 held-out digits, 20 steps)
+DEMO_EDITS = {
+    "inpaint": {"kind": "inpaint", "region": "bottom", "sampler": "repaint", "resample": 10},
+    "inpaint-replace": {"kind": "inpaint", "region": "bottom", "sampler": "dpmpp_2m"},
+    "sdedit": {"kind": "sdedit", "strengths": (0.3, 0.5, 0.7, 0.9), "label": 3},
+}
 
 
 def _config(name: str):
@@ -67,12 +74,14 @@ def _foreign(out: Path) -> list[str]:
     check(out / "ncsn-toy", staged(out / "ncsn-toy", "reproduce ncsn-toy", *ncsn_toy.OUTPUTS), "ncsn-toy/")
     for name in RUN_FOLDERS:
         run = out / name
-        check(run, {*RUN_FILES, *(f"{f}.tmp" for f in RUN_FILES), "samples", "eval", *figures}, f"{name}/")
+        check(run, {*RUN_FILES, *(f"{f}.tmp" for f in RUN_FILES), "samples", "eval", *DEMO_EDITS, *figures}, f"{name}/")
         for p in (run / "checkpoints").glob("*"):
             if not CHECKPOINT_FILE.fullmatch(p.name):
                 foreign.append(f"{name}/checkpoints/{p.name}")
         check(run / "samples", staged(run / "samples", "sample", *SAMPLE_OUTPUTS), f"{name}/samples/")
         check(run / "eval", staged(run / "eval", "evaluate", "eval.json"), f"{name}/eval/")
+        for edit in DEMO_EDITS:
+            check(run / edit, staged(run / edit, DEMO_EDITS[edit]["kind"], *EDIT_OUTPUTS), f"{name}/{edit}/")
     return sorted(foreign)
 
 
@@ -167,6 +176,17 @@ def _guidance_grids(run_dir: Path, progress: bool, log) -> list[dict]:
     return rows
 
 
+def _edits(run_dir: Path, progress: bool, log) -> dict:
+    """Each DEMO_EDITS edit of the first 100 held-out digits, once each: its metrics, with 'figure' (edits.png)."""
+    done = {}
+    for folder, settings in DEMO_EDITS.items():
+        m = edit_run(
+            run_dir, **settings, held_out=100, n=1, steps=20, out_dir=run_dir / folder, progress=progress, log=log
+        )
+        done[folder] = {**m, "figure": run_dir / folder / "edits.png"}
+    return done
+
+
 def _cell(v, digits: int = 4) -> str:
     """A metric as text: floats to `digits` significant figures, lists (of lists) element by element."""
     if isinstance(v, float):
@@ -188,26 +208,29 @@ def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
     out = Path(out)
     check_demo_folder(out)
     out.mkdir(parents=True, exist_ok=True)
-    log("[1/5] NCSN toy reproduction with exact scores (Song & Ermon 2019, Fig. 3)")
+    log("[1/6] NCSN toy reproduction with exact scores (Song & Ermon 2019, Fig. 3)")
     toy = ncsn_toy.run(out / "ncsn-toy", progress=progress)
-    log("[2/5] training the 2D score network on the ring of 8 Gaussians")
+    log("[2/6] training the 2D score network on the ring of 8 Gaussians")
     toy_train = _train("ncsn-toy2d", out / "toy2d", progress, log)
     toy_metrics = sample_run(out / "toy2d", progress=progress, log=log)
     toy_cfg, toy_denoiser, _ = load_run(out / "toy2d")
     field = _score_field_figure(toy_denoiser, out / "toy2d" / "score_field.png")
     traj = _trajectory_figure(toy_cfg, toy_denoiser, out / "toy2d" / "trajectories.png")
-    log("[3/5] training the digits score U-Net")
+    log("[3/6] training the digits score U-Net")
     dig_train = _train("ncsn-digits", out / "digits", progress, log)
-    log("[4/5] sampling digits with annealed Langevin")
+    log("[4/6] sampling digits with annealed Langevin")
     dig_metrics = sample_run(out / "digits", progress=progress, log=log)
-    log("[5/5] class-conditional DDPM on digits, sampled with guidance 0, 1 and 3")
+    log("[5/6] class-conditional DDPM on digits, sampled with guidance 0, 1 and 3")
     ddpm_train = _train("ddpm-digits", out / "ddpm-digits", progress, log)
     guided = _guidance_grids(out / "ddpm-digits", progress, log)
+    log("[6/6] editing held-out digits with the DDPM model: inpainting (RePaint, replacement) and SDEdit")
+    edits = _edits(out / "ddpm-digits", progress, log)
     metrics = {
         "ncsn_toy": {k: toy[k] for k in ("langevin_weight", "annealed_weight", "true_weight", "passed")},
         "toy2d": {"train": toy_train, **toy_metrics},
         "digits": {"train": dig_train, **dig_metrics},
         "ddpm_digits": {"train": ddpm_train, "guidance": [{k: v for k, v in r.items() if k != "grid"} for r in guided]},
+        "edits": {name: {k: v for k, v in m.items() if k not in ("figure", "out")} for name, m in edits.items()},
     }
     (out / "metrics.json").write_text(json_text(metrics))
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
@@ -222,6 +245,18 @@ def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
         )
         for r in guided
     )
+    edit_rows = "".join(
+        "<tr><td>{name}</td><td>{what}</td><td>{rms:.3f}</td><td>{kept:.3f}</td><td>{label}</td></tr>".format(
+            name=html.escape(name),
+            what=html.escape(f"strength {r['strength']:g}" if "strength" in r else m["filled"]),
+            rms=r["rms_to_input"],
+            kept=r["input_class_kept"],
+            label=f"{r['label_accuracy']:.3f}" if "label_accuracy" in r else "",
+        )
+        for name, m in edits.items()
+        for r in m["rows"]
+    )
+    edit_figures = " ".join(f"<img src='{rel(m['figure'])}' width='30%'>" for m in edits.values())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>scorelab demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
 td{{padding:2px 10px;border-bottom:1px solid #ddd}}</style></head><body>
@@ -245,6 +280,16 @@ Conditional accuracy: the digits classifier agrees with the requested class (200
 <table><tr><th>sampler</th><th>guidance</th><th>samples</th><th>conditional accuracy</th>
 <th>within-class diversity</th></tr>
 {guided_rows}
+</table>
+<h2>5. Editing held-out digits with the DDPM model</h2>
+<p>Filling the bottom half with RePaint (10 runs of each of 20 steps; left) and with plain replacement of the known
+pixels (DPM-Solver++(2M), 20 steps; middle), both without a label; SDEdit towards the label 3 at guidance 3, at
+strengths 0.3, 0.5, 0.7 and 0.9 (right). Each row: the input (for inpainting also the input with its region grey), then
+its edits. Figures over the first 100 held-out digits: RMS difference to the input (on [-1, 1]), the share the digits
+classifier puts in the input's true class, and the share it puts in class 3.</p>
+{edit_figures}
+<table><tr><th>edit</th><th>setting</th><th>RMS to input</th><th>input class kept</th><th>class 3</th></tr>
+{edit_rows}
 </table>
 </body></html>"""
     index = out / "index.html"
