@@ -267,3 +267,30 @@ def test_reproduce_quiet_turns_the_progress_bars_off(tmp_path):
     quiet = CliRunner().invoke(cli, ["reproduce", "ncsn-toy", "--quiet", "--out", str(tmp_path / "b")])
     assert loud.exit_code == quiet.exit_code == 0
     assert "it/s]" in loud.stderr and "it/s]" not in quiet.stderr and "%|" not in quiet.stderr
+
+
+def test_repaint_conditional_is_the_mixture_conditional_and_w1_is_exact_for_shifts():
+    """conditional(mix, a) against rejection from the joint: draws with x1 within 0.02 of a; and W1 of a sample and
+    the same sample shifted by c is |c| (1-D optimal transport between equal sets)."""
+    from scorelab.reproduce.repaint import cases, conditional, wasserstein1
+
+    mix, a = cases()["close pair, x1 = 0.5"]
+    joint = mix.sample(400_000, torch.Generator().manual_seed(0))
+    near = joint[(joint[:, 0] - a).abs() < 0.02, 1]
+    exact = conditional(mix, a)
+    mean = (exact.weights * exact.means[:, 0]).sum().item()
+    var = (exact.weights * (exact.stds[:, 0] ** 2 + exact.means[:, 0] ** 2)).sum().item() - mean**2
+    assert abs(near.mean().item() - mean) < 4 * math.sqrt(var / len(near)) + 0.005  # + the window's bias
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    assert wasserstein1(x, x + 0.3) == pytest.approx(0.3, abs=1e-6)
+
+
+def test_repaint_reproduction_quick_shows_resampling_closing_in_on_the_exact_conditional(tmp_path):
+    from scorelab.reproduce import repaint
+
+    result = repaint.run(tmp_path, quick=True, progress=False)
+    assert result["passed"], result["table"]
+    assert len(result["rows"]) == 3 * 4 and (tmp_path / "repaint.png").is_file()
+    for name in repaint.cases():
+        w1 = [r["w1"] for r in result["rows"] if r["case"] == name]
+        assert w1 == sorted(w1, reverse=True)  # what `passed` says, per case
