@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from test_cli import _run, _trained_ddpm
 
 from scorelab.cli import REGION_NAMES
-from scorelab.data.image_sets import digits_set
+from scorelab.data.image_sets import digits_set, to_signed
 from scorelab.outputs import MANIFEST
 from scorelab.pipelines.edit import REGIONS, edit_run, region_keep
 
@@ -181,3 +181,41 @@ def test_editing_a_2d_toy_run_is_refused(tmp_path):
     _, toy = _trained(tmp_path, data="ring8", steps=2)
     p = _run("sdedit", str(toy), "--held-out", "1", "--strength", "0.5", "--quiet")
     assert p.returncode == 2 and "needs a run trained on images" in p.stderr, p.stderr
+
+
+def test_editing_an_image_folder_run_judges_classes_and_refuses_outputs_inside_the_folder(tmp_path, monkeypatch):
+    from test_image_sets import _classes, _images_config, _save
+
+    from scorelab.metrics import judge
+
+    monkeypatch.setattr(judge, "STEPS", 200)  # two classes of flat greys
+    root = _classes(tmp_path / "data", 6)
+    assert _run("train", str(_images_config(tmp_path, root)), "--out", str(tmp_path / "run"), "--quiet").returncode == 0
+    _save(tmp_path / "grey.png", np.full((20, 20), 120))  # resized to the run's 8x8
+    out = tmp_path / "edits"
+    p = _run(
+        "inpaint",
+        str(tmp_path / "run"),
+        "--held-out",
+        "2",
+        "--image",
+        str(tmp_path / "grey.png"),
+        "--region",
+        "centre",
+        "--n",
+        "2",
+        "--sampler",
+        "ddim",
+        "--out",
+        str(out),
+        "--quiet",
+    )
+    assert p.returncode == 0, p.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["inputs"] == 3 and m["input_classes"] == "judged"  # an image file has no label: the judge's class
+    assert 0 <= m["rows"][0]["input_class_kept"] <= 1 and m["rows"][0]["known_max_abs_change"] == 0
+    t = load_file(out / "edits.safetensors")
+    assert torch.equal(t["inputs"][0], to_signed(torch.full((1, 8, 8), 120, dtype=torch.uint8), 256))
+    inside = root / "a" / "edits"
+    p = _run("sdedit", str(tmp_path / "run"), "--held-out", "1", "--strength", "0.5", "--out", str(inside), "--quiet")
+    assert p.returncode == 2 and "lies inside data.path" in p.stderr and not inside.exists()

@@ -12,8 +12,8 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 DEMO_RUN = "runs/demo/ddpm-digits"  # the trained-run example reads the run `make demo` writes
 
 
-def test_the_readme_has_its_three_examples():
-    assert len(BLOCKS) == 3
+def test_the_readme_has_its_four_examples():
+    assert len(BLOCKS) == 4
     assert sum(DEMO_RUN in block for block in BLOCKS) == 1
 
 

@@ -31,7 +31,7 @@ def sdedit_sigmas(sigmas: torch.Tensor, strength: float) -> torch.Tensor:
     if k < 1:
         raise ScorelabError(
             f"strength {strength} runs no step of a {n}-step schedule (round(strength x steps) = 0); "
-            f"give at least {0.5 / n:.3g} or more steps"
+            f"give a strength of at least {0.5 / n:.3g}, or a schedule of more steps"
         )
     return sigmas[n - k :]
 
