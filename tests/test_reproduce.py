@@ -285,7 +285,7 @@ def test_repaint_conditional_is_the_mixture_conditional_and_w1_is_exact_for_shif
     assert wasserstein1(x, x + 0.3) == pytest.approx(0.3, abs=1e-6)
 
 
-def test_repaint_reproduction_quick_shows_resampling_closing_in_on_the_exact_conditional(tmp_path):
+def test_repaint_reproduction_quick_shows_resampling_bringing_fills_closer_to_the_exact_conditional(tmp_path):
     from scorelab.reproduce import repaint
 
     result = repaint.run(tmp_path, quick=True, progress=False)
@@ -293,4 +293,4 @@ def test_repaint_reproduction_quick_shows_resampling_closing_in_on_the_exact_con
     assert len(result["rows"]) == 3 * 4 and (tmp_path / "repaint.png").is_file()
     for name in repaint.cases():
         w1 = [r["w1"] for r in result["rows"] if r["case"] == name]
-        assert w1 == sorted(w1, reverse=True)  # what `passed` says, per case
+        assert w1[-1] < w1[0] - 3 * result["noise_floor"][name]  # what `passed` says, per case

@@ -1,12 +1,15 @@
 """Inpainting: fill the unknown pixels of an image so that they agree with the known ones.
 
-`Inpainting` is a Denoiser wrapper that returns the known pixels as they are and the model's estimate elsewhere, so
-any sampler keeps the known region on its own noisy path to the known image, and its last step (to sigma = 0, where
-the sampler returns the denoiser's output) gives the known pixels back. This is the replacement method (Song et al.
-2021, 'Score-Based Generative Modeling through SDEs', Appendix I.2; RePaint without resampling): the unknown region
-sees the known one only through the noisy state, so it under-uses it, and the fills drift from the exact conditional
-(tests/test_edit.py measures this against an exact mixture). RePaint's resampling (Lugmayr et al. 2022) reduces that
-drift by going back up and down each part of the schedule several times.
+Two ways, both checked against exact mixture conditionals (tests/test_edit.py, `scorelab reproduce repaint`):
+- `repaint`, RePaint (Lugmayr et al. 2022, Algorithm 1): DDPM ancestral steps whose known part is drawn afresh from
+  the forward process q(x_s | x0) after every step, with resampling (each stretch of steps run several times, the
+  forward process taking it back up in between). Without resampling this is the replacement method (Song et al.
+  2021, 'Score-Based Generative Modeling through SDEs', Appendix I.2), whose fills drift from the conditional: the
+  unknown part sees the known part only through the noisy state. Resampling reduces the drift.
+- `Inpainting`, a Denoiser wrapper that returns the known pixels as they are and the model's estimate elsewhere, so
+  any sampler (deterministic ones included) inpaints: the known part then follows the sampler's own noisy path to the
+  known image instead of fresh draws, and has no resampling (it drifts like replacement, or more).
+Either way the last step (to sigma = 0) gives the known pixels back exactly.
 """
 
 from __future__ import annotations
@@ -22,35 +25,45 @@ from ..sampling.ancestral import check_variance, ddpm_step
 from ..sampling.common import Callback, check_sigmas, randn_like
 
 
+def check_known(image: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`keep` as a bool tensor on the image's device, after checking that it broadcasts to the floating-point image and
+    leaves something to fill."""
+    if not torch.is_floating_point(image):
+        raise ScorelabError(f"image must be a floating-point tensor, got {image.dtype}")
+    keep = torch.as_tensor(keep)
+    if keep.dtype != torch.bool:
+        raise ScorelabError(f"keep must be a bool tensor (True where the pixel is known), got {keep.dtype}")
+    try:
+        torch.broadcast_shapes(keep.shape, image.shape)
+    except RuntimeError:
+        raise ScorelabError(
+            f"keep of shape {tuple(keep.shape)} does not broadcast to the image's {tuple(image.shape)}"
+        ) from None
+    if keep.all():
+        raise ScorelabError("keep marks every pixel as known, so there is nothing to fill")
+    return keep.to(image.device)
+
+
+def _check_state(x: torch.Tensor, image: torch.Tensor, keep: torch.Tensor) -> None:
+    try:
+        fits = torch.broadcast_shapes(x.shape, image.shape, keep.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ScorelabError(
+            f"the state's shape {tuple(x.shape)} does not match the inpainted image's {tuple(image.shape)}"
+        )
+
+
 class Inpainting:
     """D'(x, sigma) = keep * image + (1 - keep) * D(x, sigma): the known pixels (keep = True) of `image` are taken as
     denoised. `keep` is a bool tensor that broadcasts to image, e.g. (B or 1, 1, H, W) for images (B, C, H, W)."""
 
     def __init__(self, denoiser, image: torch.Tensor, keep: torch.Tensor):
-        if not torch.is_floating_point(image):
-            raise ScorelabError(f"image must be a floating-point tensor, got {image.dtype}")
-        keep = torch.as_tensor(keep)
-        if keep.dtype != torch.bool:
-            raise ScorelabError(f"keep must be a bool tensor (True where the pixel is known), got {keep.dtype}")
-        try:
-            torch.broadcast_shapes(keep.shape, image.shape)
-        except RuntimeError:
-            raise ScorelabError(
-                f"keep of shape {tuple(keep.shape)} does not broadcast to the image's {tuple(image.shape)}"
-            ) from None
-        if keep.all():
-            raise ScorelabError("keep marks every pixel as known, so there is nothing to fill")
-        self.denoiser, self.image, self.keep = denoiser, image, keep.to(image.device)
+        self.denoiser, self.image, self.keep = denoiser, image, check_known(image, keep)
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond=None) -> torch.Tensor:
-        try:
-            fits = torch.broadcast_shapes(x.shape, self.image.shape, self.keep.shape) == x.shape
-        except RuntimeError:
-            fits = False
-        if not fits:
-            raise ScorelabError(
-                f"the state's shape {tuple(x.shape)} does not match the inpainted image's {tuple(self.image.shape)}"
-            )
+        _check_state(x, self.image, self.keep)
         d = self.denoiser(x, sigma, cond)
         return torch.where(self.keep, self.image.to(d.dtype), d)
 
@@ -67,6 +80,8 @@ def repaint(
     x: torch.Tensor,
     sigmas: torch.Tensor,
     *,
+    image: torch.Tensor,
+    keep: torch.Tensor,
     resample: int = 10,
     jump: int = 1,
     variance: str = "small",
@@ -75,24 +90,30 @@ def repaint(
     callback: Callback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """RePaint (Lugmayr et al. 2022, Algorithm 1 with the jumps of Sec. 4.2) over a sigma schedule: DDPM ancestral
-    steps taken in blocks of `jump` steps; each block is run `resample` times, and between runs its end state is noised
-    back to the block's start by the forward process, x_i = x_{i+j} + sqrt(sigma_i^2 - sigma_{i+j}^2) z (q(x_t | x_s)
-    in sigma-space). resample = 1 is plain DDPM ancestral sampling. Meant for an `Inpainting` denoiser; `callback`
-    (step index, x, denoised) is called after every step taken, repeats included."""
+    """RePaint (Lugmayr et al. 2022, Algorithm 1, with its jumps) over a sigma schedule, filling the pixels of `image`
+    where `keep` is False. After every DDPM ancestral step to sigma_s the known pixels are set to a fresh draw of the
+    forward process, image + sigma_s z (q(x_s | x0) in sigma-space). The steps go in stretches of `jump` steps; each
+    stretch is run `resample` times, its end noised back to its start by the forward process in between,
+    x_i = x_{i+j} + sqrt(sigma_i^2 - sigma_{i+j}^2) z. resample = 1 is the replacement method. The paper ran 250 steps
+    with jump 10 and resample 10.
+    `callback` (step index, x, denoised) is called after every step taken, repeats included."""
     sig = check_sigmas(sigmas).tolist()
     resample, jump = _count(resample, "resample"), _count(jump, "jump")
     check_variance(variance)
+    keep = check_known(image, keep)
+    _check_state(x, image, keep)
     n = len(sig) - 1
     bar = tqdm(total=n * resample, desc="repaint", disable=not progress, leave=False)
     start = 0
     while start < n:
         end = min(start + jump, n)
         for r in range(resample):
-            if r > 0:  # back up to the block's start: the forward process from sigma_end to sigma_start
+            if r > 0:  # back up to the stretch's start: the forward process from sigma_end to sigma_start
                 x = x + math.sqrt(sig[start] ** 2 - sig[end] ** 2) * randn_like(x, generator)
             for i in range(start, end):
                 x, d = ddpm_step(denoiser, x, sig[i], sig[i + 1], cond, generator, variance)
+                known = image.to(x.dtype) + sig[i + 1] * randn_like(x, generator) if sig[i + 1] > 0 else image
+                x = torch.where(keep, known.to(x.dtype), x)  # RePaint, Algorithm 1: x_known ~ q(x_{t-1} | x0)
                 bar.update()
                 if callback is not None:
                     callback(i, x, d)

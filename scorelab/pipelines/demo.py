@@ -36,7 +36,7 @@ DEMO_SAMPLERS = ("dpmpp_2m", "unipc")
 # editing with the DDPM digits model: folder -> edit_run settings (the first 100 held-out digits, 20 steps)
 DEMO_EDITS = {
     "inpaint": {"kind": "inpaint", "region": "bottom", "sampler": "repaint", "resample": 10},
-    "inpaint-replace": {"kind": "inpaint", "region": "bottom", "sampler": "dpmpp_2m"},
+    "inpaint-replace": {"kind": "inpaint", "region": "bottom", "sampler": "repaint", "resample": 1},
     "sdedit": {"kind": "sdedit", "strengths": (0.3, 0.5, 0.7, 0.9), "label": 3},
 }
 
@@ -282,8 +282,8 @@ Conditional accuracy: the digits classifier agrees with the requested class (200
 {guided_rows}
 </table>
 <h2>5. Editing held-out digits with the DDPM model</h2>
-<p>Filling the bottom half with RePaint (10 runs of each of 20 steps; left) and with plain replacement of the known
-pixels (DPM-Solver++(2M), 20 steps; middle), both without a label; SDEdit towards the label 3 at guidance 3, at
+<p>Filling the bottom half with RePaint (10 runs of each of 20 steps; left) and with the replacement method (RePaint
+without resampling, 20 steps; middle), both without a label; SDEdit towards the label 3 at guidance 3, at
 strengths 0.3, 0.5, 0.7 and 0.9 (right). Each row: the input (for inpainting also the input with its region grey), then
 its edits. Figures over the first 100 held-out digits: RMS difference to the input (on [-1, 1]), the share the digits
 classifier puts in the input's true class, and the share it puts in class 3.</p>

@@ -179,11 +179,22 @@ def edit_run(
     g = torch.Generator().manual_seed(seed)
     rows, edits = [], []
     if kind == "inpaint":
-        model = Inpainting(model, batch, keep.to(dev))
         x = initial_noise((total, *shape), float(sigmas[0]), vp_prior=vp, generator=g, device=dev)
         if sampler == "repaint":
-            out = repaint(model, x, sigmas, resample=resample, jump=jump, cond=cond, generator=g, progress=progress)
+            out = repaint(
+                model,
+                x,
+                sigmas,
+                image=batch,
+                keep=keep.to(dev),
+                resample=resample,
+                jump=jump,
+                cond=cond,
+                generator=g,
+                progress=progress,
+            )
         else:
+            model = Inpainting(model, batch, keep.to(dev))
             out = SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, progress=progress)
         edits.append(out.cpu())
         rows.append({})

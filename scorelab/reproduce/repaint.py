@@ -15,13 +15,13 @@ import torch
 
 from ..analytic import GaussianMixture
 from ..data.toys import ring8_mixture
-from ..edit import Inpainting, repaint
+from ..edit import repaint
 from ..plots import line_panels
 from ..schedules import append_zero, geometric_sigmas
 
 TITLE = "Inpainting against an exact conditional: replacement vs RePaint's resampling (Lugmayr et al. 2022)"
 OUTPUTS = ("repaint.png",)
-RESAMPLES = (1, 2, 5, 10, 20)  # 1: plain replacement (DDPM ancestral with the known coordinate replaced)
+RESAMPLES = (1, 2, 5, 10, 20)  # 1: the replacement method (DDPM steps, the known coordinate drawn from q)
 STEPS, SIGMA_MAX, SIGMA_MIN = 50, 80.0, 0.002
 
 
@@ -56,14 +56,20 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = T
         draws = exact.sample(2 * n, g).float()
         floor = wasserstein1(draws[:n], draws[n:])
         floors[name] = floor
-        model = Inpainting(
-            lambda x, s, c=None, mix=mix: mix(x, s).to(x.dtype), torch.tensor([[a, 0.0]]), torch.tensor([[True, False]])
-        )
+        model = lambda x, s, c=None, mix=mix: mix(x, s).to(x.dtype)  # noqa: E731
+        known, keep = torch.tensor([[a, 0.0]]), torch.tensor([[True, False]])
         start = SIGMA_MAX * torch.randn(n, 2, generator=g)
         line = ([], [])
         for r in resamples:
             fills = repaint(
-                model, start, sigmas, resample=r, generator=torch.Generator().manual_seed(seed + r), progress=progress
+                model,
+                start,
+                sigmas,
+                image=known,
+                keep=keep,
+                resample=r,
+                generator=torch.Generator().manual_seed(seed + r),
+                progress=progress,
             )[:, 1]
             w1 = wasserstein1(fills, draws[:n])
             rows.append(
@@ -90,9 +96,11 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = T
         panels, out_dir / "repaint.png", xlabel="resamplings r (50 steps, r runs each)", ylabel="W1 to exact"
     )
     by_case = {name: [r for r in rows if r["case"] == name] for name in panels}
-    # what the paper shows: resampling brings the fill closer to what the known part implies; measured here against
-    # the exact conditional, every increase of r brings the fills closer to it, in every case
-    passed = all(all(b["w1"] < a["w1"] for a, b in zip(case, case[1:], strict=False)) for case in by_case.values())
+    # what the paper shows: resampling brings the fill closer to what the known part implies. Measured against the
+    # exact conditional: the most resampled fill is closer than replacement's by more than 3 noise floors (W1 between
+    # two exact sets, the scale of W1's own sampling noise), in every case. (Past r = 5 the pair's distance levels
+    # off near 4x its floor: RePaint is not exact, so the curve need not fall at every r.)
+    passed = all(case[-1]["w1"] < case[0]["w1"] - 3 * floors[name] for name, case in by_case.items())
     table = [["case", "r", "evaluations", "W1 to exact", "x noise floor", "mean (exact)", "std (exact)"]]
     for row in rows:
         table.append(
