@@ -42,6 +42,19 @@ def _device_option(command):
     )(command)
 
 
+# options several commands share, declared once
+_seed_option = click.option(
+    "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Random seed."
+)
+_request_memory_option = click.option(
+    "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
+)
+_quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+LABEL_HELP = (
+    "0 to model.num_classes - 1 (conditional runs; for an image folder, class i is the i-th class folder in sorted "
+    "order)"
+)
+
 SAMPLER_NAMES = CHOICES["sample.sampler"]
 DIFFUSION_SAMPLER_NAMES = tuple(name for name in SAMPLER_NAMES if name != "annealed_langevin")
 REGION_NAMES = ("bottom", "top", "left", "right", "centre")  # scorelab.pipelines.edit.REGIONS
@@ -75,7 +88,7 @@ def cli() -> None:
     "--max-memory", default=None, help="Refuse to train above this estimate (e.g. 4G; default: available memory)."
 )
 @_device_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_quiet_option
 def train(
     config: Path, out: Path | None, resume: Path | None, max_memory: str | None, device: str, quiet: bool
 ) -> None:
@@ -124,7 +137,7 @@ def train(
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--n", type=click.IntRange(min=2), default=None, help="Number of samples (default: the config's).")
-@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Random seed.")
+@_seed_option
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory (default RUN_DIR/samples)."
 )
@@ -151,14 +164,11 @@ def train(
     "--label",
     type=int,
     default=None,
-    help="Class to sample, 0 to model.num_classes - 1 (conditional runs; for an image folder, class i is the i-th "
-    "class folder in sorted order; default: all in turn).",
+    help=f"Class to sample, {LABEL_HELP}; default: all in turn.",
 )
-@click.option(
-    "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
-)
+@_request_memory_option
 @_device_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_quiet_option
 def sample(
     run_dir: Path,
     n: int | None,
@@ -225,11 +235,9 @@ def sample(
     "--n", type=click.IntRange(min=2), default=1000, show_default=True, help="Samples per sampler and guidance."
 )
 @click.option("--no-bpd", is_flag=True, help="Skip the held-out bits per dimension.")
-@click.option(
-    "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available memory)."
-)
+@_request_memory_option
 @_device_option
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_quiet_option
 def evaluate(
     run_dir: Path,
     guidances,
@@ -274,7 +282,7 @@ def evaluate(
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Figure directory (default runs/reproduce/NAME)."
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_quiet_option
 def reproduce(
     name: str | None, list_: bool, quick: bool, json_path: Path | None, out: Path | None, quiet: bool
 ) -> None:
@@ -345,20 +353,22 @@ def _edit_options(command):
             type=click.IntRange(min=0),
             default=0,
             show_default=True,
-            help="Also edit the first N images of the run's held-out split (their labels give the class figures).",
+            help="Edit the first N images of the run's held-out split (after any --image); their labels give the class "
+            "figures when every input has one.",
         ),
         click.option("--n", type=click.IntRange(min=1), default=4, show_default=True, help="Edits per input."),
         click.option(
             "--steps",
             type=click.IntRange(1, MAX_STEPS, max_open=True),
             default=None,
-            help="Steps of the whole schedule (default: the config's sample.steps).",
+            help="Steps of the whole schedule, of which edits run the part below their start (default: the config's "
+            "sample.steps).",
         ),
         click.option(
             "--label",
             type=int,
             default=None,
-            help="Class to edit towards (conditional runs; default: none, the model's null label).",
+            help=f"Class to edit towards, {LABEL_HELP}; default: none (the model's null label).",
         ),
         click.option(
             "--guidance",
@@ -366,13 +376,11 @@ def _edit_options(command):
             default=None,
             help="Guidance scale with --label (default: the config's sample.guidance).",
         ),
-        click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Random seed."),
+        _seed_option,
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory."),
-        click.option(
-            "--max-memory", default=None, help="Refuse requests estimated above this (e.g. 4G; default: available)."
-        ),
+        _request_memory_option,
         _device_option,
-        click.option("--quiet", is_flag=True, help="No progress bar."),
+        _quiet_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -414,12 +422,14 @@ def _edit(kind: str, run_dir: Path, max_memory: str | None, quiet: bool, out: Pa
     show_default=True,
     help="repaint (Lugmayr et al. 2022), or any diffusion sampler with the known pixels replaced (no resampling).",
 )
-@click.option("--resample", type=click.IntRange(min=1), default=10, show_default=True, help="RePaint: runs per step.")
-@click.option("--jump", type=click.IntRange(min=1), default=1, show_default=True, help="RePaint: steps per block.")
+@click.option(
+    "--resample", type=click.IntRange(min=1), default=None, help="RePaint: runs of each stretch [default: 10]."
+)
+@click.option("--jump", type=click.IntRange(min=1), default=None, help="RePaint: steps per stretch [default: 1].")
 def inpaint(run_dir: Path, images, max_memory, quiet, out, **kwargs) -> None:
     """Fill a region of images with a trained image run.
 
-    Writes edits.png (per input: the input, the input with its region grey, the fills), edits.safetensors and
+    Writes inpaint.png (per input: the input, the input with its region grey, the fills), inpaint.safetensors and
     metrics.json to OUT (default RUN_DIR/inpaint), all at once when every file is ready.
     """
     _edit("inpaint", run_dir, max_memory, quiet, out, files=images, **kwargs)
@@ -433,8 +443,8 @@ def inpaint(run_dir: Path, images, max_memory, quiet, out, **kwargs) -> None:
     multiple=True,
     required=True,
     type=click.FloatRange(0, 1, min_open=True),
-    help="Share of the schedule's steps to run from the noised input, in (0, 1]: low stays close to the input, "
-    "high follows the model (repeatable).",
+    help="SDEdit's t0 in (0, 1]: the input is noised to the run's noise level at that time of its forward process, "
+    "then denoised; low stays close to the input, high follows the model (repeatable).",
 )
 @click.option(
     "--sampler",
@@ -446,7 +456,7 @@ def inpaint(run_dir: Path, images, max_memory, quiet, out, **kwargs) -> None:
 def sdedit(run_dir: Path, images, max_memory, quiet, out, **kwargs) -> None:
     """Edit images by noising them part of the way and denoising (SDEdit, Meng et al. 2022).
 
-    Writes edits.png (per input: the input, then its edits per strength), edits.safetensors and metrics.json to
+    Writes sdedit.png (per input: the input, then its edits per strength), sdedit.safetensors and metrics.json to
     OUT (default RUN_DIR/sdedit), all at once when every file is ready.
     """
     _edit("sdedit", run_dir, max_memory, quiet, out, files=images, **kwargs)
@@ -460,7 +470,7 @@ def sdedit(run_dir: Path, images, max_memory, quiet, out, **kwargs) -> None:
     show_default=True,
     help="Report folder; a rerun continues the runs in it.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_quiet_option
 def demo(out: Path, quiet: bool) -> None:
     """Train the 2D and digits models at demo size and write a report.
 

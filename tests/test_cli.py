@@ -871,9 +871,10 @@ def test_the_demo_report_shows_every_section_and_each_figure_it_names_exists(tmp
     for name, edit in metrics["edits"].items():
         assert edit == json.loads((out / "ddpm-digits" / name / "metrics.json").read_text())
         assert edit["inputs"] == 100 and len(edit["rows"]) == (4 if name == "sdedit" else 1)
-        assert f"<img src='ddpm-digits/{name}/edits.png' width='30%'>" in page
-    kept = metrics["edits"]["sdedit"]["rows"][0]["input_class_kept"]
-    assert "<tr><td>sdedit</td><td>strength 0.3</td>" in page and f"<td>{kept:.3f}</td>" in page
+        assert f"<img src='ddpm-digits/{name}/{demo.DEMO_EDITS[name]['kind']}.png' width='30%'>" in page
+    first = metrics["edits"]["sdedit"]["rows"][0]
+    assert f"<tr><td>sdedit</td><td>t0 0.03 (sigma {first['sigma_start']:.3g})</td>" in page
+    assert f"<td>{first['input_class_kept']:.3f}</td>" in page
     rows = metrics["ddpm_digits"]["guidance"]
     assert [(r["sampler"], r["guidance"]) for r in rows] == [(s, g) for s in ("dpmpp_2m", "unipc") for g in (0, 1, 3)]
     cfg, den, _ = load_run(out / "ddpm-digits")

@@ -270,17 +270,22 @@ def test_reproduce_quiet_turns_the_progress_bars_off(tmp_path):
 
 
 def test_repaint_conditional_is_the_mixture_conditional_and_w1_is_exact_for_shifts():
-    """conditional(mix, a) against rejection from the joint: draws with x1 within 0.02 of a; and W1 of a sample and
-    the same sample shifted by c is |c| (1-D optimal transport between equal sets)."""
-    from scorelab.reproduce.repaint import cases, conditional, wasserstein1
+    """conditional(mix, a) against rejection from the joint (draws with |x1 - a| < h) on a mixture whose components
+    differ in every mean and std, so a dropped weight or std term would show: mean and variance within 4 standard
+    errors (the window's own bias is O(h^2), about 1e-4 here, against a standard error near 5e-3). And W1 of a sample
+    and the same sample shifted by c is |c| (1-D optimal transport between equal sets)."""
+    from scorelab.analytic import GaussianMixture
+    from scorelab.reproduce.repaint import conditional, moments, wasserstein1
 
-    mix, a = cases()["close pair, x1 = 0.5"]
-    joint = mix.sample(400_000, torch.Generator().manual_seed(0))
-    near = joint[(joint[:, 0] - a).abs() < 0.02, 1]
-    exact = conditional(mix, a)
-    mean = (exact.weights * exact.means[:, 0]).sum().item()
-    var = (exact.weights * (exact.stds[:, 0] ** 2 + exact.means[:, 0] ** 2)).sum().item() - mean**2
-    assert abs(near.mean().item() - mean) < 4 * math.sqrt(var / len(near)) + 0.005  # + the window's bias
+    mix, a, h = GaussianMixture([0.3, 0.7], [[0.0, 1.0], [1.0, -1.0]], [[0.5, 0.3], [0.8, 0.6]]), 0.6, 0.01
+    joint = mix.sample(2_000_000, torch.Generator().manual_seed(0))
+    near = joint[(joint[:, 0] - a).abs() < h, 1].double()
+    mean, std = moments(conditional(mix, a))
+    n = len(near)
+    assert n > 10_000
+    assert abs(near.mean().item() - mean) < 4 * std / math.sqrt(n)
+    m4 = ((near - near.mean()) ** 4).mean().item()  # the variance's standard error, sqrt((m4 - var^2) / n), for any law
+    assert abs(near.var().item() - std**2) < 4 * math.sqrt((m4 - near.var().item() ** 2) / n)
     x = torch.randn(1000, generator=torch.Generator().manual_seed(1))
     assert wasserstein1(x, x + 0.3) == pytest.approx(0.3, abs=1e-6)
 

@@ -20,7 +20,7 @@ from ..plots import image_grid, quiver, trajectories
 from ..reproduce import ncsn_toy
 from ..train.checkpoint import list_checkpoints
 from ..train.trainer import RUN_FILES, Trainer, load_run_checkpoint
-from .edit import EDIT_OUTPUTS, edit_run
+from .edit import edit_outputs, edit_run
 from .sample import SAMPLE_OUTPUTS, generate, load_run, sample_labels, sample_run, sample_sigmas
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -37,7 +37,7 @@ DEMO_SAMPLERS = ("dpmpp_2m", "unipc")
 DEMO_EDITS = {
     "inpaint": {"kind": "inpaint", "region": "bottom", "sampler": "repaint", "resample": 10},
     "inpaint-replace": {"kind": "inpaint", "region": "bottom", "sampler": "repaint", "resample": 1},
-    "sdedit": {"kind": "sdedit", "strengths": (0.3, 0.5, 0.7, 0.9), "label": 3},
+    "sdedit": {"kind": "sdedit", "strengths": (0.03, 0.06, 0.1, 0.2), "label": 3},  # t0: sigma 0.11 to 0.72
 }
 
 
@@ -81,7 +81,8 @@ def _foreign(out: Path) -> list[str]:
         check(run / "samples", staged(run / "samples", "sample", *SAMPLE_OUTPUTS), f"{name}/samples/")
         check(run / "eval", staged(run / "eval", "evaluate", "eval.json"), f"{name}/eval/")
         for edit in DEMO_EDITS:
-            check(run / edit, staged(run / edit, DEMO_EDITS[edit]["kind"], *EDIT_OUTPUTS), f"{name}/{edit}/")
+            kind = DEMO_EDITS[edit]["kind"]
+            check(run / edit, staged(run / edit, kind, *edit_outputs(kind)), f"{name}/{edit}/")
     return sorted(foreign)
 
 
@@ -177,13 +178,13 @@ def _guidance_grids(run_dir: Path, progress: bool, log) -> list[dict]:
 
 
 def _edits(run_dir: Path, progress: bool, log) -> dict:
-    """Each DEMO_EDITS edit of the first 100 held-out digits, once each: its metrics, with 'figure' (edits.png)."""
+    """Each DEMO_EDITS edit of the first 100 held-out digits, once each: its metrics, with 'figure' (KIND.png)."""
     done = {}
     for folder, settings in DEMO_EDITS.items():
         m = edit_run(
             run_dir, **settings, held_out=100, n=1, steps=20, out_dir=run_dir / folder, progress=progress, log=log
         )
-        done[folder] = {**m, "figure": run_dir / folder / "edits.png"}
+        done[folder] = {**m, "figure": run_dir / folder / f"{settings['kind']}.png"}
     return done
 
 
@@ -248,7 +249,9 @@ def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
     edit_rows = "".join(
         "<tr><td>{name}</td><td>{what}</td><td>{rms:.3f}</td><td>{kept:.3f}</td><td>{label}</td></tr>".format(
             name=html.escape(name),
-            what=html.escape(f"strength {r['strength']:g}" if "strength" in r else m["filled"]),
+            what=html.escape(
+                f"t0 {r['strength']:g} (sigma {r['sigma_start']:.3g})" if "strength" in r else m["filled"]
+            ),
             rms=r["rms_to_input"],
             kept=r["input_class_kept"],
             label=f"{r['label_accuracy']:.3f}" if "label_accuracy" in r else "",
@@ -256,6 +259,7 @@ def run_demo(out: Path, *, progress: bool = True, log=print) -> Path:
         for name, m in edits.items()
         for r in m["rows"]
     )
+    sd, sd_settings = edits["sdedit"], DEMO_EDITS["sdedit"]
     edit_figures = " ".join(f"<img src='{rel(m['figure'])}' width='30%'>" for m in edits.values())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>scorelab demo</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
@@ -283,12 +287,14 @@ Conditional accuracy: the digits classifier agrees with the requested class (200
 </table>
 <h2>5. Editing held-out digits with the DDPM model</h2>
 <p>Filling the bottom half with RePaint (10 runs of each of 20 steps; left) and with the replacement method (RePaint
-without resampling, 20 steps; middle), both without a label; SDEdit towards the label 3 at guidance 3, at
-strengths 0.3, 0.5, 0.7 and 0.9 (right). Each row: the input (for inpainting also the input with its region grey), then
-its edits. Figures over the first 100 held-out digits: RMS difference to the input (on [-1, 1]), the share the digits
-classifier puts in the input's true class, and the share it puts in class 3.</p>
+without resampling, 20 steps; middle), both without a label; SDEdit towards the label {sd["label"]} at guidance
+{sd["guidance"]:g}, at t0 = {", ".join(f"{t:g}" for t in sd_settings["strengths"])} (right). Each row: the input (for
+inpainting also the input with its region grey), then its edits. Figures over the first 100 held-out digits: RMS
+difference to the input (on [-1, 1]), the share the digits classifier puts in the input's true class (it reads
+{sd["judge_accuracy_on_inputs"]:.0%} of the unedited inputs right), and the share it puts in class {sd["label"]}
+({sd["inputs_in_label"]:.0%} of the inputs already are).</p>
 {edit_figures}
-<table><tr><th>edit</th><th>setting</th><th>RMS to input</th><th>input class kept</th><th>class 3</th></tr>
+<table><tr><th>edit</th><th>setting</th><th>RMS to input</th><th>input class kept</th><th>class {sd["label"]}</th></tr>
 {edit_rows}
 </table>
 </body></html>"""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import torch
@@ -9,12 +11,13 @@ from safetensors.torch import save_file
 
 from ..data.image_sets import ImageSet, budget_left, check_outside, data_shape, image_set, read_square, to_signed
 from ..data.images import load_mask
-from ..edit import Inpainting, repaint, sdedit
+from ..edit import Inpainting, repaint, sdedit, sdedit_sigmas
 from ..errors import ScorelabError
 from ..outputs import as_umask_allows, check_output_dir, json_text, staged_output
 from ..plots import image_grid
 from ..sampling import SAMPLERS
 from ..sampling.common import initial_noise
+from ..schedules import alphas_cumprod, beta_schedule, sigma_from_alpha_bar
 from .sample import (
     check_guidance,
     check_sampling_budget,
@@ -25,9 +28,15 @@ from .sample import (
     sampling_denoiser,
 )
 
-EDIT_OUTPUTS = {"edits.safetensors", "edits.png", "metrics.json"}
+EDIT_KINDS = ("inpaint", "sdedit")
 REGIONS = ("bottom", "top", "left", "right", "centre")
-SHOWN = 10  # inputs shown in edits.png
+SHOWN, SHOWN_EDITS = 10, 8  # inputs, and edits of each per strength, shown in KIND.png
+
+
+def edit_outputs(kind: str) -> set[str]:
+    """The files `scorelab KIND` writes (named for the command, so that inpaint and sdedit never take each other's
+    folders for their own)."""
+    return {f"{kind}.safetensors", f"{kind}.png", "metrics.json"}
 
 
 def region_keep(region: str, height: int, width: int) -> torch.Tensor:
@@ -94,6 +103,20 @@ def _rms(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) ->
     return d.double().mean().sqrt().item()
 
 
+def strength_sigma(cfg, strength: float) -> float:
+    """SDEdit's sigma_0 at time t_0 = strength of the run's forward process (Meng et al. 2022 take t_0 in (0, 1]):
+    for a DDPM-trained run the sigma of timestep round(t_0 T) (at least 1) of its beta schedule; for a run trained
+    over [sigma_min, sigma_max] the VE SDE's sigma(t_0) = sigma_min (sigma_max / sigma_min)^t_0 (Song et al. 2021,
+    Appendix C)."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise ScorelabError(f"--strength must be in (0, 1], got {strength!r}")
+    if cfg.train.objective == "ddpm":
+        ab = alphas_cumprod(beta_schedule(cfg.noise.schedule, cfg.noise.timesteps))
+        t = int((Decimal(repr(float(strength))) * cfg.noise.timesteps).quantize(Decimal(1), ROUND_HALF_UP))
+        return float(sigma_from_alpha_bar(ab[max(t, 1) - 1]))
+    return cfg.noise.sigma_min ** (1 - strength) * cfg.noise.sigma_max**strength
+
+
 def edit_run(
     run_dir: Path,
     kind: str,
@@ -106,8 +129,8 @@ def edit_run(
     n: int = 4,
     sampler: str | None = None,
     steps: int | None = None,
-    resample: int = 10,
-    jump: int = 1,
+    resample: int | None = None,
+    jump: int | None = None,
     label: int | None = None,
     guidance: float | None = None,
     seed: int = 0,
@@ -118,9 +141,11 @@ def edit_run(
     log=print,
 ) -> dict:
     """Inpaint (kind 'inpaint': fill `region` or the white pixels of `mask`) or SDEdit (kind 'sdedit', once per
-    strength) each input n times, and write edits.png, edits.safetensors and metrics.json to out_dir (default
-    RUN_DIR/KIND). Without `label` a class-conditional model edits unconditionally (its null label)."""
-    if kind not in ("inpaint", "sdedit"):
+    strength t_0, see strength_sigma) each input n times, and write KIND.png, KIND.safetensors and metrics.json to
+    out_dir (default RUN_DIR/KIND). Without `label` a class-conditional model edits unconditionally (its null label).
+    Inpainting's default sampler is RePaint (resample 10, jump 1); SDEdit's is DDPM ancestral, the paper's reverse
+    SDE."""
+    if kind not in EDIT_KINDS:
         raise ScorelabError(f"kind must be 'inpaint' or 'sdedit', got {kind!r}")
     cfg, denoiser, record = load_run(run_dir, device)
     if cfg.data.name not in ("digits", "images"):
@@ -137,11 +162,17 @@ def edit_run(
     sampler = sampler or ("repaint" if kind == "inpaint" else "ddpm")
     if sampler not in allowed:
         raise ScorelabError(f"--sampler must be one of {', '.join(allowed)} for {kind}, got {sampler!r}")
-    if (resample != 10 or jump != 1) and sampler != "repaint":
+    if (resample is not None or jump is not None) and sampler != "repaint":
         raise ScorelabError("--resample and --jump are RePaint's; give them with --sampler repaint")
+    resample, jump = resample or 10, jump or 1
     if label is None:
         if guidance not in (None, 0.0):
             raise ScorelabError(f"--guidance needs --label (the class to guide towards), got {guidance}")
+        if cfg.model.num_classes and cfg.train.cond_dropout == 0:
+            raise ScorelabError(
+                f"{run_dir} was trained without a null label (train.cond_dropout 0), so it cannot edit without a "
+                "class: give --label"
+            )
         guidance = 0.0 if cfg.model.num_classes else None  # unconditional: the null label
     elif not cfg.model.num_classes:
         raise ScorelabError("--label needs a class-conditional run (model.num_classes > 0)")
@@ -153,22 +184,24 @@ def edit_run(
         raise ScorelabError("--label has no effect at guidance 0 (the unconditional model); give --guidance above 0")
     steps = cfg.sample.steps if steps is None else steps
     sigmas, vp = diffusion_sigmas(cfg, steps, cfg.sample.schedule)
+    tails = [sdedit_sigmas(sigmas, strength_sigma(cfg, s)) for s in strengths]  # every strength checked up front
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / kind
     check_outside(out_dir, cfg.data)
-    check_output_dir(out_dir, EDIT_OUTPUTS.__contains__, kind)
+    outputs = edit_outputs(kind)
+    check_output_dir(out_dir, outputs.__contains__, kind)
     shape = data_shape(cfg.data)
     keep = region_keep(region, *shape[1:]) if region else None
     if mask is not None:
         keep = ~load_mask(mask, size=shape[1:], what="--mask")[None, None]  # white marks the pixels to fill
         if not keep.any():
             raise ScorelabError(f"--mask {mask}: is white everywhere, so no pixel is known; that is sampling")
-    images = run_images(cfg, Path(run_dir), record, strict=False, progress=progress, max_memory=max_memory) or (
-        image_set(cfg.data)
-    )
+    folder = run_images(cfg, Path(run_dir), record, strict=False, progress=progress, max_memory=max_memory)
+    images = folder or image_set(cfg.data)
     inputs, true_labels = edit_inputs(cfg, images, list(files), held_out)
     total = len(inputs) * n
+    held = 4 * total * math.prod(shape) * (1 + max(1, len(tails)))  # the inputs repeated and every edit, kept
     check_sampling_budget(
-        f"editing {total} images", cfg, denoiser, total, [guidance], budget_left(max_memory, images), images
+        f"editing {total} images", cfg, denoiser, total, [guidance], budget_left(max_memory, folder), folder, held
     )
     dev = device_of(denoiser)
     batch = inputs.repeat_interleave(n, 0).to(dev)
@@ -194,23 +227,24 @@ def edit_run(
                 progress=progress,
             )
         else:
-            model = Inpainting(model, batch, keep.to(dev))
-            out = SAMPLERS[sampler](model, x, sigmas, cond=cond, generator=g, progress=progress)
+            out = SAMPLERS[sampler](
+                Inpainting(model, batch, keep.to(dev)), x, sigmas, cond=cond, generator=g, progress=progress
+            )
         edits.append(out.cpu())
         rows.append({})
     else:
-        for strength in strengths:
+        for strength, tail in zip(strengths, tails, strict=True):
+            sigma0 = float(tail[0])
             out = sdedit(
-                model, batch, sigmas, SAMPLERS[sampler], strength=strength, cond=cond, generator=g, progress=progress
+                model, batch, tail, SAMPLERS[sampler], sigma_start=sigma0, cond=cond, generator=g, progress=progress
             )
             edits.append(out.cpu())
-            rows.append({"strength": strength})
+            rows.append({"strength": strength, "sigma_start": sigma0, "steps_run": len(tail) - 1})
     log(f"measuring {total * len(edits)} edits")
     batch = batch.cpu()
-    reference = true_labels.repeat_interleave(n) if true_labels is not None else None
-    if reference is None:
-        judged = _classify(cfg, images, inputs, progress)
-        reference = None if judged is None else judged.repeat_interleave(n)
+    judged = _classify(cfg, images, inputs, progress)
+    reference = true_labels if true_labels is not None else judged  # each input's class, as far as one is known
+    reference = None if reference is None else reference.repeat_interleave(n)
     for row, out in zip(rows, edits, strict=True):
         row["rms_to_input"] = _rms(out, batch)
         if keep is not None:
@@ -239,18 +273,22 @@ def edit_run(
         metrics["filled_share"] = 1 - keep.double().mean().item()
         if sampler == "repaint":
             metrics.update(resample=resample, jump=jump)
-    if reference is not None:
+    if reference is not None and judged is not None:
+        # how to read the class figures: the input classes are the true labels of held-out inputs, or the judge's
+        # reading of image files; the judge's agreement with the true labels caps input_class_kept, and the share of
+        # inputs already in --label is label_accuracy's floor
         metrics["input_classes"] = "true labels" if true_labels is not None else "judged"
         if true_labels is not None:
-            judged = _classify(cfg, images, inputs, progress)
             metrics["judge_accuracy_on_inputs"] = (judged == true_labels).double().mean().item()
+        if label is not None:
+            metrics["inputs_in_label"] = (reference[::n] == label).double().mean().item()
     tensors = {"inputs": inputs.contiguous(), "edits": torch.stack(edits).contiguous()}
     if keep is not None:
         tensors["keep"] = keep.contiguous()
-    with staged_output(out_dir, EDIT_OUTPUTS.__contains__, kind) as stage:
-        save_file(tensors, stage / "edits.safetensors")
-        as_umask_allows(stage / "edits.safetensors")
-        _figure(inputs, edits, keep, n, stage / "edits.png")
+    with staged_output(out_dir, outputs.__contains__, kind) as stage:
+        save_file(tensors, stage / f"{kind}.safetensors")
+        as_umask_allows(stage / f"{kind}.safetensors")
+        _figure(inputs, edits, keep, n, stage / f"{kind}.png")
         (stage / "metrics.json").write_text(json_text(metrics))
     metrics["out"] = str(out_dir)
     return metrics
@@ -258,12 +296,12 @@ def edit_run(
 
 def _figure(inputs: torch.Tensor, edits: list[torch.Tensor], keep: torch.Tensor | None, n: int, path: Path) -> Path:
     """One row per input (the first SHOWN): the input, for inpainting the input with its fill region grey, then its
-    n edits (per strength, in order)."""
+    first SHOWN_EDITS edits (per strength, in order)."""
     shown = inputs[:SHOWN]
     columns = [shown[:, None]]
     if keep is not None:
         columns.append(torch.where(keep, shown, torch.zeros(())).unsqueeze(1))
     for out in edits:
-        columns.append(out[: len(shown) * n].reshape(len(shown), n, *out.shape[1:]))
+        columns.append(out[: len(shown) * n].reshape(len(shown), n, *out.shape[1:])[:, :SHOWN_EDITS])
     grid = torch.cat(columns, 1)
     return image_grid(grid.flatten(0, 1), path, nrow=grid.shape[1])

@@ -203,20 +203,27 @@ def sampling_bytes(cfg: Config, denoiser, n: int, guidance: float | None = None,
 
 
 def check_sampling_budget(
-    what: str, cfg: Config, denoiser, n: int, guidances, max_memory: int | None, images: ImageSet | None = None
+    what: str,
+    cfg: Config,
+    denoiser,
+    n: int,
+    guidances,
+    max_memory: int | None,
+    images: ImageSet | None = None,
+    held: int = 0,
 ) -> None:
     """Refuse, in one line, sampling n at a time at any of `guidances` whose estimate exceeds max_memory bytes
     (default: the available memory). On a CUDA device the sampling part is held against that device's free memory
     and the metrics, which run on the CPU, against the available memory. `images`: an image-folder run's ImageSet,
-    whose size the metrics depend on."""
+    whose size the metrics depend on; `held`: bytes kept on the CPU beside it all (earlier results)."""
     need = max(sampling_bytes(cfg, denoiser, n, g, images) for g in guidances)
     device = device_of(denoiser)
     if device.type == "cpu" or max_memory is not None:
-        check_budget(what, need, max_memory, option="--max-memory")
+        check_budget(what, need + held, max_memory, option="--max-memory")
         return
     metrics = metrics_bytes(cfg, n, images)
     check_budget(what, need - metrics, None, option="--max-memory", device=device)
-    check_budget(f"measuring {n} samples", metrics, None, option="--max-memory")
+    check_budget(f"measuring {n} samples", metrics + held, None, option="--max-memory")
 
 
 def metrics_bytes(cfg: Config, n: int, images: ImageSet | None = None) -> int:
