@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from test_cli import _DDPM, _run, _trained_ddpm
 
 from scorelab.cli import REGION_NAMES
-from scorelab.data.image_sets import digits_set, to_signed
+from scorelab.data.image_sets import digits_set, folder_set, to_signed
 from scorelab.metrics.digits import classifier_probs
 from scorelab.outputs import MANIFEST
 from scorelab.pipelines.edit import REGIONS, edit_run, region_keep, strength_sigma
@@ -255,9 +255,14 @@ def test_editing_an_image_folder_run_judges_classes_and_refuses_outputs_inside_t
     assert p.returncode == 0, p.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["inputs"] == 3 and m["input_classes"] == "judged"  # an image file has no label: the judge's class
-    assert 0 <= m["rows"][0]["input_class_kept"] <= 1 and m["rows"][0]["known_max_abs_change"] == 0
+    assert m["rows"][0]["known_max_abs_change"] == 0
     t = load_file(out / "inpaint.safetensors")
     assert torch.equal(t["inputs"][0], to_signed(torch.full((1, 8, 8), 120, dtype=torch.uint8), 256))
+    # the class figure, recomputed: the judge (kept for the process) reads inputs and edits
+    model, _ = judge.train_judge(folder_set(root, size=8, channels=1, holdout=0.25, labelled=True))
+    inputs_class = judge.predict(model, t["inputs"]).repeat_interleave(2)
+    kept = (judge.predict(model, t["edits"][0]) == inputs_class).double().mean().item()
+    assert m["rows"][0]["input_class_kept"] == kept
     inside = root / "a" / "edits"
     p = _run("sdedit", str(tmp_path / "run"), "--held-out", "1", "--strength", "0.5", "--out", str(inside), "--quiet")
     assert p.returncode == 2 and "lies inside data.path" in p.stderr and not inside.exists()
