@@ -361,8 +361,8 @@ def _edit_options(command):
             "--steps",
             type=click.IntRange(1, MAX_STEPS, max_open=True),
             default=None,
-            help="Steps of the whole schedule, of which edits run the part below their start (default: the config's "
-            "sample.steps).",
+            help="Steps of the whole schedule (default: the config's sample.steps); sdedit runs the part below its "
+            "start.",
         ),
         click.option(
             "--label",
@@ -420,7 +420,8 @@ def _edit(kind: str, run_dir: Path, max_memory: str | None, quiet: bool, out: Pa
     type=_Name((*DIFFUSION_SAMPLER_NAMES, "repaint")),
     default="repaint",
     show_default=True,
-    help="repaint (Lugmayr et al. 2022), or any diffusion sampler with the known pixels replaced (no resampling).",
+    help="repaint (Lugmayr et al. 2022; --resample 1 is the replacement method), or any other diffusion sampler "
+    "through a wrapper that keeps the known pixels (no resampling; its fills drift further, see the README).",
 )
 @click.option(
     "--resample", type=click.IntRange(min=1), default=None, help="RePaint: runs of each stretch [default: 10]."

@@ -154,6 +154,11 @@ def test_sdedit_one_row_per_strength_and_the_same_seed_gives_the_same_edits(run,
     )  # the same request from Python: the same edits (one seed, drawn on the CPU)
     assert torch.equal(load_file(tmp_path / "sd2" / "sdedit.safetensors")["edits"], t["edits"])
     assert again["rows"] == m["rows"]
+    alone = edit_run(
+        run, "sdedit", held_out=2, strengths=(1.0,), n=2, steps=4, out_dir=tmp_path / "sd3", progress=False
+    )
+    assert alone["rows"][0] == m["rows"][1]  # each t0 draws from the seed afresh: its edits do not depend on the others
+    assert torch.equal(load_file(tmp_path / "sd3" / "sdedit.safetensors")["edits"][0], t["edits"][1])
 
 
 def test_sdedit_strength_is_the_time_of_the_forward_process():

@@ -22,7 +22,10 @@ def sdedit_sigmas(sigmas: torch.Tensor, sigma_start: float) -> torch.Tensor:
     """The schedule SDEdit runs from sigma_start: sigma_start, then the entries of `sigmas` (a schedule ending in 0)
     below it."""
     sigmas = check_sigmas(sigmas)
-    start = float(sigma_start) if isinstance(sigma_start, (int, float)) and not isinstance(sigma_start, bool) else None
+    try:  # a number: Python's, NumPy's or a one-element tensor; not a bool or a string
+        start = None if isinstance(sigma_start, (bool, str)) else float(sigma_start)
+    except (TypeError, ValueError, RuntimeError):
+        start = None
     if start is None or not 0 < start < math.inf:
         raise ScorelabError(f"sigma_start must be a positive finite number, got {sigma_start!r}")
     below = sigmas[sigmas < start]

@@ -235,6 +235,7 @@ def edit_run(
     else:
         for strength, tail in zip(strengths, tails, strict=True):
             sigma0 = float(tail[0])
+            g = torch.Generator().manual_seed(seed)  # per t0, so that its edits do not depend on the others
             out = sdedit(
                 model, batch, tail, SAMPLERS[sampler], sigma_start=sigma0, cond=cond, generator=g, progress=progress
             )

@@ -5,11 +5,12 @@ and down each step several times (resampling) repairs it.
 Exact oracle: 2-D Gaussian mixtures, x1 known, x2 filled. The conditional p(x2 | x1) of a diagonal mixture is again a
 mixture (weights w_k N(x1; mu_k1, s_k1^2), components N(mu_k2, s_k2^2)), so every fill is compared with exact draws:
 the 1-D Wasserstein-1 distance between the fills and as many exact draws, beside that between two exact sets (the
-noise floor at this n) and that of the same DDPM steps sampling the exact conditional directly (the discretisation
-floor: what the sampler and schedule allow any method)."""
+noise floor at this n, mean of 20 pairs) and that of the same DDPM steps sampling the exact conditional directly, with
+no inpainting (a reference for what the sampler and schedule do alone; not a bound: resampling can beat it)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ TITLE = "Inpainting against an exact conditional: replacement vs RePaint's resam
 OUTPUTS = ("repaint.png",)
 RESAMPLES = (1, 2, 5, 10, 20)  # 1: the replacement method (DDPM steps, the known coordinate drawn from q)
 STEPS, SIGMA_MAX, SIGMA_MIN = 50, 80.0, 0.002
+FLOOR_PAIRS = 20
 
 
 def cases() -> dict[str, tuple[GaussianMixture, float]]:
@@ -55,25 +57,36 @@ def wasserstein1(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = True) -> dict:
-    n = 2000 if quick else 10_000
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny (n, 2) ops: extra threads only add overhead (12x when a core is busy)
+    try:
+        return _run(out_dir, quick=quick, seed=seed, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(out_dir: Path, *, quick: bool, seed: int, progress: bool) -> dict:
+    n = 5000 if quick else 10_000
     resamples = RESAMPLES[:-1] if quick else RESAMPLES
     sigmas = append_zero(geometric_sigmas(SIGMA_MAX, SIGMA_MIN, STEPS))
-    rows, panels, floors, ddpm_floors = [], {}, {}, {}
+    rows, panels, floors, floor_sds, references = [], {}, {}, {}, {}
     for name, (mix, a) in cases().items():
         exact = conditional(mix, a)
         g = torch.Generator().manual_seed(seed)
-        draws = exact.sample(2 * n, g).float()
-        floor = wasserstein1(draws[:n], draws[n:])
-        floors[name] = floor
-        # the discretisation floor: the same 50 DDPM steps sampling the exact conditional itself (its own exact
-        # denoiser), the best any fill through this sampler and schedule can do
+        draws = exact.sample(n, g).float()
+        # the noise floor: W1 between two exact sets of n, whose mean and spread over FLOOR_PAIRS pairs say how far
+        # apart two W1 figures may lie by sampling alone
+        pairs = torch.tensor([wasserstein1(exact.sample(n, g), exact.sample(n, g)) for _ in range(FLOOR_PAIRS)])
+        floors[name], floor_sds[name] = pairs.mean().item(), pairs.std().item()
+        # a reference, not a bound: the same 50 DDPM steps sampling the exact conditional itself (its own exact
+        # denoiser), with no inpainting at all
         direct = ddpm(
             lambda x, s, c=None, exact=exact: exact(x, s).to(x.dtype),
             SIGMA_MAX * torch.randn(n, 1, generator=torch.Generator().manual_seed(seed + 100)),
             sigmas,
             generator=torch.Generator().manual_seed(seed + 101),
         )
-        ddpm_floors[name] = wasserstein1(direct, draws[:n])
+        references[name] = wasserstein1(direct, draws)
         model = lambda x, s, c=None, mix=mix: mix(x, s).to(x.dtype)  # noqa: E731
         known, keep = torch.tensor([[a, 0.0]]), torch.tensor([[True, False]])
         start = SIGMA_MAX * torch.randn(n, 2, generator=g)
@@ -89,14 +102,14 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = T
                 generator=torch.Generator().manual_seed(seed + r),
                 progress=progress,
             )[:, 1]
-            w1 = wasserstein1(fills, draws[:n])
+            w1 = wasserstein1(fills, draws)
             rows.append(
                 {
                     "case": name,
                     "resample": r,
                     "evaluations": STEPS * r,
                     "w1": w1,
-                    "w1_over_floor": w1 / floor,
+                    "w1_over_floor": w1 / floors[name],
                     "mean": fills.mean().item(),
                     "std": fills.std().item(),
                     "exact_mean": moments(exact)[0],
@@ -107,8 +120,8 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = T
             line[1].append(w1)
         panels[name] = {
             "RePaint (r = 1: replacement)": line,
-            "exact sets (noise floor)": (line[0], [floor] * len(line[0])),
-            "DDPM on the exact conditional (50 steps)": (line[0], [ddpm_floors[name]] * len(line[0])),
+            "exact sets (noise floor)": (line[0], [floors[name]] * len(line[0])),
+            "DDPM on the exact conditional (50 steps)": (line[0], [references[name]] * len(line[0])),
         }
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = line_panels(
@@ -116,12 +129,11 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = T
     )
     by_case = {name: [r for r in rows if r["case"] == name] for name in panels}
     # what the paper shows: resampling brings the fill closer to what the known part implies. Measured against the
-    # exact conditional: the most resampled fill is closer than replacement's by more than 3 noise floors (W1 between
-    # two exact sets, the scale of W1's own sampling noise), in every case. (The curve levels off near the DDPM floor,
-    # where the sampler's own discretisation, not the method, limits it, so it need not fall at every r.)
-    passed = all(case[-1]["w1"] < case[0]["w1"] - 3 * floors[name] for name, case in by_case.items())
+    # exact conditional: the most resampled fill is closer than replacement's by more than 3 standard deviations of a
+    # difference of two W1 figures (sqrt(2) times the noise floor's spread), in every case
+    passed = all(case[0]["w1"] - case[-1]["w1"] > 3 * math.sqrt(2) * floor_sds[name] for name, case in by_case.items())
     table = [
-        ["case", "r", "evaluations", "W1 to exact", "x noise floor", "x DDPM floor", "mean (exact)", "std (exact)"]
+        ["case", "r", "evaluations", "W1 to exact", "x noise floor", "x DDPM reference", "mean (exact)", "std (exact)"]
     ]
     for row in rows:
         table.append(
@@ -131,7 +143,7 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = T
                 str(row["evaluations"]),
                 f"{row['w1']:.3f}",
                 f"{row['w1_over_floor']:.1f}",
-                f"{row['w1'] / ddpm_floors[row['case']]:.1f}",
+                f"{row['w1'] / references[row['case']]:.1f}",
                 f"{row['mean']:.3f} ({row['exact_mean']:.3f})",
                 f"{row['std']:.3f} ({row['exact_std']:.3f})",
             ]
@@ -139,7 +151,8 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0, progress: bool = T
     return {
         "rows": rows,
         "noise_floor": floors,
-        "ddpm_floor": ddpm_floors,
+        "noise_floor_sd": floor_sds,
+        "ddpm_reference": references,
         "n": n,
         "seed": seed,
         "setting": {"steps": STEPS, "sigma_max": SIGMA_MAX, "sigma_min": SIGMA_MIN, "schedule": "geometric", "jump": 1},
