@@ -39,23 +39,7 @@ def test_regions_leave_the_named_part_to_fill():
 
 def test_inpaint_fills_the_region_and_keeps_every_known_pixel(run, tmp_path):
     out = tmp_path / "fills"
-    p = _run(
-        "inpaint",
-        str(run),
-        "--held-out",
-        "3",
-        "--region",
-        "bottom",
-        "--n",
-        "2",
-        "--steps",
-        "3",
-        "--resample",
-        "2",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    p = _run(*f"inpaint {run} --held-out 3 --region bottom --n 2 --steps 3 --resample 2 --out {out} --quiet".split())
     assert p.returncode == 0, p.stderr
     assert "input_class_kept" in p.stdout and f"written to {out}" in p.stdout
     assert sorted(f.name for f in out.iterdir()) == [MANIFEST, "inpaint.png", "inpaint.safetensors", "metrics.json"]
@@ -89,25 +73,8 @@ def test_inpaint_with_a_mask_file_and_an_image_file(run, tmp_path):
     mask[:, :3] = 255  # white: fill
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "o"
-    p = _run(
-        "inpaint",
-        str(run),
-        "--image",
-        str(tmp_path / "in.png"),
-        "--mask",
-        str(tmp_path / "mask.png"),
-        "--sampler",
-        "ddim",
-        "--steps",
-        "3",
-        "--n",
-        "3",
-        "--label",
-        "4",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    files = f"--image {tmp_path / 'in.png'} --mask {tmp_path / 'mask.png'}"
+    p = _run(*f"inpaint {run} {files} --sampler ddim --steps 3 --n 3 --label 4 --out {out} --quiet".split())
     assert p.returncode == 0, p.stderr
     t = load_file(out / "inpaint.safetensors")
     assert torch.equal(t["inputs"], torch.ones(1, 1, 8, 8))  # white, at 8x8
@@ -122,23 +89,7 @@ def test_inpaint_with_a_mask_file_and_an_image_file(run, tmp_path):
 
 def test_sdedit_one_row_per_strength_and_the_same_seed_gives_the_same_edits(run, tmp_path):
     out = tmp_path / "sd"
-    p = _run(
-        "sdedit",
-        str(run),
-        "--held-out",
-        "2",
-        "--strength",
-        "0.25",
-        "--strength",
-        "1",
-        "--n",
-        "2",
-        "--steps",
-        "4",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    p = _run(*f"sdedit {run} --held-out 2 --strength 0.25 --strength 1 --n 2 --steps 4 --out {out} --quiet".split())
     assert p.returncode == 0, p.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert [r["strength"] for r in m["rows"]] == [0.25, 1.0] and m["sampler"] == "ddpm"
@@ -240,23 +191,8 @@ def test_editing_an_image_folder_run_judges_classes_and_refuses_outputs_inside_t
     assert _run("train", str(_images_config(tmp_path, root)), "--out", str(tmp_path / "run"), "--quiet").returncode == 0
     _save(tmp_path / "grey.png", np.full((20, 20), 120))  # resized to the run's 8x8
     out = tmp_path / "edits"
-    p = _run(
-        "inpaint",
-        str(tmp_path / "run"),
-        "--held-out",
-        "2",
-        "--image",
-        str(tmp_path / "grey.png"),
-        "--region",
-        "centre",
-        "--n",
-        "2",
-        "--sampler",
-        "ddim",
-        "--out",
-        str(out),
-        "--quiet",
-    )
+    inputs = f"--held-out 2 --image {tmp_path / 'grey.png'}"
+    p = _run(*f"inpaint {tmp_path / 'run'} {inputs} --region centre --n 2 --sampler ddim --out {out} --quiet".split())
     assert p.returncode == 0, p.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["inputs"] == 3 and m["input_classes"] == "judged"  # an image file has no label: the judge's class

@@ -1,5 +1,5 @@
-"""Editing with a trained Denoiser: SDEdit (noise an image part of the way, then denoise) and inpainting (a Denoiser
-wrapper that keeps the known pixels, plus RePaint's resampling). Every sampler works unchanged."""
+"""Editing with a trained Denoiser: SDEdit (noise an image part of the way, then denoise with any sampler) and
+inpainting (RePaint, and a Denoiser wrapper with which any other sampler inpaints)."""
 
 from .inpaint import Inpainting, repaint
 from .sdedit import sdedit, sdedit_sigmas
