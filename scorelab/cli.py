@@ -377,7 +377,11 @@ def _edit_options(command):
             help="Guidance scale with --label (default: the config's sample.guidance).",
         ),
         _seed_option,
-        click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output directory."),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Output directory (default RUN_DIR/inpaint or RUN_DIR/sdedit).",
+        ),
         _request_memory_option,
         _device_option,
         _quiet_option,
