@@ -103,6 +103,7 @@ def repaint(
     check_variance(variance)
     keep = check_known(image, keep)
     _check_state(x, image, keep)
+    image = image.to(x.dtype)  # once, not per step
     n = len(sig) - 1
     bar = tqdm(total=n * resample, desc="repaint", disable=not progress, leave=False)
     start = 0
@@ -113,8 +114,8 @@ def repaint(
                 x = x + math.sqrt(sig[start] ** 2 - sig[end] ** 2) * randn_like(x, generator)
             for i in range(start, end):
                 x, d = ddpm_step(denoiser, x, sig[i], sig[i + 1], cond, generator, variance)
-                known = image.to(x.dtype) + sig[i + 1] * randn_like(x, generator) if sig[i + 1] > 0 else image
-                x = torch.where(keep, known.to(x.dtype), x)  # RePaint, Algorithm 1: x_known ~ q(x_{t-1} | x0)
+                known = image + sig[i + 1] * randn_like(x, generator) if sig[i + 1] > 0 else image
+                x = torch.where(keep, known, x)  # RePaint, Algorithm 1: x_known ~ q(x_{t-1} | x0)
                 bar.update()
                 if callback is not None:
                     callback(i, x, d)

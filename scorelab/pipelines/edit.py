@@ -276,8 +276,8 @@ def edit_run(
             metrics.update(resample=resample, jump=jump)
     if reference is not None and judged is not None:
         # how to read the class figures: the input classes are the true labels of held-out inputs, or the judge's
-        # reading of image files; the judge's agreement with the true labels caps input_class_kept, and the share of
-        # inputs already in --label is label_accuracy's floor
+        # reading of image files; read input_class_kept against the judge's agreement with the true labels, and
+        # label_accuracy against the share of inputs already in --label
         metrics["input_classes"] = "true labels" if true_labels is not None else "judged"
         if true_labels is not None:
             metrics["judge_accuracy_on_inputs"] = (judged == true_labels).double().mean().item()
